@@ -1,0 +1,174 @@
+"""Layer 5, the composer: backbone names -> specs -> built backbones -> an Ovis model (-> a directory).
+
+``compose(vit="clip", llm="llama3-8b")`` in Python and ``ovis compose --vit clip --llm llama3-8b``
+on the command line are the same call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ovis.interfaces import LLMBackbone, VisionBackbone
+from ovis.model import OvisConfig, OvisForCausalLM
+from ovis.plugin_host import PluginHost, get_host
+from ovis.processing import OvisProcessor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Real weights were asked for but could not be loaded (offline, wrong path...)."""
+
+
+@dataclass
+class ComposeOptions:
+    visual_vocab_size: int = 131072
+    tokenize_function: Literal["softmax", "gumbel_argmax", "st_argmax"] = "softmax"
+    use_indicators: bool = True
+    adapter: Literal["structural", "mlp"] = "structural"
+    multimodal_max_length: int | None = None  # default: min(2048, the LLM's context)
+    dtype: str = "float32"
+
+
+def _pretrained(flag: bool | None, spec) -> bool:
+    # Default: real weights where the preset names some, random init for tiny/weightless presets.
+    return bool(spec.weights) and not spec.tiny if flag is None else flag
+
+
+def _load(what: str, name: str, weights: str | None, build):
+    try:
+        return build()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"could not load the {what} weights of {name!r} from {weights!r}: {exc}\n"
+            "Without network access, point the preset at a local directory "
+            f"(--{'vit' if what == 'vision' else 'llm'}-weights DIR) or compose with random weights "
+            "(--random-init)."
+        ) from exc
+
+
+def compose(
+    vit: str,
+    llm: str,
+    *,
+    out: str | Path | None = None,
+    visual_vocab_size: int = 131072,
+    tokenize_function: str = "softmax",
+    use_indicators: bool = True,
+    adapter: str = "structural",
+    multimodal_max_length: int | None = None,
+    dtype: str = "float32",
+    pretrained: bool | None = None,
+    vit_weights: str | None = None,
+    llm_weights: str | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    host: PluginHost | None = None,
+) -> tuple[OvisForCausalLM, OvisProcessor | None]:
+    """Build an Ovis model from a registered vision encoder and LLM.
+
+    Args:
+        vit, llm: registered names or aliases (see ``ovis list vit`` / ``ovis list llm``).
+        out: if given, save the model and its processor there (written to a temporary
+            directory first, then renamed, so an interrupted compose leaves nothing behind).
+        pretrained: load the backbones' real weights (default: when the preset names weights
+            and is not a tiny random-init preset).
+        vit_weights, llm_weights: override where the weights come from (e.g. a local directory).
+        dry_run: build on the meta device (no memory, no downloads, no tokenizer) to inspect
+            parts and shapes; returns ``(model, None)``.
+
+    Returns ``(model, processor)``.
+    """
+    host = host or get_host()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    vision_entry, llm_entry = host.vision(vit), host.llm(llm)
+    vision_spec, llm_spec = vision_entry.spec, llm_entry.spec
+    if vit_weights:
+        vision_spec = vision_spec.model_copy(update={"weights": vit_weights})
+    if llm_weights:
+        llm_spec = llm_spec.model_copy(update={"weights": llm_weights, "tokenizer": llm_weights})
+    llm_provider: LLMBackbone = llm_entry.factory(llm_spec)
+    chat_format = host.chat_format(llm_spec.chat_format)
+    max_length = multimodal_max_length or min(2048, llm_spec.context_length)
+
+    device = torch.device("meta") if dry_run else contextlib.nullcontext()
+    with device:
+        load_vit = _pretrained(pretrained, vision_spec) and not dry_run
+        load_llm = _pretrained(pretrained, llm_spec) and not dry_run
+        backbone: VisionBackbone = _load(
+            "vision", vision_spec.name, vision_spec.weights,
+            lambda: vision_entry.factory.from_spec(vision_spec, pretrained=load_vit),
+        )
+        llm_model = _load(
+            "LLM", llm_spec.name, llm_spec.weights,
+            lambda: llm_provider.build_model(pretrained=load_llm),
+        )
+        config = OvisConfig(
+            llm_config=llm_model.config.to_dict(),
+            vision_spec=vision_spec.model_dump(mode="json"),
+            llm_spec=llm_spec.model_dump(mode="json"),
+            visual_vocab_size=visual_vocab_size,
+            tokenize_function=tokenize_function,
+            use_indicators=use_indicators,
+            adapter=adapter,
+            multimodal_max_length=max_length,
+            chat_format=chat_format.name,
+            conversation_formatter_class=llm_spec.conversation_formatter_class
+            or chat_format.v1_formatter_class,
+        )
+        model = OvisForCausalLM(config, llm=llm_model, backbone=backbone)
+    if dry_run:
+        return model, None
+
+    model = model.to(DTYPES[dtype])
+    tokenizer = llm_provider.build_tokenizer()
+    processor = OvisProcessor(
+        tokenizer=tokenizer,
+        image_processor=backbone.image_processor(),
+        chat_format=chat_format,
+        num_image_tokens=model.num_image_tokens,
+        max_length=max_length,
+    )
+    generation = model.llm.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    if out is not None:
+        save(model, processor, out, overwrite=overwrite)
+    return model, processor
+
+
+def save(model: OvisForCausalLM, processor: OvisProcessor, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write model + processor to ``out`` atomically (temporary sibling directory, then rename)."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load(directory: str | Path, *, dtype: str | None = None, device: str | None = None):
+    """``(model, processor)`` from a directory written by :func:`compose` or by training."""
+    kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
+    model = OvisForCausalLM.from_pretrained(str(directory), **kwargs)
+    if device:
+        model = model.to(device)
+    return model, OvisProcessor.from_pretrained(directory)

@@ -1,0 +1,94 @@
+"""Chat formats: prompt building and label masking, owned by the LLM plugins.
+
+A format renders a conversation as a list of segments, each marked learnable or not. Training
+tokenizes the segments one by one so labels line up exactly; inference joins them. The plugin's
+tests check that the joined text equals what the tokenizer's own ``apply_chat_template`` gives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+IMAGE_MARKER = "<image>"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Segment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    learn: bool = False
+
+
+class ChatFormatError(ValueError):
+    """A conversation the format cannot render (bad role order, no turn to learn, ...)."""
+
+
+class ChatFormat(ABC):
+    """Renders messages for one LLM family."""
+
+    name: str = ""
+    default_system: str | None = None
+    #: the Ovis v1 ``conversation_formatter_class`` equivalent, for checkpoint interop
+    v1_formatter_class: str | None = None
+
+    @abstractmethod
+    def segments(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        """Render ``messages`` as segments. Assistant replies (and their end-of-turn token) are
+        ``learn=True``; everything else, role headers included, is not. With
+        ``add_generation_prompt`` an open assistant header ends the prompt."""
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
+        return "".join(s.text for s in self.segments(messages, add_generation_prompt=add_generation_prompt))
+
+    @staticmethod
+    def coerce(messages: Sequence[Message | dict]) -> list[Message]:
+        """Accept dicts too; validate role order (optional system first, then user/assistant)."""
+        out = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        for i, message in enumerate(out):
+            if message.role == "system" and i != 0:
+                raise ChatFormatError(f"message {i}: a system message may only come first")
+        return out
+
+
+IMAGE_PLACEHOLDER_ID = -200  # one per <image> before expansion (the Ovis v1 convention)
+IGNORE_INDEX = -100
+
+
+def tokenize_segments(
+    tokenizer, segments: Sequence[Segment]
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for rendered segments.
+
+    Each segment is tokenized on its own (no special tokens added: formats write them as text),
+    and each ``<image>`` becomes one ``IMAGE_PLACEHOLDER_ID``. Labels copy the ids of learnable
+    segments and are ``IGNORE_INDEX`` elsewhere. Chat formats cut segments at special tokens, so
+    the result equals tokenizing the joined text; the plugin tests check that per family.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for segment in segments:
+        pieces = segment.text.split(IMAGE_MARKER)
+        for k, piece in enumerate(pieces):
+            if k:
+                if segment.learn:
+                    raise ChatFormatError("an <image> inside an assistant reply cannot be learned")
+                ids.append(IMAGE_PLACEHOLDER_ID)
+                labels.append(IGNORE_INDEX)
+            if piece:
+                piece_ids = tokenizer.encode(piece, add_special_tokens=False)
+                ids += piece_ids
+                labels += piece_ids if segment.learn else [IGNORE_INDEX] * len(piece_ids)
+    return ids, labels

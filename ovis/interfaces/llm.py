@@ -1,0 +1,67 @@
+"""The abstract LLM provider every LLM plugin implements, and a generic Hugging Face base."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from ovis.interfaces.specs import LLMSpec
+
+
+class LLMBackbone(ABC):
+    """Gives the causal LM, its tokenizer (pad token settled) and facts about both."""
+
+    def __init__(self, spec: LLMSpec) -> None:
+        self.spec = spec
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.hidden_size
+
+    @property
+    def chat_format_name(self) -> str:
+        return self.spec.chat_format
+
+    @abstractmethod
+    def build_config(self) -> PretrainedConfig:
+        """The model config, from ``spec.architecture``; no network access."""
+
+    @abstractmethod
+    def build_model(self, *, pretrained: bool = True, dtype: torch.dtype | None = None) -> PreTrainedModel:
+        """The causal LM. ``pretrained=False``: random init from :meth:`build_config` (offline)."""
+
+    @abstractmethod
+    def build_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer with ``pad_token`` set and the family's chat template attached."""
+
+    def special_tokens(self) -> dict[str, str | None]:
+        tok = self.build_tokenizer()
+        return {"bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token}
+
+
+class HFCausalLM(LLMBackbone):
+    """An LLM that is a plain ``transformers`` causal LM; plugins override the tokenizer part."""
+
+    def build_config(self) -> PretrainedConfig:
+        arch = dict(self.spec.architecture)
+        model_type = arch.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(f"LLM preset {self.spec.name!r}: architecture.model_type is required")
+        return AutoConfig.for_model(model_type, **arch)
+
+    def build_model(self, *, pretrained: bool = True, dtype: torch.dtype | None = None) -> PreTrainedModel:
+        if pretrained:
+            if not self.spec.weights:
+                raise ValueError(f"LLM {self.spec.name!r} has no weights to load; use pretrained=False")
+            source = self.spec.weights
+            local = Path(source).expanduser()
+            return AutoModelForCausalLM.from_pretrained(
+                str(local) if local.is_dir() else source, dtype=dtype or "auto"
+            )
+        config = self.build_config()
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model

@@ -1,0 +1,91 @@
+"""``OvisConfig``: everything needed to rebuild an Ovis model offline from its directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+ADAPTERS = ("structural", "mlp")
+
+
+class OvisConfig(PretrainedConfig):
+    """Config of an :class:`OvisForCausalLM`.
+
+    Args:
+        llm_config: the LLM's Hugging Face config (dict with ``model_type``, or a config object).
+        vision_spec: the vision backbone's ``VisionSpec`` as a dict; its ``builder`` key names the
+            plugin class that rebuilds the encoder, its ``architecture`` the encoder's shape.
+        llm_spec: the LLM preset as a dict (name, chat format...): kept for provenance.
+        visual_vocab_size: size V of the visual vocabulary (131072 in the paper). With indicators
+            the head produces V - 2 logits and the last two ids mark image begin/end.
+        tokenize_function: ``softmax`` (v1), ``gumbel_argmax`` or ``st_argmax``.
+        tau: gumbel temperature (annealed by the trainer).
+        vte_init_std: std of the VTE's normal initialisation (Ovis v1 used 1.0).
+        use_indicators: wrap each image in begin/end indicator embeddings.
+        adapter: ``structural`` (visual tokenizer + visual embedding table, the paper) or ``mlp``
+            (a LLaVA-style projector, for the ablation).
+        multimodal_max_length: longest sequence, image blocks included.
+        chat_format: name of the registered chat format the LLM was trained with.
+    """
+
+    model_type = "ovis"
+    sub_configs = {"llm_config": AutoConfig}
+
+    def __init__(
+        self,
+        llm_config: dict[str, Any] | PretrainedConfig | None = None,
+        vision_spec: dict[str, Any] | None = None,
+        llm_spec: dict[str, Any] | None = None,
+        visual_vocab_size: int = 131072,
+        tokenize_function: str = "softmax",
+        tau: float = 1.0,
+        vte_init_std: float = 1.0,
+        use_indicators: bool = True,
+        adapter: str = "structural",
+        multimodal_max_length: int = 2048,
+        chat_format: str | None = None,
+        conversation_formatter_class: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(llm_config, dict):
+            llm_config = dict(llm_config)
+            model_type = llm_config.pop("model_type", None)
+            llm_config = AutoConfig.for_model(model_type, **llm_config) if model_type else None
+        self.llm_config = llm_config
+        self.vision_spec = vision_spec
+        self.llm_spec = llm_spec
+        if tokenize_function not in TOKENIZE_FUNCTIONS:
+            raise ValueError(
+                f"tokenize_function must be one of {', '.join(TOKENIZE_FUNCTIONS)}, got {tokenize_function!r}"
+            )
+        if adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        if visual_vocab_size < (3 if use_indicators else 1):
+            raise ValueError(f"visual_vocab_size {visual_vocab_size} is too small")
+        self.visual_vocab_size = visual_vocab_size
+        self.tokenize_function = tokenize_function
+        self.tau = tau
+        self.vte_init_std = vte_init_std
+        self.use_indicators = use_indicators
+        self.adapter = adapter
+        self.multimodal_max_length = multimodal_max_length
+        self.chat_format = chat_format
+        self.conversation_formatter_class = conversation_formatter_class
+        kwargs.setdefault("architectures", ["OvisForCausalLM"])
+        super().__init__(**kwargs)
+        if llm_config is not None:
+            self.hidden_size = llm_config.hidden_size
+
+    # Visual features: image blocks are this many rows each.
+    @property
+    def num_image_tokens(self) -> int:
+        if not self.vision_spec:
+            raise ValueError("OvisConfig has no vision_spec")
+        arch = self.vision_spec
+        patches = (arch["image_size"] // arch["patch_size"]) ** 2
+        return patches + (2 if self.use_indicators else 0)
+
+    def get_text_config(self, *args: Any, **kwargs: Any) -> PretrainedConfig:
+        return self.llm_config if self.llm_config is not None else self

@@ -1,0 +1,170 @@
+"""``OvisForCausalLM``: a visual tokenizer and a visual embedding table in front of an LLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ovis.interfaces import VisionBackbone, VisionSpec
+from ovis.model.configuration_ovis import OvisConfig
+from ovis.model.merging import IMAGE_TOKEN_ID, merge_image_embeddings
+from ovis.model.visual_embedding import VisualEmbedding, wrap_with_indicators
+from ovis.model.visual_tokenizer import VisualTokenizer
+
+
+def build_backbone(spec: dict[str, Any] | VisionSpec) -> VisionBackbone:
+    """Rebuild a saved model's encoder (random init) through the plugin that provides its builder."""
+    from ovis.plugin_host import get_host  # the model needs a builder, not a plugin name
+
+    spec = spec if isinstance(spec, VisionSpec) else VisionSpec.model_validate(spec)
+    return get_host().vision_factory(spec.builder).from_spec(spec, pretrained=False)
+
+
+class OvisPreTrainedModel(PreTrainedModel):
+    config_class = OvisConfig
+    base_model_prefix = "ovis"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _skip_keys_device_placement = "past_key_values"
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Only ovis' own layers: the LLM and the encoder keep their own initialisation.
+        if isinstance(module, VisualEmbedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=self.config.vte_init_std)
+        elif isinstance(module, VisualTokenizer):
+            for layer in module.head:
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+
+
+class OvisForCausalLM(OvisPreTrainedModel):
+    """The Ovis model. Build one with :func:`ovis.compose`, or load with ``from_pretrained``.
+
+    ``llm`` and ``backbone`` may be passed already built (the composer does); otherwise they
+    are rebuilt from the config, randomly initialised, ready for weights to be loaded.
+    """
+
+    def __init__(
+        self,
+        config: OvisConfig,
+        llm: PreTrainedModel | None = None,
+        backbone: VisionBackbone | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.llm_config)
+        if backbone is None:
+            backbone = build_backbone(config.vision_spec)
+        hidden = config.llm_config.hidden_size
+        self.visual_tokenizer = VisualTokenizer(
+            backbone,
+            adapter=config.adapter,
+            visual_vocab_size=config.visual_vocab_size,
+            hidden_size=hidden,
+            use_indicators=config.use_indicators,
+            tokenize_function=config.tokenize_function,
+            tau=config.tau,
+        )
+        rows = config.visual_vocab_size if config.adapter == "structural" else 2
+        self.vte = VisualEmbedding(rows, hidden)
+        self.post_init()
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @property
+    def backbone(self) -> VisionBackbone:
+        return self.visual_tokenizer.backbone
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.backbone.num_patches + (2 if self.config.use_indicators else 0)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        self.backbone.set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.llm.gradient_checkpointing_disable()
+        self.backbone.set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.llm.is_gradient_checkpointing
+
+    # -- the visual path ---------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[num_images, 3, S, S]`` -> ``[num_images, num_image_tokens, hidden]``."""
+        pixel_values = pixel_values.to(device=self.vte.weight.device, dtype=self._vision_dtype())
+        tokens = self.visual_tokenizer(pixel_values)
+        if self.config.adapter == "structural":
+            return self.vte.embed_distributions(tokens, self.config.use_indicators)
+        if self.config.use_indicators:
+            return wrap_with_indicators(tokens, self.vte.weight[0], self.vte.weight[1])
+        return tokens
+
+    def _vision_dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Text embeddings with every image block filled in."""
+        text_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_ID, 0)
+        embeds = self.get_input_embeddings()(text_ids)
+        images = None
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            images = self.encode_images(pixel_values)
+        return merge_image_embeddings(embeds, input_ids, images, self.num_image_tokens)
+
+    # -- forward / generate ------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids or inputs_embeds")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate from (left-padded) ``input_ids``; returns only the new tokens."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs_embeds = self.embed_inputs(input_ids.to(self.device), pixel_values)
+        return self.llm.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask.to(self.device), **kwargs
+        )
+
+    # -- parameter accounting ----------------------------------------------------------------------
+    def parameter_report(self) -> dict[str, int]:
+        """Parameters per part, as ``ovis compose --dry-run`` prints them."""
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        return {
+            "visual_tokenizer.backbone": count(self.backbone),
+            "visual_tokenizer.head": count(self.visual_tokenizer.head),
+            "vte": count(self.vte),
+            "llm": count(self.llm),
+            "total": count(self),
+        }

@@ -1,0 +1,307 @@
+"""Layer 2: finds installed plugins, loads each in isolation, and answers lookups.
+
+Every ``ovis.plugins`` entry point is imported and asked to register on its own, so one broken
+plugin is reported (with its error) while the others keep working. ``OVIS_STRICT_PLUGINS=1`` makes
+any such failure raise, which is what a plugin author wants while developing.
+
+Duplicate names are refused: the first registration stands, and the second plugin gets an error
+naming both (raised under strict mode).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import os
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from ovis.interfaces import hookspecs
+from ovis.interfaces.chat import ChatFormat
+from ovis.interfaces.llm import LLMBackbone
+from ovis.interfaces.presets import iter_presets
+from ovis.interfaces.specs import LLMSpec, VisionSpec
+from ovis.interfaces.vision import VisionBackbone
+
+Kind = Literal["vision", "llm"]
+_HOOKS = ("register_vision_backbones", "register_llms", "register_chat_formats")
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or register (raised only under ``OVIS_STRICT_PLUGINS=1``)."""
+
+
+class UnknownNameError(KeyError):
+    """A backbone or chat format name that no installed plugin provides."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Entry:
+    """One registered backbone: its spec, the class that builds it, and who registered it."""
+
+    spec: VisionSpec | LLMSpec
+    factory: type
+    plugin: str
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str | None = None
+    module: str | None = None
+    registered: dict[str, list[str]] = field(
+        default_factory=lambda: {"vision": [], "llm": [], "chat_format": []}
+    )
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "module": self.module,
+            "registered": self.registered,
+            "errors": self.errors,
+        }
+
+
+def _strict() -> bool:
+    return os.environ.get("OVIS_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
+
+
+class PluginHost:
+    """Loads plugins and holds what they registered.
+
+    ``extra_plugins`` are ``(name, module_or_object)`` pairs registered after the entry points;
+    tests use them to add throwaway plugins. ``entry_points=False`` skips discovery entirely.
+    """
+
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        extra_plugins: Iterable[tuple[str, object]] = (),
+        strict: bool | None = None,
+    ) -> None:
+        self.strict = _strict() if strict is None else strict
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._entries: dict[Kind, dict[str, Entry]] = {"vision": {}, "llm": {}}
+        self._aliases: dict[Kind, dict[str, str]] = {"vision": {}, "llm": {}}
+        self._chat_formats: dict[str, tuple[ChatFormat, str]] = {}
+        if entry_points:
+            for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+                self._load_entry_point(ep)
+        for name, obj in extra_plugins:
+            self.add_plugin(name, obj)
+
+    # -- loading -------------------------------------------------------------------------------
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
+        info.errors.append(message)
+        if self.strict:
+            raise PluginError(f"plugin {info.name!r}: {message}") from exc
+
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(
+            name=ep.name, version=dist.version if dist else None, module=ep.value
+        )
+        self.plugins[ep.name] = info
+        try:
+            module = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+            self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}", exc)
+            return
+        self._register_plugin(info, module)
+
+    def add_plugin(self, name: str, obj: object, version: str | None = None) -> PluginInfo:
+        """Register a plugin object directly (tests, notebooks)."""
+        info = PluginInfo(name=name, version=version, module=getattr(obj, "__name__", repr(obj)))
+        self.plugins[name] = info
+        self._register_plugin(info, obj)
+        return info
+
+    def remove_plugin(self, name: str) -> None:
+        """Forget a plugin and everything it registered (tests use this to clean up)."""
+        self.plugins.pop(name, None)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        for kind in ("vision", "llm"):
+            gone = {n for n, e in self._entries[kind].items() if e.plugin == name}
+            for n in gone:
+                del self._entries[kind][n]
+            self._aliases[kind] = {a: n for a, n in self._aliases[kind].items() if n not in gone}
+        self._chat_formats = {n: v for n, v in self._chat_formats.items() if v[1] != name}
+
+    def _register_plugin(self, info: PluginInfo, obj: object) -> None:
+        try:
+            self.pm.register(obj, name=info.name)
+        except Exception as exc:  # noqa: BLE001 - pluggy validation errors and the like
+            self._fail(info, f"is not a valid ovis plugin: {type(exc).__name__}: {exc}", exc)
+            return
+        others = [p for p in self.pm.get_plugins() if p is not obj]
+        for hook in _HOOKS:
+            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
+            register = functools.partial(self._register_callback(hook), info)
+            try:
+                caller(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a raising hook must not take others down
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self._fail(info, f"{hook} raised {detail}", exc)
+
+    def _register_callback(self, hook: str):
+        return {
+            "register_vision_backbones": self._register_vision,
+            "register_llms": self._register_llm,
+            "register_chat_formats": self._register_chat_format,
+        }[hook]
+
+    def _register_backbone(self, kind: Kind, info: PluginInfo, spec: Any, factory: Any) -> None:
+        spec_type, base = (VisionSpec, VisionBackbone) if kind == "vision" else (LLMSpec, LLMBackbone)
+        if not isinstance(spec, spec_type):
+            raise TypeError(f"register expects a {spec_type.__name__}, got {type(spec).__name__}")
+        if not (isinstance(factory, type) and issubclass(factory, base)):
+            raise TypeError(f"{spec.name}: builder must be a subclass of {base.__name__}, got {factory!r}")
+        names = [spec.name, *spec.aliases]
+        for name in names:
+            owner = self._owner(kind, name)
+            if owner is not None:
+                self._fail(
+                    info,
+                    f"{kind} name {name!r} is already registered by plugin {owner!r}; "
+                    f"plugin {info.name!r} tried to register it again (rejected)",
+                )
+                return
+        self._entries[kind][spec.name] = Entry(spec=spec, factory=factory, plugin=info.name)
+        for alias in spec.aliases:
+            self._aliases[kind][alias] = spec.name
+        info.registered[kind].append(spec.name)
+
+    def _owner(self, kind: Kind, name: str) -> str | None:
+        canonical = self._aliases[kind].get(name, name)
+        entry = self._entries[kind].get(canonical)
+        return entry.plugin if entry else None
+
+    def _register_vision(self, info: PluginInfo, spec: VisionSpec, factory: type) -> None:
+        self._register_backbone("vision", info, spec, factory)
+
+    def _register_llm(self, info: PluginInfo, spec: LLMSpec, factory: type) -> None:
+        self._register_backbone("llm", info, spec, factory)
+
+    def _register_chat_format(self, info: PluginInfo, chat_format: ChatFormat) -> None:
+        if not isinstance(chat_format, ChatFormat) or not chat_format.name:
+            raise TypeError(f"register expects a named ChatFormat instance, got {chat_format!r}")
+        if chat_format.name in self._chat_formats:
+            owner = self._chat_formats[chat_format.name][1]
+            self._fail(
+                info,
+                f"chat format {chat_format.name!r} is already registered by plugin {owner!r}; "
+                f"plugin {info.name!r} tried to register it again (rejected)",
+            )
+            return
+        self._chat_formats[chat_format.name] = (chat_format, info.name)
+        info.registered["chat_format"].append(chat_format.name)
+
+    # -- lookups -------------------------------------------------------------------------------
+    def entries(self, kind: Kind) -> list[Entry]:
+        return sorted(self._entries[kind].values(), key=lambda e: e.spec.name)
+
+    def list(self, kind: Kind, pattern: str | None = None) -> list[Entry]:
+        """Entries whose name or an alias matches the fnmatch ``pattern`` (case-insensitive)."""
+        if not pattern:
+            return self.entries(kind)
+        pattern = pattern.lower()
+        return [
+            e for e in self.entries(kind)
+            if any(fnmatch.fnmatchcase(n, pattern) for n in (e.spec.name, *e.spec.aliases))
+        ]
+
+    def get(self, kind: Kind, name: str) -> Entry:
+        canonical = self._aliases[kind].get(name.lower(), name.lower())
+        entry = self._entries[kind].get(canonical)
+        if entry is None:
+            raise UnknownNameError(self._unknown_message(kind, name))
+        return entry
+
+    def vision(self, name: str) -> Entry:
+        return self.get("vision", name)
+
+    def llm(self, name: str) -> Entry:
+        return self.get("llm", name)
+
+    def vision_factory(self, builder: str) -> type[VisionBackbone]:
+        """The class registered for a builder key (used to rebuild a saved model's encoder)."""
+        for entry in self._entries["vision"].values():
+            if entry.spec.builder == builder:
+                return entry.factory
+        providers = self._preset_plugins("vision", lambda spec: spec.builder == builder)
+        hint = f"; it is provided by {', '.join(sorted(providers))}" if providers else ""
+        raise UnknownNameError(f"no installed plugin builds vision backbones of kind {builder!r}{hint}")
+
+    def chat_format(self, name: str) -> ChatFormat:
+        if name not in self._chat_formats:
+            close = difflib.get_close_matches(name, list(self._chat_formats), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown chat format {name!r}.{hint} Available: {', '.join(sorted(self._chat_formats)) or 'none'}"
+            )
+        return self._chat_formats[name][0]
+
+    def chat_formats(self) -> dict[str, str]:
+        return {name: plugin for name, (_, plugin) in sorted(self._chat_formats.items())}
+
+    def _preset_plugins(self, kind: Kind, predicate) -> set[str]:
+        try:
+            return {s.plugin for s in iter_presets(kind) if predicate(s) and s.plugin}
+        except Exception:  # noqa: BLE001 - a hint must never mask the real error
+            return set()
+
+    def _unknown_message(self, kind: Kind, name: str) -> str:
+        label = "vision encoder" if kind == "vision" else "LLM"
+        known = {n: e for e in self._entries[kind].values() for n in (e.spec.name, *e.spec.aliases)}
+        lines = [f"unknown {label} {name!r}."]
+        # A preset in registry/ whose plugin is not installed: say which package provides it.
+        missing = self._preset_plugins(
+            kind, lambda s: name.lower() in (s.name, *s.aliases) and s.name not in self._entries[kind]
+        )
+        if missing:
+            lines.append(
+                f"It is defined in the registry but provided by plugin {', '.join(sorted(missing))}, "
+                "which is not installed or failed to load (see `ovis plugins`)."
+            )
+        close = difflib.get_close_matches(name.lower(), list(known), n=4, cutoff=0.5)
+        if not close:
+            close = [n for n in known if name.lower() in n][:4]
+        if close:
+            hints = ", ".join(f"{c!r} (plugin {known[c].plugin})" for c in close)
+            lines.append(f"Did you mean {hints}?")
+        lines.append(f"Available: {', '.join(sorted(self._entries[kind])) or 'none'}.")
+        broken = [p.name for p in self.plugins.values() if p.errors]
+        if broken:
+            lines.append(f"Plugins that failed to load: {', '.join(broken)} (see `ovis plugins`).")
+        return " ".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def get_host() -> PluginHost:
+    """The process-wide host built from installed entry points (cached; see :func:`reset_host`)."""
+    return PluginHost()
+
+
+def reset_host() -> None:
+    get_host.cache_clear()

@@ -1,0 +1,235 @@
+"""``OvisProcessor``: conversations and images in, model-ready tensors out.
+
+It owns the three things that must agree between training and inference: the chat format
+(prompt text and which tokens are learned), the image preprocessing, and the expansion of each
+``<image>`` into a block of ``num_image_tokens`` positions. Truncation never cuts inside a block.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from ovis.interfaces import (
+    IMAGE_MARKER,
+    ChatFormat,
+    ChatFormatError,
+    ImagePreprocessSpec,
+    ImageProcessor,
+    Message,
+)
+from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
+from ovis.model.merging import IGNORE_INDEX, IMAGE_TOKEN_ID
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+ImageInput = Image.Image | str | Path
+
+
+class SequenceTooLongError(ValueError):
+    """A sample longer than the context that cannot be shortened without losing what matters."""
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor  # [num_images, 3, S, S]
+
+    @property
+    def num_images(self) -> int:
+        return int(self.pixel_values.shape[0])
+
+
+def count_markers(messages: Sequence[Message]) -> int:
+    return sum(m.content.count(IMAGE_MARKER) for m in messages)
+
+
+def with_image_markers(messages: Sequence[Message | dict], num_images: int) -> list[Message]:
+    """If the conversation has no ``<image>`` but images come with it, put the markers at the start
+    of the first user message (the Ovis v1 runner's ``"<image> " + text`` convention)."""
+    messages = ChatFormat.coerce(messages)
+    if num_images == 0 or count_markers(messages) > 0:
+        return messages
+    for i, message in enumerate(messages):
+        if message.role == "user":
+            prefix = (IMAGE_MARKER + "\n") * num_images
+            messages[i] = Message(role="user", content=prefix + message.content)
+            return messages
+    raise ChatFormatError("images were given but the conversation has no user message to attach them to")
+
+
+class OvisProcessor:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: ImageProcessor,
+        chat_format: ChatFormat,
+        num_image_tokens: int,
+        max_length: int = 2048,
+    ) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; the LLM plugin must settle one")
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_format = chat_format
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+
+    # -- one sample -------------------------------------------------------------------------------
+    def encode(
+        self,
+        messages: Sequence[Message | dict],
+        images: Sequence[ImageInput] = (),
+        *,
+        add_generation_prompt: bool = False,
+        overflow: Literal["error", "truncate"] = "error",
+    ) -> EncodedSample:
+        """Render, tokenize and expand one conversation.
+
+        The k-th ``<image>`` gets the k-th image. ``overflow="truncate"`` cuts a too-long
+        training sample at the end, before any image block the cut would split (dropping that
+        image and those after it); it still fails if nothing learnable is left.
+        """
+        messages = ChatFormat.coerce(messages)
+        markers = count_markers(messages)
+        if markers != len(images):
+            raise ChatFormatError(
+                f"the conversation has {markers} {IMAGE_MARKER} marker(s) but {len(images)} image(s) "
+                "were given; they must match one to one"
+            )
+        segments = self.chat_format.segments(messages, add_generation_prompt=add_generation_prompt)
+        ids, labels = tokenize_segments(self.tokenizer, segments)
+        ids, labels = self._expand(ids, labels)
+        kept = len(images)
+        if len(ids) > self.max_length:
+            if overflow == "error" or add_generation_prompt:
+                raise SequenceTooLongError(
+                    f"the sample is {len(ids)} tokens ({len(images)} image(s) x {self.num_image_tokens}) "
+                    f"but the limit is {self.max_length}"
+                )
+            ids, labels, kept = self._truncate(ids, labels)
+            if all(label == IGNORE_INDEX for label in labels):
+                raise SequenceTooLongError(
+                    f"the sample is {len(ids)} tokens over the limit of {self.max_length} and no "
+                    "assistant reply is left after truncation"
+                )
+        pixel_values = self.image_processor(list(images[:kept]))
+        return EncodedSample(input_ids=ids, labels=labels, pixel_values=pixel_values)
+
+    def _expand(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        for token, label in zip(ids, labels, strict=True):
+            if token == IMAGE_PLACEHOLDER_ID:
+                out_ids += [IMAGE_TOKEN_ID] * self.num_image_tokens
+                out_labels += [IGNORE_INDEX] * self.num_image_tokens
+            else:
+                out_ids.append(token)
+                out_labels.append(label)
+        return out_ids, out_labels
+
+    def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], int]:
+        cut = self.max_length
+        if ids[cut - 1] == IMAGE_TOKEN_ID and ids[cut] == IMAGE_TOKEN_ID:
+            # Inside a run of image positions (several images may sit back to back): step back
+            # to the start of the block being cut.
+            start = cut
+            while start > 0 and ids[start - 1] == IMAGE_TOKEN_ID:
+                start -= 1
+            cut -= (cut - start) % self.num_image_tokens
+        ids, labels = ids[:cut], labels[:cut]
+        kept = sum(1 for token in ids if token == IMAGE_TOKEN_ID) // self.num_image_tokens
+        return ids, labels, kept
+
+    # -- batches ----------------------------------------------------------------------------------
+    def collate(
+        self, samples: Sequence[EncodedSample], *, padding_side: Literal["left", "right"] = "right"
+    ) -> dict[str, torch.Tensor]:
+        """Pad to the longest sample. Right padding for training, left padding for generation."""
+        longest = max(len(s.input_ids) for s in samples)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(samples), longest), pad, dtype=torch.long)
+        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample.input_ids)
+            span = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+            input_ids[row, span] = torch.tensor(sample.input_ids)
+            labels[row, span] = torch.tensor(sample.labels)
+            attention_mask[row, span] = 1
+        size = self.image_processor.image_size
+        pixel_values = (
+            torch.cat([s.pixel_values for s in samples])
+            if any(s.num_images for s in samples)
+            else torch.zeros(0, 3, size, size)
+        )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": pixel_values,
+        }
+
+    def __call__(
+        self,
+        conversations: Sequence[Sequence[Message | dict]],
+        images: Sequence[Sequence[ImageInput]] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        padding_side: Literal["left", "right"] = "left",
+    ) -> dict[str, torch.Tensor]:
+        """Encode and collate a batch of conversations (by default, prompts for generation)."""
+        images = images if images is not None else [()] * len(conversations)
+        if len(images) != len(conversations):
+            raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
+        samples = [
+            self.encode(conv, imgs, add_generation_prompt=add_generation_prompt)
+            for conv, imgs in zip(conversations, images, strict=True)
+        ]
+        return self.collate(samples, padding_side=padding_side)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        config = {
+            "processor_class": "OvisProcessor",
+            "chat_format": self.chat_format.name,
+            "num_image_tokens": self.num_image_tokens,
+            "max_length": self.max_length,
+            "image": self.image_processor.spec.model_dump(mode="json"),
+        }
+        (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> OvisProcessor:
+        from ovis.plugin_host import get_host
+
+        directory = Path(directory)
+        path = directory / PREPROCESSOR_FILE
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{path}: missing; is {directory} an ovis model directory?") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        return cls(
+            tokenizer=tokenizer,
+            image_processor=ImageProcessor(ImagePreprocessSpec.model_validate(config["image"])),
+            chat_format=get_host().chat_format(config["chat_format"]),
+            num_image_tokens=int(config["num_image_tokens"]),
+            max_length=int(config["max_length"]),
+        )

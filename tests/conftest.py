@@ -1,0 +1,114 @@
+"""Shared fixtures: a throwaway-plugin registrar, the example third-party plugin, tiny models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGIN = REPO / "examples" / "ovis-plugin-example"
+
+
+@pytest.fixture
+def register_plugin():
+    """Register throwaway plugin objects on the process-wide host; removed after the test."""
+    from ovis.plugin_host import get_host
+
+    host = get_host()
+    added: list[str] = []
+
+    def register(name: str, plugin: object):
+        info = host.add_plugin(name, plugin)
+        added.append(name)
+        return info
+
+    yield register
+    for name in added:
+        host.remove_plugin(name)
+
+
+@pytest.fixture
+def example_plugin(register_plugin):
+    """The example third-party plugin (examples/ovis-plugin-example), registered in-process."""
+    sys.path.insert(0, str(EXAMPLE_PLUGIN))
+    try:
+        import ovis_example_plugin.plugin as module
+
+        register_plugin("example", module)
+        yield module
+    finally:
+        sys.path.remove(str(EXAMPLE_PLUGIN))
+
+
+@pytest.fixture
+def tiny_llm():
+    """A 2-layer Qwen2 causal LM with a 512-token vocabulary (no tokenizer: model-level tests)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=512, tie_word_embeddings=False, pad_token_id=0,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture
+def tiny_ovis(example_plugin, tiny_llm):
+    """An OvisForCausalLM from the example ViT (16 patches, width 32) and ``tiny_llm``, V = 256."""
+    import torch
+
+    from ovis.model import OvisConfig, OvisForCausalLM
+    from ovis.plugin_host import get_host
+
+    torch.manual_seed(0)
+    entry = get_host().vision("example-vit")
+    backbone = entry.factory.from_spec(entry.spec, pretrained=False)
+    config = OvisConfig(
+        llm_config=tiny_llm.config.to_dict(),
+        vision_spec=entry.spec.model_dump(mode="json"),
+        visual_vocab_size=256,
+        chat_format="example-plain",
+    )
+    return OvisForCausalLM(config, llm=tiny_llm, backbone=backbone).eval()
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    """A byte-level BPE trained in milliseconds, with pad/eos tokens (processor-level tests)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["User: what colour is the square?", "Assistant: the square is red.",
+              "how many circles are there? there are three circles."] * 20
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+@pytest.fixture
+def toy_processor(tiny_ovis, toy_tokenizer, example_plugin):
+    from ovis.plugin_host import get_host
+    from ovis.processing import OvisProcessor
+
+    return OvisProcessor(
+        tokenizer=toy_tokenizer,
+        image_processor=tiny_ovis.backbone.image_processor(),
+        chat_format=get_host().chat_format("example-plain"),
+        num_image_tokens=tiny_ovis.num_image_tokens,
+        max_length=256,
+    )

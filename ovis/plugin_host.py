@@ -149,7 +149,11 @@ class PluginHost:
     def _register_plugin(self, info: PluginInfo, obj: object) -> None:
         try:
             self.pm.register(obj, name=info.name)
+            # Hooks that match no hookspec (a typo'd name) only surface here.
+            self.pm.check_pending()
         except Exception as exc:  # noqa: BLE001 - pluggy validation errors and the like
+            if self.pm.is_registered(obj):
+                self.pm.unregister(obj)
             self._fail(info, f"is not a valid ovis plugin: {type(exc).__name__}: {exc}", exc)
             return
         others = [p for p in self.pm.get_plugins() if p is not obj]

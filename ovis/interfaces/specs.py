@@ -93,10 +93,10 @@ class VisionSpec(BackboneSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> VisionSpec:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
+        # Not required to be a multiple: the patch convolution drops the remainder, as in SigLIP
+        # so400m/14 at 384 px (27 x 27 = 729 patches).
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.preprocess.image_size != self.image_size:
             raise ValueError(
                 f"preprocess.image_size {self.preprocess.image_size} != image_size {self.image_size}"

@@ -25,7 +25,7 @@ import pluggy
 from ovis.interfaces import hookspecs
 from ovis.interfaces.chat import ChatFormat
 from ovis.interfaces.llm import LLMBackbone
-from ovis.interfaces.presets import iter_presets
+from ovis.interfaces.presets import PRESET_ERRORS, iter_presets
 from ovis.interfaces.specs import LLMSpec, VisionSpec
 from ovis.interfaces.vision import VisionBackbone
 
@@ -268,6 +268,11 @@ class PluginHost:
 
     def chat_formats(self) -> dict[str, str]:
         return {name: plugin for name, (_, plugin) in sorted(self._chat_formats.items())}
+
+    @property
+    def preset_errors(self) -> dict[str, str]:
+        """Preset files that plugins skipped because they are invalid (path -> reason)."""
+        return dict(PRESET_ERRORS)
 
     def _preset_plugins(self, kind: Kind, predicate) -> set[str]:
         try:

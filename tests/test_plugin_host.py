@@ -149,7 +149,7 @@ def test_the_example_package_installs_and_is_discovered(tmp_path):
         [sys.executable, "-m", "ovis.cli", "plugins", "--json"], check=True, capture_output=True,
         text=True, env=env, cwd=REPO,
     )
-    plugins = {p["name"]: p for p in json.loads(out.stdout)}
+    plugins = {p["name"]: p for p in json.loads(out.stdout)["plugins"]}
     assert plugins["example"]["registered"]["vision"] == ["example-vit"]
     assert plugins["example"]["errors"] == []
     listed = subprocess.run(
@@ -168,10 +168,41 @@ def test_plugins_command_reports_errors(monkeypatch, capsys, tmp_path):
     reset_host()
     try:
         assert main(["plugins", "--json"]) == 0
-        plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+        plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
         assert "missing dep" in plugins["broken"]["errors"][0]
     finally:
         reset_host()
         get_host()
 
 
+
+
+def test_a_preset_with_a_wrong_field_is_skipped_and_reported_by_file_and_field(tmp_path, monkeypatch, capsys):
+    from ovis.cli import main
+    from ovis.interfaces.presets import PRESET_ERRORS
+    from ovis.plugin_host import reset_host
+
+    (tmp_path / "vision").mkdir()
+    good = _spec("fine-vit").model_dump(mode="json")
+    bad = {**_spec("bad-vit").model_dump(mode="json"), "hidden_sise": 3}
+    (tmp_path / "vision" / "fine-vit.yaml").write_text(json.dumps(good))
+    (tmp_path / "vision" / "bad-vit.yaml").write_text(json.dumps(bad))
+    monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
+    PRESET_ERRORS.clear()
+    reset_host()
+    try:
+        assert main(["plugins", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        (path, message), = report["preset_errors"].items()
+        assert path.endswith("bad-vit.yaml") and "field 'hidden_sise'" in message and "not permitted" in message
+        monkeypatch.setenv("OVIS_STRICT_PLUGINS", "1")
+        reset_host()
+        with pytest.raises(PluginError, match="bad-vit.yaml: field 'hidden_sise'"):
+            from ovis.plugin_host import get_host
+
+            get_host()
+    finally:
+        PRESET_ERRORS.clear()
+        monkeypatch.delenv("OVIS_REGISTRY_PATH")
+        monkeypatch.delenv("OVIS_STRICT_PLUGINS")
+        reset_host()

@@ -61,9 +61,26 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     return spec
 
 
-def iter_presets(kind: Kind, *, builders: set[str] | None = None) -> Iterator[VisionSpec | LLMSpec]:
-    """Specs of every preset of ``kind`` (only those with a builder in ``builders`` if given)."""
+#: preset files that failed to load, path -> message; the plugin host reports them
+PRESET_ERRORS: dict[str, str] = {}
+
+
+def iter_presets(
+    kind: Kind, *, builders: set[str] | None = None, strict: bool = False
+) -> Iterator[VisionSpec | LLMSpec]:
+    """Specs of every preset of ``kind`` (only those with a builder in ``builders`` if given).
+
+    A bad file is skipped and recorded in ``PRESET_ERRORS`` (so one broken preset does not take
+    down every other preset of the plugin); ``strict=True`` or ``OVIS_STRICT_PLUGINS=1`` raises.
+    """
+    strict = strict or os.environ.get("OVIS_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
     for path in preset_files(kind):
-        spec = load_preset_file(path, kind)
+        try:
+            spec = load_preset_file(path, kind)
+        except PresetError as exc:
+            if strict:
+                raise
+            PRESET_ERRORS[str(path)] = str(exc)
+            continue
         if builders is None or spec.builder in builders:
             yield spec

@@ -67,7 +67,15 @@ class VisualTokenizer(nn.Module):
             self.head = mlp_head(backbone.feature_dim, hidden_size)
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(pixel_values))
+        features = self.backbone(pixel_values)
+        expected = self.head[0].in_features
+        if features.shape[-1] != expected:
+            raise ValueError(
+                f"vision backbone {self.backbone.spec.name!r} returned features of width "
+                f"{features.shape[-1]}, but its spec (hidden_size) and so the head expect {expected}: "
+                "fix hidden_size in the preset or the plugin's forward"
+            )
+        return self.head(features)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.logits(pixel_values)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Self
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ovis.interfaces.image import ImageProcessor
 from ovis.interfaces.specs import VisionSpec
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only, so 3.10 (requires-python) imports fine
 
 
 class VisionBackbone(nn.Module, ABC):
@@ -62,8 +65,12 @@ class VisionBackbone(nn.Module, ABC):
         last = self.blocks()[-1]
         touched = 0
         for module in last.modules():
-            if hasattr(module, "reset_parameters") and module is not last:
-                module.reset_parameters()
+            if module is last:
+                continue
+            # nn.MultiheadAttention resets its fused q/k/v weights in _reset_parameters.
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
                 touched += 1
         if touched == 0:
             raise RuntimeError(f"{type(self).__name__}: the last block has no resettable layers")

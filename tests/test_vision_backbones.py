@@ -1,0 +1,295 @@
+"""Contract tests for the vision backbone plugins and the vision presets.
+
+One contract test runs over every installed tiny vision backbone (the first-party plugins
+hf-vision, open-clip and timm, and any other installed plugin's tiny presets). The full-size
+presets are built on the meta device only: nothing is downloaded anywhere in this file.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ovis.interfaces import VisionBackbone, VisionSpec, load_preset_file
+from ovis.interfaces.presets import preset_files
+from ovis.plugin_host import PluginHost
+
+FIRST_PARTY = {
+    "ovis-plugin-hf-vision": {"hf-clip-vision", "hf-siglip-vision"},
+    "ovis-plugin-open-clip": {"open_clip"},
+    "ovis-plugin-timm": {"timm-vit"},
+}
+OUR_BUILDERS = set().union(*FIRST_PARTY.values())
+
+HOST = PluginHost()
+TINY = [e.spec.name for e in HOST.list("vision") if e.spec.tiny]
+FULL = [e.spec.name for e in HOST.list("vision") if not e.spec.tiny and e.spec.builder in OUR_BUILDERS]
+
+
+def _vit_params(*, width, layers, mlp, patch, grid, cls_token, patch_bias, final_norms, extra=0):
+    """Parameters of a pre-norm ViT: patch conv + CLS + positions + blocks + final norms + extra."""
+    embed = 3 * patch * patch * width + (width if patch_bias else 0)
+    embed += (grid * grid + cls_token) * width + (width if cls_token else 0)
+    block = 4 * (width * width + width) + (width * mlp + mlp) + (mlp * width + width) + 2 * 2 * width
+    return embed + layers * block + final_norms * 2 * width + extra
+
+
+# CLIP ViT-L/14 @ 336: conv without bias, CLS token, 577 positions, pre- and post-norm.
+# = 303,507,456; open_clip also keeps its 1024 x 768 image projection (+786,432).
+_CLIP_L = _vit_params(width=1024, layers=24, mlp=4096, patch=14, grid=24, cls_token=1, patch_bias=False,
+                      final_norms=2)
+# SigLIP so400m/14 @ 384: conv with bias, no CLS, 27 x 27 positions, post-norm, and the attention
+# pooling head (probe + attention + norm + MLP) that every source keeps: 428,225,600.
+_SIGLIP_HEAD = 1152 + 4 * (1152 * 1152 + 1152) + 2 * 1152 + (1152 * 4304 + 4304) + (4304 * 1152 + 1152)
+_SIGLIP_SO400M = _vit_params(width=1152, layers=27, mlp=4304, patch=14, grid=27, cls_token=0, patch_bias=True,
+                             final_norms=1, extra=_SIGLIP_HEAD)
+EXPECTED_PARAMS = {
+    "clip-vit-l-14-336": _CLIP_L,
+    "clip-vit-l-14-336-timm": _CLIP_L,
+    "clip-vit-l-14-336-openclip": _CLIP_L + 1024 * 768,
+    "siglip-so400m-384": _SIGLIP_SO400M,
+    "siglip-so400m-384-openclip": _SIGLIP_SO400M,
+    "siglip-so400m-384-timm": _SIGLIP_SO400M,
+}
+EXPECTED_PATCHES = {"clip": 576, "siglip": 729}
+
+
+def _build(name: str, seed: int = 0, spec: VisionSpec | None = None, pretrained: bool = False):
+    entry = HOST.vision(name)
+    torch.manual_seed(seed)
+    return entry.factory.from_spec(spec or entry.spec, pretrained=pretrained)
+
+
+def _forward_backward(model: VisionBackbone, pixels: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    out = model(pixels)
+    (out.float() ** 2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def _count_linear_calls(block: nn.Module):
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in block.modules()
+               if isinstance(m, nn.Linear)]
+    return calls, handles
+
+
+def test_first_party_plugins_load_cleanly():
+    for plugin, builders in FIRST_PARTY.items():
+        info = HOST.plugins.get(plugin)
+        assert info is not None, f"{plugin} is not installed (pip install -e plugins/...)"
+        assert info.errors == [], info.errors
+        assert info.registered["vision"], f"{plugin} registered no vision backbone"
+        for name in info.registered["vision"]:
+            assert HOST.vision(name).spec.builder in builders
+    for required in ("clip-tiny", "clip-tiny-openclip", "clip-tiny-timm", "siglip-tiny", "siglip-tiny-timm"):
+        assert required in TINY
+    assert HOST.vision("clip").spec.name == "clip-vit-l-14-336"
+    assert HOST.vision("siglip").spec.name == "siglip-so400m-384"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_vision_backbone_contract(name, tmp_path):
+    spec = HOST.vision(name).spec
+    size, n, d = spec.image_size, spec.num_patches, spec.hidden_size
+    model = _build(name)
+    assert isinstance(model, VisionBackbone) and model.spec == spec
+    assert (model.feature_dim, model.num_patches, len(model.blocks())) == (d, n, spec.num_layers)
+
+    # Preprocessing: odd sizes and modes all become [B, 3, S, S].
+    images = [Image.new("RGB", (37, 23), (200, 30, 10)), Image.new("L", (5, 91), 128),
+              Image.new("RGBA", (size + 1, size), (0, 0, 255, 100))]
+    pixels = model.image_processor()(images)
+    assert pixels.shape == (3, 3, size, size) and pixels.dtype == torch.float32
+
+    model.eval()
+    with torch.no_grad():
+        out = model(pixels)
+    assert out.shape == (3, n, d) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+    # Gradients reach every parameter of the first and the last block.
+    model.train()
+    x = torch.randn(2, 3, size, size)
+    out, grads = _forward_backward(model, x)
+    blocks = model.blocks()
+    for label, block in (("first", blocks[0]), ("last", blocks[-1])):
+        for param in block.parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient in the {label} block"
+
+    # Gradient checkpointing: same output and grads, and the blocks are really recomputed.
+    calls, handles = _count_linear_calls(blocks[0])
+    _forward_backward(model, x)
+    plain_calls = len(calls)
+    model.set_gradient_checkpointing(True)
+    calls.clear()
+    out_ckpt, grads_ckpt = _forward_backward(model, x)
+    # (recomputation may stop early, once every tensor the backward needs is back)
+    assert len(calls) > plain_calls, "checkpointing on, but the first block was not recomputed"
+    model.set_gradient_checkpointing(False)
+    calls.clear()
+    _forward_backward(model, x)
+    assert len(calls) == plain_calls
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(out_ckpt, out)
+    assert grads_ckpt.keys() == grads.keys()
+    for key in grads:
+        torch.testing.assert_close(grads_ckpt[key], grads[key], msg=lambda m, key=key: f"{key}: {m}")
+
+    # reinit_last_block: every last-block parameter changes, nothing else does.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.rand_like(param) + 0.5)  # so default-initialised norms change too
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    last = {id(p) for p in model.blocks()[-1].parameters()}
+    model.reinit_last_block()
+    for key, param in model.named_parameters():
+        if id(param) in last:
+            assert not torch.equal(param, before[key]), f"reinit_last_block left {key} unchanged"
+        else:
+            assert torch.equal(param, before[key]), f"reinit_last_block changed {key} outside the last block"
+
+    # Save / load round trip through a safetensors file into a differently seeded instance.
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    other = _build(name, seed=1)
+    other.load_state_dict(load_file(str(path)))
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+
+    # The meta device: built without allocating any parameter or buffer.
+    with torch.device("meta"):
+        meta = _build(name)
+    tensors = [*meta.parameters(), *meta.buffers()]
+    assert tensors and all(t.is_meta for t in tensors)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY if HOST.vision(n).spec.builder in OUR_BUILDERS])
+def test_first_party_builders_reject_bad_specs(name):
+    spec = HOST.vision(name).spec
+    with pytest.raises(ValueError, match="has no weights"):
+        HOST.vision(name).factory.from_spec(spec, pretrained=True)
+    wrong = spec.model_copy(update={"num_layers": spec.num_layers + 1, "hidden_size": spec.hidden_size * 2})
+    with pytest.raises(ValueError, match=f"{name}.*does not match its model"):
+        HOST.vision(name).factory.from_spec(wrong, pretrained=False)
+
+
+def test_every_vision_preset_file_validates():
+    files = preset_files("vision")
+    assert files
+    names = set()
+    for path in files:
+        spec = load_preset_file(path, "vision")  # raises PresetError naming the file and field
+        assert spec.name not in names, f"duplicate preset name {spec.name}"
+        names.add(spec.name)
+        assert spec.name.startswith(spec.family), f"{path.name}: the name must start with the family"
+        if spec.builder in OUR_BUILDERS:
+            assert spec.builder in FIRST_PARTY.get(spec.plugin, ()), f"{path.name}: plugin vs builder"
+            assert spec.tiny == (spec.weights is None), f"{path.name}: only tiny presets have no weights"
+            entry = HOST.vision(spec.name)
+            assert entry.spec == spec and entry.plugin == spec.plugin
+    assert set(EXPECTED_PARAMS) <= names
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_preset_builds_on_meta(name):
+    spec = HOST.vision(name).spec
+    with torch.device("meta"):
+        model = _build(name)
+        out = model(torch.empty(1, 3, spec.image_size, spec.image_size))
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.is_meta for t in tensors)
+    assert out.shape == (1, spec.num_patches, spec.hidden_size)
+    if spec.family in EXPECTED_PATCHES:
+        assert spec.num_patches == EXPECTED_PATCHES[spec.family]
+    if name in EXPECTED_PARAMS:
+        assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name]
+
+
+def test_full_size_architectures_match_the_library_configs():
+    """The presets spell out the architecture; check it against what the libraries ship."""
+    import open_clip
+    import timm
+
+    for name in FULL:
+        spec = HOST.vision(name).spec
+        arch = spec.architecture
+        if spec.builder == "open_clip":
+            shipped = open_clip.get_model_config(arch["model_name"])
+            assert shipped["embed_dim"] == arch["embed_dim"], name
+            for key, value in shipped["vision_cfg"].items():
+                assert arch["vision_cfg"].get(key) == value, f"{name}: vision_cfg.{key}"
+        elif spec.builder == "timm-vit":
+            with torch.device("meta"):
+                shipped = timm.create_model(arch["model_name"], num_classes=0).state_dict()
+                ours = _build(name).trunk.state_dict()
+            assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in shipped.items()}, name
+
+
+# -- loading weights from local files -------------------------------------------------------------
+
+def _same_outputs(a: VisionBackbone, b: VisionBackbone) -> None:
+    size = a.spec.image_size
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
+
+
+def _local(name: str, weights) -> VisionSpec:
+    return HOST.vision(name).spec.model_copy(update={"weights": str(weights)})
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny"])
+def test_hf_loads_a_local_directory(name, tmp_path):
+    model = _build(name)
+    model.vision_model.save_pretrained(tmp_path / "vision")
+    _same_outputs(_build(name, seed=1, spec=_local(name, tmp_path / "vision"), pretrained=True), model)
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny"])
+def test_hf_loads_the_vision_half_of_a_full_checkpoint(name, tmp_path):
+    """Like openai/clip-vit-large-patch14-336: a CLIPModel/SiglipModel directory, text tower included."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    clip = name.startswith("clip")
+    config_cls, model_cls = (CLIPConfig, CLIPModel) if clip else (SiglipConfig, SiglipModel)
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": 99}
+    full = model_cls(config_cls(vision_config=HOST.vision(name).spec.architecture, text_config=text))
+    full.save_pretrained(tmp_path / "full")
+    loaded = _build(name, seed=1, spec=_local(name, tmp_path / "full"), pretrained=True)
+    reference = type(loaded)(HOST.vision(name).spec, full.vision_model)
+    _same_outputs(loaded, reference)
+
+
+def test_open_clip_loads_local_state_dict_files(tmp_path):
+    import open_clip
+
+    name = "clip-tiny-openclip"
+    model = _build(name)
+    # The backbone's own state dict, as safetensors.
+    save_file(model.state_dict(), str(tmp_path / "tower.safetensors"))
+    loaded = _build(name, seed=1, spec=_local(name, tmp_path / "tower.safetensors"), pretrained=True)
+    _same_outputs(loaded, model)
+    # A full open_clip checkpoint (text tower included, DDP-prefixed, torch format).
+    arch = HOST.vision(name).spec.architecture
+    text = {"context_length": 8, "vocab_size": 99, "width": 32, "heads": 2, "layers": 1}
+    clip = open_clip.CLIP(embed_dim=arch["embed_dim"], vision_cfg=arch["vision_cfg"], text_cfg=text,
+                          quick_gelu=arch["quick_gelu"])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}, tmp_path / "clip.pt")
+    loaded = _build(name, seed=1, spec=_local(name, tmp_path / "clip.pt"), pretrained=True)
+    _same_outputs(loaded, type(model)(HOST.vision(name).spec, clip.visual))
+
+
+@pytest.mark.parametrize("name", ["clip-tiny-timm", "siglip-tiny-timm"])
+def test_timm_loads_a_local_file(name, tmp_path):
+    model = _build(name)
+    save_file(model.trunk.state_dict(), str(tmp_path / "timm.safetensors"))
+    loaded = _build(name, seed=1, spec=_local(name, tmp_path / "timm.safetensors"), pretrained=True)
+    _same_outputs(loaded, model)

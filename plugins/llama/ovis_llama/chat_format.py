@@ -1,0 +1,84 @@
+"""The ``llama3`` chat format: Meta-Llama-3-Instruct's prompt, with Ovis v1's default system.
+
+``<|begin_of_text|>``, then per turn ``<|start_header_id|>ROLE<|end_header_id|>\\n\\n`` + the
+stripped content + ``<|eot_id|>``; a generation prompt is an open assistant header. Learned: each
+assistant reply and its ``<|eot_id|>``; the header is not. Every segment boundary falls on a
+special token or right after the header's ``\\n\\n`` (content is stripped, so it never begins with
+whitespace that could merge with it), hence tokenizing segment by segment equals tokenizing the
+joined text.
+
+Unlike Meta's template, which adds no system turn, a conversation without one gets Ovis v1's
+"You are a helpful and honest multimodal assistant." (what the released checkpoints were trained
+on); pass an explicit system message (even an empty one) to choose otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ovis.interfaces import ChatFormat, ChatFormatError, Message, Segment
+from ovis_llama.tokenizer import BOS, END_HEADER, EOT, START_HEADER
+
+
+def validate(messages: Sequence[Message | dict], *, add_generation_prompt: bool) -> list[Message]:
+    """Optional system first, then user and assistant alternating, starting with user."""
+    msgs = ChatFormat.coerce(messages)
+    turns = msgs[1:] if msgs and msgs[0].role == "system" else msgs
+    if not turns:
+        raise ChatFormatError("a conversation needs at least one user message")
+    for i, message in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message.role != expected:
+            raise ChatFormatError(
+                f"turn {i}: expected a {expected} message, got {message.role!r} "
+                "(turns must alternate user/assistant, starting with user)"
+            )
+    if add_generation_prompt and turns[-1].role == "assistant":
+        raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
+    return msgs
+
+
+V1_DEFAULT_SYSTEM = "You are a helpful and honest multimodal assistant."
+
+
+class Llama3ChatFormat(ChatFormat):
+    """Meta's Llama 3 chat layout; ``default_system=None`` adds no system turn (Meta's own)."""
+
+    def __init__(
+        self,
+        name: str = "llama3",
+        *,
+        default_system: str | None = V1_DEFAULT_SYSTEM,
+        v1_formatter_class: str | None = "Llama3ConversationFormatter",
+    ) -> None:
+        self.name = name
+        self.default_system = default_system
+        self.v1_formatter_class = v1_formatter_class
+
+    @staticmethod
+    def header(role: str) -> str:
+        return f"{START_HEADER}{role}{END_HEADER}\n\n"
+
+    def segments(
+        self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        msgs = validate(messages, add_generation_prompt=add_generation_prompt)
+        if msgs[0].role != "system" and self.default_system is not None:
+            msgs.insert(0, Message(role="system", content=self.default_system))
+        out: list[Segment] = []
+        prompt = BOS
+        for message in msgs:
+            body = message.content.strip() + EOT
+            if message.role == "assistant":
+                out += [Segment(text=prompt + self.header("assistant")), Segment(text=body, learn=True)]
+                prompt = ""
+            else:
+                prompt += self.header(message.role) + body
+        if add_generation_prompt:
+            prompt += self.header("assistant")
+        if prompt:
+            out.append(Segment(text=prompt))
+        return out
+
+
+LLAMA3 = Llama3ChatFormat()

@@ -1,0 +1,18 @@
+"""The ``ovis.plugins`` entry point: registers the Llama 3 presets and the ``llama3`` format."""
+
+from __future__ import annotations
+
+from ovis.interfaces import hookimpl, iter_presets
+from ovis_llama.backbone import BUILDER, Llama3LLM
+from ovis_llama.chat_format import LLAMA3
+
+
+@hookimpl
+def register_llms(register) -> None:
+    for spec in iter_presets("llm", builders={BUILDER}):
+        register(spec, Llama3LLM)
+
+
+@hookimpl
+def register_chat_formats(register) -> None:
+    register(LLAMA3)

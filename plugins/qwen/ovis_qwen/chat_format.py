@@ -1,0 +1,95 @@
+"""ChatML, Qwen's chat format: ``chatml`` (Qwen1.5 / Ovis v1) and ``qwen2.5``.
+
+Each turn is ``<|im_start|>ROLE\\n`` + content + ``<|im_end|>\\n``; there is no BOS, and a default
+system turn comes first when the conversation has none; a generation prompt is an open
+``<|im_start|>assistant\\n``. Content is used as is (not stripped), as Qwen's own template does.
+
+Learned: each assistant reply and its ``<|im_end|>``. The ``\\n`` after ``<|im_end|>`` is *not*
+learned: generation stops at ``<|im_end|>`` (the eos), so the model never has to produce it.
+
+Tokenizing segment by segment equals tokenizing the joined text: boundaries fall on special
+tokens, or right after the assistant header, which also takes any leading whitespace of the reply
+up to its last line break (the pre-tokenizer would fuse those line breaks with the header's
+``\\n``), so such leading blank lines are part of the prompt, not the learned reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ovis.interfaces import ChatFormat, ChatFormatError, Message, Segment
+from ovis_qwen.tokenizer import IM_END, IM_START, QWEN25_SYSTEM, QWEN_SYSTEM
+
+_NOT_REGEX_SPACE = "\x1c\x1d\x1e\x1f"  # str.isspace() but not Unicode White_Space (the regex \s)
+
+
+def split_leading_breaks(text: str) -> tuple[str, str]:
+    """``text`` cut after the last line break of its leading whitespace (``("", text)`` if none)."""
+    end = 0
+    while end < len(text) and text[end].isspace() and text[end] not in _NOT_REGEX_SPACE:
+        end += 1
+    lead = text[:end]
+    cut = max(lead.rfind("\n"), lead.rfind("\r")) + 1
+    return text[:cut], text[cut:]
+
+
+def validate(messages: Sequence[Message | dict], *, add_generation_prompt: bool) -> list[Message]:
+    """Optional system first, then user and assistant alternating, starting with user."""
+    msgs = ChatFormat.coerce(messages)
+    turns = msgs[1:] if msgs and msgs[0].role == "system" else msgs
+    if not turns:
+        raise ChatFormatError("a conversation needs at least one user message")
+    for i, message in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message.role != expected:
+            raise ChatFormatError(
+                f"turn {i}: expected a {expected} message, got {message.role!r} "
+                "(turns must alternate user/assistant, starting with user)"
+            )
+    if add_generation_prompt and turns[-1].role == "assistant":
+        raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
+    return msgs
+
+
+class ChatMLFormat(ChatFormat):
+    """ChatML with a default system prompt (``None``: no system turn unless one is given)."""
+
+    def __init__(
+        self, name: str, *, default_system: str | None, v1_formatter_class: str | None = None
+    ) -> None:
+        self.name = name
+        self.default_system = default_system
+        self.v1_formatter_class = v1_formatter_class
+
+    @staticmethod
+    def header(role: str) -> str:
+        return f"{IM_START}{role}\n"
+
+    def segments(
+        self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        msgs = validate(messages, add_generation_prompt=add_generation_prompt)
+        if msgs[0].role != "system" and self.default_system is not None:
+            msgs.insert(0, Message(role="system", content=self.default_system))
+        out: list[Segment] = []
+        prompt = ""
+        for message in msgs:
+            if message.role == "assistant":
+                lead, reply = split_leading_breaks(message.content)
+                out += [
+                    Segment(text=prompt + self.header("assistant") + lead),
+                    Segment(text=reply + IM_END, learn=True),
+                ]
+                prompt = "\n"
+            else:
+                prompt += self.header(message.role) + message.content + IM_END + "\n"
+        if add_generation_prompt:
+            prompt += self.header("assistant")
+        out.append(Segment(text=prompt))
+        return out
+
+
+#: Qwen1.5-Chat / Ovis v1 (``QwenConversationFormatter``)
+CHATML = ChatMLFormat("chatml", default_system=QWEN_SYSTEM, v1_formatter_class="QwenConversationFormatter")
+#: Qwen2.5-Instruct: ChatML with Qwen2.5's default system prompt; Ovis v1 had no formatter for it
+QWEN25 = ChatMLFormat("qwen2.5", default_system=QWEN25_SYSTEM)

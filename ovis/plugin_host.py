@@ -122,7 +122,7 @@ class PluginHost:
         self.plugins[ep.name] = info
         try:
             module = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+        except Exception as exc:
             self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}", exc)
             return
         self._register_plugin(info, module)
@@ -151,7 +151,7 @@ class PluginHost:
             self.pm.register(obj, name=info.name)
             # Hooks that match no hookspec (a typo'd name) only surface here.
             self.pm.check_pending()
-        except Exception as exc:  # noqa: BLE001 - pluggy validation errors and the like
+        except Exception as exc:
             if self.pm.is_registered(obj):
                 self.pm.unregister(obj)
             self._fail(info, f"is not a valid ovis plugin: {type(exc).__name__}: {exc}", exc)
@@ -164,7 +164,7 @@ class PluginHost:
                 caller(register=register)
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a raising hook must not take others down
+            except Exception as exc:
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 self._fail(info, f"{hook} raised {detail}", exc)
 
@@ -277,7 +277,7 @@ class PluginHost:
     def _preset_plugins(self, kind: Kind, predicate) -> set[str]:
         try:
             return {s.plugin for s in iter_presets(kind) if predicate(s) and s.plugin}
-        except Exception:  # noqa: BLE001 - a hint must never mask the real error
+        except Exception:
             return set()
 
     def _unknown_message(self, kind: Kind, name: str) -> str:

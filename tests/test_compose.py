@@ -109,7 +109,8 @@ def test_unknown_names_fail_with_suggestions(capsys):
 
 def test_real_weights_unavailable_offline_say_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError, match="--vit-weights DIR.*--random-init|random"):
+    hint = r"\(--vit-weights DIR\) or compose with random weights \(--random-init\)"
+    with pytest.raises(WeightsUnavailableError, match=hint):
         ovis.compose(vit="clip-vit-l-14-336", llm="qwen2.5-tiny", pretrained=True)
 
 

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - show users a clean message, not a traceback
+    except Exception as exc:
         from ovis.cli.errors import is_user_error
 
         if not is_user_error(exc) or getattr(args, "debug", False):

@@ -1,10 +1,11 @@
 """On-disk cache for tokenizers that plugins build offline.
 
 Converting a large BPE vocabulary (Llama 3, Qwen: 128k-150k entries) takes seconds, so the
-result (a ``tokenizer.json``) is kept under ``$OVIS_CACHE_DIR/tokenizers/<key>/`` (default ``~/.cache/ovis``). A build is
-written into a temporary folder beside the target and renamed into place, so a reader never sees
-a half-written entry and two processes racing to build simply keep whichever lands first. If the
-cache folder cannot be written the tokenizer is built in a throwaway folder instead.
+result (a ``tokenizer.json``) is kept under ``$OVIS_CACHE_DIR/tokenizers/<key>/`` (default
+``~/.cache/ovis``). A build is written into a temporary folder beside the target and renamed
+into place, so a reader never sees a half-written entry and two processes racing to build simply
+keep whichever lands first. If the cache folder cannot be written the tokenizer is built in a
+throwaway folder instead.
 """
 
 from __future__ import annotations

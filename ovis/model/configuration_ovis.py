@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -31,7 +31,7 @@ class OvisConfig(PretrainedConfig):
     """
 
     model_type = "ovis"
-    sub_configs = {"llm_config": AutoConfig}
+    sub_configs: ClassVar[dict[str, type]] = {"llm_config": AutoConfig}
 
     def __init__(
         self,

@@ -10,6 +10,9 @@ other ids). No BOS is added; eos is ``<|im_end|>`` (the chat end of turn), pad `
   "You are a helpful assistant." (Ovis v1's ``QwenConversationFormatter``).
 * ``offline:qwen2.5``: the same vocabulary plus Qwen2.5's extra tokens (151646-151664: vision,
   tool-call and fill-in-the-middle markers) and Qwen2.5-Instruct's default system prompt.
+* ``offline:qwen-toy``: a small byte-level BPE (512 tokens) trained on a short built-in corpus,
+  with Qwen's three special tokens and ChatML template. The Qwen vocabulary's 151k-row embedding
+  and head would dominate a CPU-sized model's compute; this keeps the family's format without it.
 """
 
 from __future__ import annotations
@@ -87,6 +90,41 @@ def _write_backend(folder: Path) -> None:
     backend.save(str(folder / "tokenizer.json"))
 
 
+TOY_VOCAB_SIZE = 512
+
+
+def _write_toy_backend(folder: Path) -> None:
+    """Train the toy byte-level BPE on ``resources/toy_corpus.txt`` (deterministic, ~10 ms)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = (resources.files("ovis_qwen") / "resources" / "toy_corpus.txt").read_text().splitlines()
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOY_VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer)
+    backend.save(str(folder / "tokenizer.json"))
+
+
+@functools.cache
+def _toy() -> PreTrainedTokenizerFast:
+    path, _ = cached_tokenizer_file(f"qwen-toy-bpe-v{RECIPE_VERSION}", _write_toy_backend)
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        eos_token=IM_END,
+        pad_token=PAD,
+        chat_template=chatml_template(QWEN_SYSTEM),
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
 @functools.cache
 def _offline(name: str) -> PreTrainedTokenizerFast:
     extra, system, max_length = OFFLINE[name]
@@ -113,8 +151,11 @@ def _offline(name: str) -> PreTrainedTokenizerFast:
 
 def offline_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A fresh copy of the offline tokenizer ``name`` (built once per process, cached on disk)."""
+    if name == "qwen-toy":
+        return copy.deepcopy(_toy())
     if name not in OFFLINE:
-        raise ValueError(f"unknown offline tokenizer {name!r} for the qwen plugin; known: {sorted(OFFLINE)}")
+        known = sorted([*OFFLINE, "qwen-toy"])
+        raise ValueError(f"unknown offline tokenizer {name!r} for the qwen plugin; known: {known}")
     return copy.deepcopy(_offline(name))
 
 

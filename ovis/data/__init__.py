@@ -1,0 +1,27 @@
+"""Training data: ``dataset_info.json`` -> records -> encoded samples -> padded batches.
+
+    info = load_dataset_info("data/dataset_info.json")
+    dataset = build_dataset(info, ["captions", "conversations"], processor)
+    loader = DataLoader(dataset, batch_size=8, collate_fn=DataCollator(processor))
+
+Malformed records and unusable images are skipped, counted and named (``SkipLog``), never trained
+on as empty samples; a meta file that cannot be read at all fails at once (``DataError``).
+"""
+
+from ovis.data.dataset import DataCollator, SkipLog, SupervisedDataset, build_dataset
+from ovis.data.readers import Record, read_records
+from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, UnknownDatasetError, load_dataset_info
+
+__all__ = [
+    "DataCollator",
+    "DataError",
+    "DatasetEntry",
+    "DatasetInfo",
+    "Record",
+    "SkipLog",
+    "SupervisedDataset",
+    "UnknownDatasetError",
+    "build_dataset",
+    "load_dataset_info",
+    "read_records",
+]

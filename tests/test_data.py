@@ -1,0 +1,333 @@
+"""ovis.data: dataset_info.json, meta file readers, skips (counted and named), mixing, collation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ovis.data import (
+    DataCollator,
+    DataError,
+    DatasetInfo,
+    Record,
+    SkipLog,
+    SupervisedDataset,
+    build_dataset,
+    load_dataset_info,
+    read_records,
+)
+from ovis.interfaces import Message
+from ovis.model import IGNORE_INDEX, IMAGE_TOKEN_ID
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _image(path: Path, colour: str = "red", size: tuple[int, int] = (40, 30)) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path.name
+
+
+def _json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _info(root: Path, entries: dict) -> Path:
+    return _json(root / "dataset_info.json", entries)
+
+
+def _learned(processor, sample) -> str:
+    return processor.tokenizer.decode([t for t in sample.labels if t != IGNORE_INDEX])
+
+
+def _image_blocks(processor, sample) -> int:
+    count = sample.input_ids.count(IMAGE_TOKEN_ID)
+    assert count % processor.num_image_tokens == 0
+    return count // processor.num_image_tokens
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """Five good images under ``data/images``."""
+    root = tmp_path / "data"
+    for i, colour in enumerate(("red", "green", "blue", "yellow", "white")):
+        _image(root / "images" / f"img{i}.png", colour)
+    return root
+
+
+# -- dataset_info.json ----------------------------------------------------------------------------
+def test_dataset_info_resolves_paths_against_its_own_directory(tmp_path: Path, monkeypatch):
+    root = tmp_path / "sets"
+    path = _info(root, {
+        "caps": {"meta_file": "meta/caps.parquet", "image_dir": "images", "data_format": "caption"},
+        "conv": {"meta_file": "conv.json", "image_dir": None, "data_format": "conversation",
+                 "description": "LLaVA style"},
+    })
+    monkeypatch.chdir(tmp_path)  # not the json's directory: paths must not depend on the cwd
+    info = load_dataset_info(path)
+    assert isinstance(info, DatasetInfo) and info.path == path
+    assert sorted(info) == ["caps", "conv"] and len(info) == 2 and "caps" in info
+    assert info.get("caps").caption_template == "<image>'s caption: "
+    assert info.meta_path("caps") == root / "meta" / "caps.parquet"
+    assert info.image_root("caps") == root / "images"
+    assert info.image_root("conv") == root  # no image_dir: relative to the meta file
+    assert load_dataset_info(root).path == path  # a directory means its dataset_info.json
+
+
+def test_dataset_info_errors_name_the_file_and_the_field(tmp_path: Path):
+    missing = tmp_path / "nope" / "dataset_info.json"
+    with pytest.raises(DataError, match=rf"{missing}: dataset_info file not found"):
+        load_dataset_info(missing)
+
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"a": {"meta_file": "x.json",\n  "data_format": caption}}')
+    with pytest.raises(DataError, match=rf"{bad_json}: not valid JSON at line 2 column"):
+        load_dataset_info(bad_json)
+
+    path = _info(tmp_path, {"toy": {"meta_file": "t.json", "data_format": "captions"}})
+    with pytest.raises(DataError, match=r"dataset_info.json: toy\.data_format: .*'caption'.*got 'captions'"):
+        load_dataset_info(path)
+    path = _info(tmp_path, {"toy": {"metafile": "t.json", "data_format": "caption"}})
+    with pytest.raises(DataError, match=r"toy\.meta_file: Field required; toy\.metafile: Extra inputs"):
+        load_dataset_info(path)
+    path = _info(tmp_path, {"toy": {"meta_file": "t.json", "data_format": "caption",
+                                    "caption_template": "describe: "}})
+    with pytest.raises(DataError, match=r"toy\.caption_template: must contain <image> exactly once"):
+        load_dataset_info(path)
+    path = _info(tmp_path, {"toy": {"meta_file": "t.csv", "data_format": "caption"}})
+    with pytest.raises(DataError, match=r"toy\.meta_file: must end with one of \.json"):
+        load_dataset_info(path)
+
+
+def test_unknown_dataset_name_suggests_close_matches(tmp_path: Path, toy_processor):
+    path = _info(tmp_path, {
+        "toy-captions": {"meta_file": "c.json", "data_format": "caption"},
+        "toy-conversations": {"meta_file": "v.json", "data_format": "conversation"},
+    })
+    info = load_dataset_info(path)
+    with pytest.raises(DataError, match=r"unknown dataset 'toy-caption'\. Did you mean 'toy-captions'"
+                                        r".* Available: toy-captions, toy-conversations"):
+        info.get("toy-caption")
+    with pytest.raises(KeyError):  # also a KeyError, like a mapping's
+        info["nothing-like-it"]
+    assert info.get("nothing-like-it", None) is None  # an explicit default, as for any mapping
+    # build_dataset checks every name before reading anything (c.json does not even exist)
+    with pytest.raises(DataError, match="Did you mean 'toy-conversations'"):
+        build_dataset(path, ["toy-captions", "toy-conversation"], toy_processor)
+
+
+# -- readers and encoding -------------------------------------------------------------------------
+def test_caption_parquet_and_json(data_root: Path, toy_processor):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image_path": ["img0.png", "img1.png"],
+                             "caption": ["the square is red.", "there are three circles."]}),
+                   data_root / "caps.parquet")
+    _json(data_root / "caps.json", [{"id": "c0", "image": "img2.png", "caption": "the square is red."}])
+    (data_root / "caps.jsonl").write_text(
+        json.dumps({"image_path": "img3.png", "caption": "three circles."}) + "\n\n")
+    path = _info(data_root, {
+        name: {"meta_file": f"caps.{ext}", "image_dir": "images", "data_format": "caption"}
+        for name, ext in (("pq", "parquet"), ("js", "json"), ("jl", "jsonl"))
+    })
+    skips = SkipLog()
+    records = read_records(path, "pq", skips)
+    assert records[1] == Record(
+        id="pq[1]",
+        messages=[Message(role="user", content="<image>'s caption: "),
+                  Message(role="assistant", content="there are three circles.")],
+        images=[data_root / "images" / "img1.png"],
+        source="pq[1]",
+    )
+    json_records = read_records(path, "js", skips)
+    assert json_records[0].id == "c0" and json_records[0].images == [data_root / "images" / "img2.png"]
+    assert read_records(path, "jl", skips)[0].messages[1].content == "three circles."
+    assert skips.count == 0 and skips.total == 4
+
+    dataset = SupervisedDataset(records, toy_processor, skip_log=skips)
+    assert len(dataset) == 2
+    sample = dataset[0]
+    assert _learned(toy_processor, sample) == "the square is red.\n"
+    assert _image_blocks(toy_processor, sample) == 1 and sample.pixel_values.shape == (1, 3, 32, 32)
+
+
+def test_conversation_json(data_root: Path, toy_processor):
+    rows = [
+        {"id": "single", "image": "img0.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the square?"},
+            {"from": "gpt", "value": "the square is red."},
+            {"from": "human", "value": "how many circles are there?"},
+            {"from": "gpt", "value": "there are three circles."}]},
+        {"id": "multi", "image": ["img1.png", "img2.png"], "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nhow many circles are there?"},
+            {"from": "gpt", "value": "three circles."}]},
+        {"id": "text", "conversations": [
+            {"from": "human", "value": "what colour is the square?"},
+            {"from": "gpt", "value": "red."}]},
+        {"id": 7, "image": "img3.png", "conversations": [
+            {"from": "system", "value": "be brief."},
+            {"from": "human", "value": "what colour is the square?"},  # no marker: one is added
+            {"from": "gpt", "value": "red."}]},
+    ]
+    _json(data_root / "conv.json", rows)
+    path = _info(data_root, {"conv": {"meta_file": "conv.json", "image_dir": "images",
+                                      "data_format": "conversation"}})
+    skips = SkipLog()
+    records = read_records(load_dataset_info(path), "conv", skips)
+    assert skips.count == 0 and [r.id for r in records] == ["single", "multi", "text", "7"]
+    assert [r.source for r in records] == [f"conv[{i}]" for i in range(4)]
+    assert [len(r.images) for r in records] == [1, 2, 0, 1]
+    assert records[1].images == [data_root / "images" / "img1.png", data_root / "images" / "img2.png"]
+    assert [m.role for m in records[0].messages] == ["user", "assistant", "user", "assistant"]
+    assert [m.role for m in records[3].messages] == ["system", "user", "assistant"]
+    assert records[3].messages[1].content == "<image>\nwhat colour is the square?"
+
+    dataset = SupervisedDataset(records, toy_processor, skip_log=skips)
+    expected = [("the square is red.\nthere are three circles.\n", 1), ("three circles.\n", 2),
+                ("red.\n", 0), ("red.\n", 1)]
+    for i, (learned, blocks) in enumerate(expected):
+        sample = dataset[i]
+        assert _learned(toy_processor, sample) == learned, i
+        assert _image_blocks(toy_processor, sample) == blocks == sample.num_images, i
+    assert skips.count == 0
+
+
+# -- skips ----------------------------------------------------------------------------------------
+def _broken_files(root: Path) -> None:
+    images = root / "images"
+    (images / "corrupt.png").write_bytes(random.Random(0).randbytes(300))
+    noise = Image.frombytes("RGB", (64, 64), random.Random(1).randbytes(64 * 64 * 3))
+    noise.save(images / "whole.png")
+    data = (images / "whole.png").read_bytes()
+    (images / "truncated.png").write_bytes(data[: len(data) // 2])
+
+
+def test_bad_records_and_images_are_skipped_counted_and_named(data_root: Path, toy_processor, caplog):
+    _broken_files(data_root)
+    _json(data_root / "caps.json", [
+        {"image_path": "img0.png", "caption": "the square is red."},         # 0 ok
+        {"image_path": "missing.png", "caption": "gone."},                   # 1 image not found
+        {"image_path": "corrupt.png", "caption": "noise."},                  # 2 unreadable
+        {"image_path": "truncated.png", "caption": "half."},                 # 3 truncated
+        {"image_path": "img1.png", "caption": ""},                           # 4 missing caption
+        {"image_path": "img2.png", "caption": "three circles."},             # 5 ok
+    ])
+    long_question = "what colour is the square? " * 60
+    _json(data_root / "conv.json", [
+        {"id": "a", "image": "img3.png", "conversations": [                 # 0 ok
+            {"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red."}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "hello?"}]},  # 1 no assistant turn
+        {"id": "c", "conversations": [                                       # 2 unknown role
+            {"from": "robot", "value": "hi"}, {"from": "gpt", "value": "hi"}]},
+        {"id": "d", "conversations": [                                       # 3 too long
+            {"from": "human", "value": long_question}, {"from": "gpt", "value": "red."}]},
+        {"id": "e", "conversations": []},                                    # 4 empty conversations
+        {"id": "f", "conversations": [                                       # 5 non-string value
+            {"from": "human", "value": ["x"]}, {"from": "gpt", "value": "y"}]},
+    ])
+    path = _info(data_root, {
+        "caps": {"meta_file": "caps.json", "image_dir": "images", "data_format": "caption"},
+        "conv": {"meta_file": "conv.json", "image_dir": "images", "data_format": "conversation"},
+    })
+    skips = SkipLog()
+    with caplog.at_level(logging.INFO, logger="ovis.data"):
+        dataset = build_dataset(path, ["caps", "conv"], toy_processor, skip_log=skips)
+    # Malformed records never become records; 5 of caps and 2 of conv are left.
+    assert len(dataset) == 7 and skips.total == 12
+    assert skips.by_reason() == {"missing caption": 1, "no assistant turn": 1, "unknown role": 1,
+                                 "empty conversations": 1, "non-string value": 1}
+    assert f"skipping conv[2] ({data_root / 'conv.json'}): unknown role: turn 0 has 'from': 'robot'" \
+        in caplog.text
+    assert "dataset caps: 5 records (1 skipped)" in caplog.text
+
+    samples = [dataset[i] for i in range(len(dataset))]
+    by_source = dict(zip((r.source for r in dataset.records), samples, strict=True))
+    assert [s for s, v in by_source.items() if v is None] == ["caps[1]", "caps[2]", "caps[3]", "conv[3]"]
+    reasons = skips.reasons()
+    assert reasons["caps[1]"].startswith("image not found: ") and "missing.png" in reasons["caps[1]"]
+    assert reasons["caps[2]"].startswith("image unreadable: ") and "corrupt.png" in reasons["caps[2]"]
+    assert reasons["caps[3]"].startswith("image truncated or corrupt: ") and "truncated.png" in reasons["caps[3]"]
+    assert reasons["conv[3]"].startswith("too long: ")
+    assert skips.count == 9
+    dataset[1]  # retried (next epoch): counted and logged once
+    assert skips.count == 9 and caplog.text.count("skipping caps[1]") == 1
+
+    summary = skips.summary()
+    assert summary.splitlines()[0] == "skipped 9 of 12 records:"
+    for line in ("1 image not found (caps[1])", "1 image unreadable (caps[2])",
+                 "1 image truncated or corrupt (caps[3])", "1 too long (conv[3])",
+                 "1 no assistant turn (conv[1])", "1 unknown role (conv[2])"):
+        assert line in summary
+
+    collate = DataCollator(toy_processor)
+    batch = collate(samples)
+    assert batch["num_skipped"] == 4 and batch["input_ids"].shape[0] == 3  # caps[0], caps[5], conv[0]
+    assert batch["pixel_values"].shape[0] == 3
+    assert collate([samples[1], samples[2]]) is None
+
+
+def test_dataloader_sums_num_skipped(data_root: Path, toy_processor):
+    from torch.utils.data import DataLoader
+
+    _json(data_root / "caps.json", [{"image_path": p, "caption": "red."}
+                                    for p in ("img0.png", "gone.png", "img1.png", "gone2.png", "img2.png")])
+    path = _info(data_root, {"caps": {"meta_file": "caps.json", "image_dir": "images",
+                                      "data_format": "caption"}})
+    dataset = build_dataset(path, ["caps"], toy_processor)
+    loader = DataLoader(dataset, batch_size=2, collate_fn=DataCollator(toy_processor))
+    batches = list(loader)
+    assert sum(b["num_skipped"] for b in batches if b is not None) == 2
+    assert sum(b["input_ids"].shape[0] for b in batches if b is not None) == 3
+
+
+@pytest.mark.parametrize(("meta", "content", "message"), [
+    ("missing.json", None, "meta file not found"),
+    ("garbage.json", b"this is not json", "not valid JSON at line 1 column 1"),
+    ("object.json", b'{"image_path": "a.png"}', "expected a JSON list of records, got dict"),
+    ("garbage.jsonl", b"nope\nnope either\n", "no line is valid JSON"),
+    ("garbage.parquet", b"PAR1 not really", "not a readable parquet file"),
+])
+def test_wholly_unreadable_meta_file_fails_fast(tmp_path: Path, toy_processor, meta, content, message):
+    if content is not None:
+        (tmp_path / meta).write_bytes(content)
+    path = _info(tmp_path, {"broken": {"meta_file": meta, "data_format": "caption"}})
+    with pytest.raises(DataError, match=rf"{tmp_path / meta}: {message}"):
+        build_dataset(path, ["broken"], toy_processor)
+
+
+def test_mixing_datasets_concatenates_their_records(data_root: Path, toy_processor):
+    _json(data_root / "a.json", [{"image_path": f"img{i}.png", "caption": "red."} for i in range(3)])
+    _json(data_root / "b.json", [{"id": str(i), "image": "img4.png", "conversations": [
+        {"from": "human", "value": "<image> what?"}, {"from": "gpt", "value": "white."}]} for i in range(2)])
+    info = DatasetInfo({
+        "a": {"meta_file": "a.json", "image_dir": "images", "data_format": "caption"},
+        "b": {"meta_file": "b.json", "image_dir": "images", "data_format": "conversation"},
+    }, path=data_root / "dataset_info.json")
+    dataset = build_dataset(info, ["a", "b"], toy_processor)
+    assert len(dataset) == len(read_records(info, "a", SkipLog())) + len(read_records(info, "b", SkipLog())) == 5
+    assert [r.source for r in dataset.records] == ["a[0]", "a[1]", "a[2]", "b[0]", "b[1]"]
+    assert len(build_dataset(info, "b", toy_processor)) == 2  # one name as a plain string
+    assert all(dataset[i] is not None for i in range(5))
+
+
+def test_skip_log_is_picklable_and_counts_each_source_once():
+    log = SkipLog(max_listed=2)
+    assert log.add("x[0]", "image not found: /a.png")
+    assert not log.add("x[0]", "image not found: /a.png")
+    for i in range(1, 4):
+        log.add(f"x[{i}]", "too long: 300 tokens")
+    log.add_total(10)
+    copy = pickle.loads(pickle.dumps(log))
+    assert copy.count == 4 and copy.by_reason() == {"too long": 3, "image not found": 1}
+    assert copy.summary() == ("skipped 4 of 10 records:\n  3 too long (x[1], x[2], ...)\n"
+                              "  1 image not found (x[0])")
+    copy.add("x[9]", "bad: y")  # the copy has a working lock and its own counts
+    assert copy.count == 5 and log.count == 4

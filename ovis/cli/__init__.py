@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ovis.cli import compose_cmd, plugins_cmd
+from ovis.cli import compose_cmd, data_cmd, plugins_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,9 +14,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ovis", description="Build, train and serve Ovis-style multimodal LLMs."
     )
     parser.add_argument("--version", action="version", version=_version())
+    # The deepspeed launcher passes --local_rank=N before the subcommand; ranks come from the env.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     plugins_cmd.add_commands(commands)
     compose_cmd.add_commands(commands)
+    train_cmd.add_commands(commands)
+    data_cmd.add_commands(commands)
     return parser
 
 

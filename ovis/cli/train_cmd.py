@@ -1,0 +1,49 @@
+"""``ovis train --config FILE.yaml [--set key=value ...] [--resume] [--print-config]``.
+
+Single process: ``ovis train --config stage1.yaml``. Several processes: ``torchrun
+--nproc_per_node N $(which ovis) train --config ...`` or ``deepspeed --num_gpus N $(which ovis)
+train --config ...`` (the launcher's ``--local_rank`` argument is accepted and ignored: the rank
+comes from the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="run a training stage (DeepSpeed) and export the trained model",
+        description="Train an Ovis model for one stage as described by a YAML config, save resumable "
+        "checkpoints in OUTPUT_DIR/checkpoints and export OUTPUT_DIR/final (loadable with ovis.load).",
+    )
+    p.add_argument("--config", help="training config (YAML); relative paths in it resolve against its directory")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set lr=1e-4 --set data.datasets=[a,b] (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovis.train.config import dump_config, load_train_config
+
+    if not args.config and not args.overrides:
+        raise ValueError("give --config FILE.yaml (and/or --set key=value overrides)")
+    config = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ovis.train.trainer import train
+
+    out = train(config, resume=args.resume, progress=args.progress)
+    print(f"exported {out}")
+    return 0

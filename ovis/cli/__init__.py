@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ovis.cli import compose_cmd, data_cmd, plugins_cmd, train_cmd
+from ovis.cli import compose_cmd, data_cmd, plugins_cmd, quickstart_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     compose_cmd.add_commands(commands)
     train_cmd.add_commands(commands)
     data_cmd.add_commands(commands)
+    quickstart_cmd.add_commands(commands)
     return parser
 
 

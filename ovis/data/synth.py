@@ -119,15 +119,17 @@ def question(kind: str, scene: list[Thing], rng: random.Random) -> QA:
 class SynthSpec:
     train_images: int = 12000
     eval_images: int = 1000
-    image_size: int = 32
+    image_size: int = 64
     questions_per_image: int = 3
     seed: int = 0
+    blank: bool = False  # draw no objects: the same questions over empty images (a blind baseline)
 
 
-def _scenes(n: int, rng: random.Random, size: int) -> Iterator[tuple[list[Thing], Image.Image]]:
+def _scenes(n: int, rng: random.Random, size: int, blank: bool) -> Iterator[tuple[list[Thing], Image.Image]]:
     for _ in range(n):
         scene = random_scene(rng)
-        yield scene, draw_scene(scene, size, rng)
+        image = draw_scene(scene, size, rng)
+        yield scene, (Image.new("RGB", (size, size), BACKGROUND) if blank else image)
 
 
 def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, progress: bool = True) -> Path:
@@ -139,7 +141,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
     captions, conversations, evaluation = [], [], []
     total = spec.train_images + spec.eval_images
     bar = tqdm(total=total, desc="drawing scenes", unit="img", disable=not progress)
-    for i, (scene, image) in enumerate(_scenes(total, rng, spec.image_size)):
+    for i, (scene, image) in enumerate(_scenes(total, rng, spec.image_size, spec.blank)):
         name = f"{'train' if i < spec.train_images else 'eval'}-{i:06d}.png"
         image.save(out / "images" / name)
         bar.update()

@@ -187,7 +187,10 @@ class Trainer:
         from ovis.compose import load
 
         config = self.config
-        model, processor = load(config.model, dtype="float32")
+        # Load in the training precision: DeepSpeed's bf16 mode casts the module to bf16 anyway (its
+        # optimizer keeps fp32 master weights), and an fp32 copy of a 7B model per rank is 28 GB.
+        dtype = "bfloat16" if config.resolved_precision() == "bf16" else "float32"
+        model, processor = load(config.model, dtype=dtype)
         self.processor = processor
         self.train_processor = copy.copy(processor)
         if config.data.max_length:

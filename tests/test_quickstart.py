@@ -1,0 +1,57 @@
+"""The main job end to end on a small budget: data, compose, three stages, held-out report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ovis.data.synth import QUESTION_TYPES, SynthSpec, answer_vocabulary, question, random_scene
+
+
+def test_every_question_has_one_right_answer_that_depends_on_the_scene():
+    import random
+
+    rng = random.Random(0)
+    answers = {kind: set() for kind in QUESTION_TYPES}
+    for _ in range(400):
+        scene = random_scene(rng)
+        assert len({t.colour for t in scene}) == len(scene) and len({t.cell for t in scene}) == len(scene)
+        for kind in QUESTION_TYPES:
+            qa = question(kind, scene, rng)
+            assert qa.answer in answer_vocabulary()
+            answers[kind].add(qa.answer)
+    # Every type has several possible answers, so no fixed guess can score highly.
+    assert {k: len(v) > 1 for k, v in answers.items()} == dict.fromkeys(QUESTION_TYPES, True)
+    exists = [question("exists", random_scene(rng), rng).answer for _ in range(600)]
+    assert 0.4 < exists.count("yes") / len(exists) < 0.6
+
+
+def test_blank_spec_draws_empty_images(tmp_path):
+    from PIL import Image
+
+    from ovis.data.synth import write_synthetic_dataset
+
+    info = write_synthetic_dataset(tmp_path, SynthSpec(train_images=3, eval_images=2, blank=True), progress=False)
+    assert info.name == "dataset_info.json"
+    for path in (tmp_path / "images").iterdir():
+        assert len(Image.open(path).getcolors()) == 1
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
+    from ovis.quickstart import quickstart
+
+    result = quickstart(tmp_path, stage3_steps=500, train_images=1500, eval_images=200, progress=False,
+                        log=lambda *_: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
+    for stage in ("stage1", "stage2", "stage3"):
+        assert (tmp_path / stage / "final" / "config.json").is_file()
+        metrics = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        assert metrics, stage
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:50]) / 50
+    # 500 steps are enough to learn to count from the image (chance: 25%).
+    assert report["by_type"]["count"] > 0.5, report
+    assert result.total_seconds > 0

@@ -53,7 +53,8 @@ def main() -> None:
     print("|" + " --- |" * (len(QUESTION_TYPES) + 5))
     for r in rows:
         cells = " | ".join(f"{r[k]:.1%}" for k in QUESTION_TYPES)
-        print(f"| {r['variant']} | {r['seed']} | {r['accuracy']:.1%} | {cells} | {r['step_s']:.3f} | {r['minutes']:.1f} |")
+        print(f"| {r['variant']} | {r['seed']} | {r['accuracy']:.1%} | {cells} | {r['step_s']:.3f} "
+              f"| {r['minutes']:.1f} |")
     base = [r["step_s"] for r in rows if r["variant"] == "structural"]
     mlp = [r["step_s"] for r in rows if r["variant"] == "mlp"]
     if base and mlp:

@@ -7,14 +7,13 @@ on the command line are the same call.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from ovis.fsutil import atomic_directory
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
 from ovis.plugin_host import PluginHost, get_host
@@ -151,17 +150,9 @@ def save(model: OvisForCausalLM, processor: OvisProcessor, out: str | Path, *, o
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

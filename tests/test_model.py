@@ -176,3 +176,28 @@ def test_parameter_report_adds_up(tiny_ovis):
     assert parts == report["total"]
     assert report["visual_tokenizer.head"] == 32 * 254 + 2 * 254
     assert report["vte"] == 256 * 64
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ovis):
+    import warnings
+
+    model = tiny_ovis.train()
+    block = model.num_image_tokens
+    ids = torch.tensor([_ids(3, "IMG", 4, 5, 6, block=block)])
+    pixels = torch.randn(1, 3, 32, 32)
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=ids, pixel_values=pixels, labels=ids.clamp(min=0)).loss
+        loss.backward()
+        return loss.detach(), model.backbone.blocks()[0].mlp[0].weight.grad.clone()
+
+    plain = loss_and_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated transformers API on this path
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    assert model.is_activation_checkpointing and model.backbone.checkpointing
+    checkpointed = loss_and_grad()
+    torch.testing.assert_close(plain, checkpointed)
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing

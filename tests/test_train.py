@@ -376,8 +376,14 @@ def test_lora_trains_adapters_only_and_merges_on_export(toy_dir, data_info, tmp_
 
 
 # -- subprocess runs (slow) ------------------------------------------------------------------------
+#: set in this process by in-process training runs (a single-rank group whose port is still held);
+#: a child must make its own group, not join that one
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _yaml(tmp_path: Path, model: Path, info: Path, name: str, **fields) -> Path:

@@ -53,6 +53,26 @@ class ChatFormat(ABC):
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
         return "".join(s.text for s in self.segments(messages, add_generation_prompt=add_generation_prompt))
 
+    @classmethod
+    def validate_turns(
+        cls, messages: Sequence[Message | dict], *, add_generation_prompt: bool
+    ) -> list[Message]:
+        """Optional system first, then user and assistant alternating, starting with user."""
+        msgs = cls.coerce(messages)
+        turns = msgs[1:] if msgs and msgs[0].role == "system" else msgs
+        if not turns:
+            raise ChatFormatError("a conversation needs at least one user message")
+        for i, message in enumerate(turns):
+            expected = "user" if i % 2 == 0 else "assistant"
+            if message.role != expected:
+                raise ChatFormatError(
+                    f"turn {i}: expected a {expected} message, got {message.role!r} "
+                    "(turns must alternate user/assistant, starting with user)"
+                )
+        if add_generation_prompt and turns[-1].role == "assistant":
+            raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
+        return msgs
+
     @staticmethod
     def coerce(messages: Sequence[Message | dict]) -> list[Message]:
         """Accept dicts too; validate role order (optional system first, then user/assistant)."""

@@ -44,14 +44,34 @@ class LLMBackbone(ABC):
 
 
 class HFCausalLM(LLMBackbone):
-    """An LLM that is a plain ``transformers`` causal LM; plugins override the tokenizer part."""
+    """An LLM that is a plain ``transformers`` causal LM; plugins override the tokenizer part.
+
+    ``model_types`` (if set by a subclass) lists the ``model_type`` values it builds; the built
+    config must also agree with the spec's own size fields, so a bad preset fails early.
+    """
+
+    model_types: tuple[str, ...] = ()
 
     def build_config(self) -> PretrainedConfig:
-        arch = dict(self.spec.architecture)
+        spec = self.spec
+        arch = dict(spec.architecture)
         model_type = arch.pop("model_type", None)
         if model_type is None:
-            raise ValueError(f"LLM preset {self.spec.name!r}: architecture.model_type is required")
-        return AutoConfig.for_model(model_type, **arch)
+            raise ValueError(f"LLM preset {spec.name!r}: architecture.model_type is required")
+        if self.model_types and model_type not in self.model_types:
+            raise ValueError(
+                f"LLM preset {spec.name!r}: builder {spec.builder!r} builds model_type "
+                f"{' or '.join(self.model_types)}, not {model_type!r}"
+            )
+        config = AutoConfig.for_model(model_type, **arch)
+        for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+                            ("vocab_size", "vocab_size")):
+            if getattr(spec, field) != getattr(config, attr):
+                raise ValueError(
+                    f"LLM preset {spec.name!r}: {field}={getattr(spec, field)} but "
+                    f"architecture.{attr}={getattr(config, attr)}"
+                )
+        return config
 
     def build_model(self, *, pretrained: bool = True, dtype: torch.dtype | None = None) -> PreTrainedModel:
         if pretrained:

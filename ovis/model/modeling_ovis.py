@@ -90,17 +90,20 @@ class OvisForCausalLM(OvisPreTrainedModel):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.llm.get_output_embeddings()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any
+    ) -> None:
+        """Recompute activations in the backward pass, in the LLM and in the vision encoder."""
+        self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
         self.backbone.set_gradient_checkpointing(True)
 
-    def gradient_checkpointing_disable(self) -> None:
-        self.llm.gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self) -> None:
+        self.llm.activation_checkpointing_disable()
         self.backbone.set_gradient_checkpointing(False)
 
     @property
-    def is_gradient_checkpointing(self) -> bool:
-        return self.llm.is_gradient_checkpointing
+    def is_activation_checkpointing(self) -> bool:
+        return self.llm.is_activation_checkpointing
 
     # -- the visual path ---------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

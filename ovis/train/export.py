@@ -8,13 +8,12 @@ weights in ``lora_adapter/``. The directory is written under a temporary name an
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ovis.fsutil import atomic_directory
 from ovis.train.modules import is_lora, merge_lora_state_dict
 
 if TYPE_CHECKING:
@@ -52,19 +51,11 @@ def export_model(
     """Write ``state_dict`` (keys of ``model``) with ``model``'s config, and the processor, to
     ``out`` atomically. Rank 0 only."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         if is_lora(model):
             state_dict = _lora_export(model, state_dict, tmp, merge=lora is None or lora.merge_on_export)
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

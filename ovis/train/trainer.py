@@ -202,7 +202,7 @@ class Trainer:
         if summary.num_trainable == 0:
             raise ValueError(f"train_modules {config.train_modules} select no trainable parameters")
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
         self.gumbel = model.config.tokenize_function == "gumbel_argmax"
         self.summary = summary
         self.model = model

@@ -16,27 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ovis.interfaces import ChatFormat, ChatFormatError, Message, Segment
+from ovis.interfaces import ChatFormat, Message, Segment
 from ovis_llama.tokenizer import BOS, END_HEADER, EOT, START_HEADER
-
-
-def validate(messages: Sequence[Message | dict], *, add_generation_prompt: bool) -> list[Message]:
-    """Optional system first, then user and assistant alternating, starting with user."""
-    msgs = ChatFormat.coerce(messages)
-    turns = msgs[1:] if msgs and msgs[0].role == "system" else msgs
-    if not turns:
-        raise ChatFormatError("a conversation needs at least one user message")
-    for i, message in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message.role != expected:
-            raise ChatFormatError(
-                f"turn {i}: expected a {expected} message, got {message.role!r} "
-                "(turns must alternate user/assistant, starting with user)"
-            )
-    if add_generation_prompt and turns[-1].role == "assistant":
-        raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
-    return msgs
-
 
 V1_DEFAULT_SYSTEM = "You are a helpful and honest multimodal assistant."
 
@@ -62,7 +43,7 @@ class Llama3ChatFormat(ChatFormat):
     def segments(
         self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False
     ) -> list[Segment]:
-        msgs = validate(messages, add_generation_prompt=add_generation_prompt)
+        msgs = self.validate_turns(messages, add_generation_prompt=add_generation_prompt)
         if msgs[0].role != "system" and self.default_system is not None:
             msgs.insert(0, Message(role="system", content=self.default_system))
         out: list[Segment] = []

@@ -7,7 +7,6 @@ architecture agrees with the sizes it declares.
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from ovis.interfaces import HFCausalLM
@@ -17,28 +16,10 @@ BUILDER = "qwen"
 MODEL_TYPES = ("qwen2",)
 
 
-def check_config(spec, config: PretrainedConfig, model_types: tuple[str, ...]) -> PretrainedConfig:
-    """Fail early when ``spec.architecture`` contradicts the spec's own size fields."""
-    if config.model_type not in model_types:
-        raise ValueError(
-            f"LLM preset {spec.name!r}: builder {spec.builder!r} builds model_type "
-            f"{' or '.join(model_types)}, not {config.model_type!r}"
-        )
-    for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
-                        ("vocab_size", "vocab_size")):
-        if getattr(spec, field) != getattr(config, attr):
-            raise ValueError(
-                f"LLM preset {spec.name!r}: {field}={getattr(spec, field)} but "
-                f"architecture.{attr}={getattr(config, attr)}"
-            )
-    return config
-
-
 class QwenLLM(HFCausalLM):
     """Qwen1.5 / Qwen2 / Qwen2.5 (``model_type: qwen2``) with the real Qwen vocabulary."""
 
-    def build_config(self) -> PretrainedConfig:
-        return check_config(self.spec, super().build_config(), MODEL_TYPES)
+    model_types = MODEL_TYPES
 
     def build_tokenizer(self) -> PreTrainedTokenizerBase:
         system = QWEN25_SYSTEM if self.spec.chat_format == "qwen2.5" else QWEN_SYSTEM

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ovis.interfaces import ChatFormat, ChatFormatError, Message, Segment
+from ovis.interfaces import ChatFormat, Message, Segment
 from ovis_qwen.tokenizer import IM_END, IM_START, QWEN25_SYSTEM, QWEN_SYSTEM
 
 _NOT_REGEX_SPACE = "\x1c\x1d\x1e\x1f"  # str.isspace() but not Unicode White_Space (the regex \s)
@@ -31,24 +31,6 @@ def split_leading_breaks(text: str) -> tuple[str, str]:
     lead = text[:end]
     cut = max(lead.rfind("\n"), lead.rfind("\r")) + 1
     return text[:cut], text[cut:]
-
-
-def validate(messages: Sequence[Message | dict], *, add_generation_prompt: bool) -> list[Message]:
-    """Optional system first, then user and assistant alternating, starting with user."""
-    msgs = ChatFormat.coerce(messages)
-    turns = msgs[1:] if msgs and msgs[0].role == "system" else msgs
-    if not turns:
-        raise ChatFormatError("a conversation needs at least one user message")
-    for i, message in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message.role != expected:
-            raise ChatFormatError(
-                f"turn {i}: expected a {expected} message, got {message.role!r} "
-                "(turns must alternate user/assistant, starting with user)"
-            )
-    if add_generation_prompt and turns[-1].role == "assistant":
-        raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
-    return msgs
 
 
 class ChatMLFormat(ChatFormat):
@@ -68,7 +50,7 @@ class ChatMLFormat(ChatFormat):
     def segments(
         self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False
     ) -> list[Segment]:
-        msgs = validate(messages, add_generation_prompt=add_generation_prompt)
+        msgs = self.validate_turns(messages, add_generation_prompt=add_generation_prompt)
         if msgs[0].role != "system" and self.default_system is not None:
             msgs.insert(0, Message(role="system", content=self.default_system))
         out: list[Segment] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, load_dataset_info
+from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, load_dataset_info, parse_json
 from ovis.interfaces import IMAGE_MARKER, Message
 
 if TYPE_CHECKING:
@@ -101,10 +101,7 @@ def load_rows(path: Path) -> list[Any]:
         raise DataError(f"{path}: cannot read the meta file as UTF-8 text ({exc})") from exc
     if suffix == ".jsonl":
         return _jsonl_rows(path, text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    data = parse_json(path, text)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data

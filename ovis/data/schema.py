@@ -162,10 +162,15 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
         raise DataError(f"{path}: dataset_info file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the dataset_info file ({exc})") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    data = parse_json(path, text)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object of dataset name -> entry, got {type(data).__name__}")
     return DatasetInfo(data, path=path)
+
+
+def parse_json(path: Path, text: str) -> Any:
+    """``json.loads`` with errors that name the file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc

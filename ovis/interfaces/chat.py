@@ -73,6 +73,13 @@ class ChatFormat(ABC):
             raise ChatFormatError("add_generation_prompt needs the conversation to end with a user message")
         return msgs
 
+    def prepare(self, messages: Sequence[Message | dict], *, add_generation_prompt: bool) -> list[Message]:
+        """Validated turns, with ``default_system`` put first when no system message is given."""
+        msgs = self.validate_turns(messages, add_generation_prompt=add_generation_prompt)
+        if msgs[0].role != "system" and self.default_system is not None:
+            msgs.insert(0, Message(role="system", content=self.default_system))
+        return msgs
+
     @staticmethod
     def coerce(messages: Sequence[Message | dict]) -> list[Message]:
         """Accept dicts too; validate role order (optional system first, then user/assistant)."""

@@ -43,9 +43,7 @@ class Llama3ChatFormat(ChatFormat):
     def segments(
         self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False
     ) -> list[Segment]:
-        msgs = self.validate_turns(messages, add_generation_prompt=add_generation_prompt)
-        if msgs[0].role != "system" and self.default_system is not None:
-            msgs.insert(0, Message(role="system", content=self.default_system))
+        msgs = self.prepare(messages, add_generation_prompt=add_generation_prompt)
         out: list[Segment] = []
         prompt = BOS
         for message in msgs:

@@ -112,3 +112,29 @@ def toy_processor(tiny_ovis, toy_tokenizer, example_plugin):
         num_image_tokens=tiny_ovis.num_image_tokens,
         max_length=256,
     )
+
+
+@pytest.fixture(scope="session")
+def chatty_model_dir(tmp_path_factory):
+    """The embedded default pair (clip-toy + qwen-toy, V = 256) saved to disk, with the LLM's
+    matrices redrawn at a larger scale so greedy replies vary with the prompt and the image
+    (a freshly initialised toy LLM answers every prompt with the same token). Serving tests."""
+    import torch
+
+    from ovis.compose import compose, save
+
+    torch.manual_seed(0)
+    model, processor = compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=256)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.llm.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.15, generator=generator)
+    return save(model, processor, tmp_path_factory.mktemp("serve") / "chatty")
+
+
+@pytest.fixture(scope="session")
+def chatty_runner(chatty_model_dir):
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+
+    return OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=8))

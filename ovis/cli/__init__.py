@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ovis.cli import compose_cmd, data_cmd, plugins_cmd, quickstart_cmd, train_cmd
+from ovis.cli import compose_cmd, data_cmd, eval_cmd, plugins_cmd, quickstart_cmd, serve_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_commands(commands)
     data_cmd.add_commands(commands)
     quickstart_cmd.add_commands(commands)
+    serve_cmd.add_commands(commands)
+    eval_cmd.add_commands(commands)
     return parser
 
 

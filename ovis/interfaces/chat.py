@@ -41,6 +41,8 @@ class ChatFormat(ABC):
     default_system: str | None = None
     #: the Ovis v1 ``conversation_formatter_class`` equivalent, for checkpoint interop
     v1_formatter_class: str | None = None
+    #: the special token that closes an assistant turn; generation stops there
+    end_of_turn: str | None = None
 
     @abstractmethod
     def segments(
@@ -49,6 +51,13 @@ class ChatFormat(ABC):
         """Render ``messages`` as segments. Assistant replies (and their end-of-turn token) are
         ``learn=True``; everything else, role headers included, is not. With
         ``add_generation_prompt`` an open assistant header ends the prompt."""
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """Ids that end a reply: ``end_of_turn`` when the tokenizer has it as one token."""
+        if self.end_of_turn is None:
+            return []
+        ids = tokenizer.encode(self.end_of_turn, add_special_tokens=False)
+        return ids if len(ids) == 1 else []
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
         return "".join(s.text for s in self.segments(messages, add_generation_prompt=add_generation_prompt))

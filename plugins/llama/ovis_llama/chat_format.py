@@ -35,6 +35,7 @@ class Llama3ChatFormat(ChatFormat):
         self.name = name
         self.default_system = default_system
         self.v1_formatter_class = v1_formatter_class
+        self.end_of_turn = EOT
 
     @staticmethod
     def header(role: str) -> str:

@@ -42,6 +42,7 @@ class ChatMLFormat(ChatFormat):
         self.name = name
         self.default_system = default_system
         self.v1_formatter_class = v1_formatter_class
+        self.end_of_turn = IM_END
 
     @staticmethod
     def header(role: str) -> str:

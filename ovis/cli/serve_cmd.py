@@ -1,0 +1,155 @@
+"""``ovis run`` (one question, streamed), ``ovis chat`` (interactive) and ``ovis serve`` (UI + API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+CHAT_HELP = """commands:
+  /image PATH [PATH...]  attach image(s) to your next message
+  /reset                 forget the conversation
+  /quit                  leave (or Ctrl-D)"""
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, help="sampling temperature (with --sample)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling (with --sample)")
+    g.add_argument("--top-k", type=int, help="top-k sampling (with --sample)")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search (no streaming)")
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when present, else CPU)")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="default: bf16 on CUDA, float32 on CPU")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("run", help="answer one question about image(s), streamed",
+                            description="Load a model and answer one question about zero or more images.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("question", help="the question; without <image> markers the images go first")
+    p.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer when complete")
+    p.add_argument("--json", action="store_true", help="print the result (prompt, output, token counts) as JSON")
+    _generation_flags(p)
+    p.set_defaults(handler=run_cmd)
+
+    p = commands.add_parser("chat", help="interactive multi-turn chat with images",
+                            description="Chat with a model in the terminal.\n\n" + CHAT_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--image", action="append", default=[], help="image(s) for the first message")
+    p.add_argument("--system", help="system prompt (default: the chat format's own)")
+    _generation_flags(p)
+    p.set_defaults(handler=chat_cmd)
+
+    from ovis.serve.server import add_server_arguments
+
+    p = commands.add_parser("serve", help="web chat UI and OpenAI-compatible API for a model",
+                            description="Serve a model: a Gradio chat at / and an OpenAI-compatible API at "
+                            "/v1 (chat/completions, models). Binds 127.0.0.1 unless --host says otherwise.")
+    add_server_arguments(p, model_flags=["--model", "--model_path", "--model-path"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(handler=serve_cmd)
+
+
+def _runner(args: argparse.Namespace):
+    from transformers.utils import logging as hf_logging
+
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+
+    hf_logging.disable_progress_bar()  # the answer is the output here; no loading bars around it
+
+    return OvisRunner(RunnerArguments(model_path=args.model, device=args.device, dtype=args.dtype,
+                                      max_new_tokens=args.max_new_tokens))
+
+
+def _gen(args: argparse.Namespace) -> dict:
+    settings = {
+        "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample, "temperature": args.temperature,
+        "top_p": args.top_p, "top_k": args.top_k, "num_beams": args.num_beams,
+        "repetition_penalty": args.repetition_penalty, "stop": args.stop, "seed": args.seed,
+    }
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _print_stream(pieces, write: Callable[[str], object] | None = None) -> str:
+    write = write or sys.stdout.write
+    out = []
+    for piece in pieces:
+        out.append(piece)
+        write(piece)
+        sys.stdout.flush()
+    write("\n")
+    return "".join(out)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    runner = _runner(args)
+    gen = _gen(args)
+    images = args.image or None
+    if args.json or not args.stream:
+        result = runner.run(images, args.question, **gen)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else result["output"])
+    else:
+        _print_stream(runner.stream(images, args.question, **gen))
+    return 0
+
+
+def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None) -> int:
+    from ovis.interfaces import ImageError
+    from ovis.serve.runner import ChatSession
+
+    read = read or input
+    runner = _runner(args)
+    session = ChatSession(runner, system=args.system)
+    gen = _gen(args)
+    attached: list[str] = list(args.image)
+    print(f"chatting with {args.model} on {runner.device} ({runner.model.dtype}); /help for commands")
+    while True:
+        try:
+            line = read(f"you{f' [{len(attached)} image(s)]' if attached else ''}> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/help":
+            print(CHAT_HELP)
+            continue
+        if line == "/reset":
+            session.reset()
+            attached = []
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/image"):
+            paths = line.split()[1:]
+            if not paths:
+                print("usage: /image PATH [PATH...]")
+                continue
+            attached += paths
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]!r}; /help lists them")
+            continue
+        try:
+            sys.stdout.write("ovis> ")
+            _print_stream(session.stream(line, attached, **gen))
+        except (ImageError, ValueError) as exc:  # a bad image or prompt: say so, keep chatting
+            print(f"\nerror: {exc}")
+        attached = []
+
+
+def serve_cmd(args: argparse.Namespace) -> int:
+    from ovis.serve.server import serve
+
+    return serve(args)

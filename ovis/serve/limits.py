@@ -1,0 +1,106 @@
+"""Input limits for the servers: what a request may carry, checked before any work is queued.
+
+Every violation raises :class:`RequestError` with the HTTP status to answer (400 for a malformed
+request, 413 for one that is too large) and a message naming the field, the value and the limit.
+Images are checked from their header before decoding, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RequestError(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status code to answer with."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+class ServeLimits(BaseModel):
+    """Per-request limits; the defaults suit a single-GPU server and can be raised by flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_image_bytes: int = Field(10 * 2**20, ge=1, description="encoded size of one image")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one image")
+    max_images: int = Field(8, ge=0, description="images in one request")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="None: the processor's max_length")
+    max_new_tokens: int = Field(1024, ge=1, description="the ceiling for max_tokens")
+    max_stop: int = Field(4, ge=0, description="stop strings in one request")
+
+
+def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Image.Image:
+    """Decode image bytes within the limits, as RGB."""
+    if len(data) > limits.max_image_bytes:
+        raise RequestError(
+            f"{what} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,}", status=413
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # from the header; nothing decoded yet
+            if width * height > limits.max_image_pixels:
+                raise RequestError(
+                    f"{what} is {width}x{height} = {width * height:,} pixels; the limit is "
+                    f"{limits.max_image_pixels:,}", status=413,
+                )
+            image.load()
+            return image.convert("RGB")
+    except RequestError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RequestError(f"{what} is too large to decode safely ({exc})", status=413) from exc
+    except UnidentifiedImageError as exc:
+        raise RequestError(f"{what} could not be decoded as an image (not a format the server reads)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise RequestError(f"{what} could not be decoded as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def decode_data_url(url: str, limits: ServeLimits, *, what: str = "image_url") -> Image.Image:
+    """An image from a ``data:image/...;base64,...`` URL. Remote URLs are refused: the server does
+    not fetch on a client's behalf."""
+    if not url.startswith("data:"):
+        shown = url if len(url) <= 60 else url[:57] + "..."
+        raise RequestError(
+            f"{what}: only data: URLs are accepted (data:image/png;base64,...), got {shown!r}", param=what
+        )
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise RequestError(f"{what}: expected data:<mime>;base64,<payload>", param=what)
+    # base64 inflates by 4/3: refuse an oversized payload before decoding it.
+    if len(payload) * 3 // 4 > limits.max_image_bytes + 3:
+        raise RequestError(
+            f"{what} is about {len(payload) * 3 // 4:,} bytes; the limit is {limits.max_image_bytes:,}", status=413
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"{what}: the base64 payload is invalid ({exc})", param=what) from exc
+    return open_image(data, limits, what=what)
+
+
+def check_image_count(count: int, limits: ServeLimits) -> None:
+    if count > limits.max_images:
+        raise RequestError(f"the request has {count} images; the limit is {limits.max_images}")
+
+
+def check_max_new_tokens(value: int, limits: ServeLimits, *, param: str = "max_tokens") -> None:
+    if value < 1:
+        raise RequestError(f"{param} must be at least 1, got {value}", param=param)
+    if value > limits.max_new_tokens:
+        raise RequestError(f"{param} is {value}; the limit is {limits.max_new_tokens}", param=param)
+
+
+def check_prompt_tokens(count: int, limit: int) -> None:
+    if count > limit:
+        raise RequestError(f"the prompt is {count} tokens (images included); the limit is {limit}", param="messages")

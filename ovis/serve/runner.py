@@ -1,0 +1,345 @@
+"""``OvisRunner``: ask a trained or composed model about images from Python.
+
+The v1 entry point keeps its shape (``OvisRunner(RunnerArguments(model_path=...)).run(image, text)``
+returns ``{prompt, output, prompt_tokens, total_tokens}``) and gains what it lacked: every generation
+argument honoured, batches of prompts with different lengths and image counts generated together
+(left padding + KV cache, equal to one-at-a-time under greedy decoding), token streaming,
+multi-turn chats, several images per prompt and text-only prompts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ovis.interfaces import Message
+from ovis.interfaces.image import load_image
+from ovis.processing import EncodedSample, OvisProcessor, with_image_markers
+from ovis.serve.generation import Completion, GenerationParams, IncrementalDecoder, Row, RowTracker
+
+ImageInput = str | Path | Image.Image
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else the CPU."""
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """``dtype`` if given; bf16 on a GPU that has it (else fp16); float32 on the CPU, where bf16
+    matmuls are slower than float32 on most machines."""
+    if dtype and dtype != "auto":
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+        return DTYPE_NAMES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class RunnerArguments:
+    """The v1 fields (``model_path``, ``do_sample``, ``temperature``, ``top_p``, ``num_beams``,
+    ``max_new_tokens``) plus device/dtype choice and batching. Defaults match v1: greedy, 512 tokens."""
+
+    model_path: str
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 512
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    device: str | None = None  # "auto" / None: CUDA if present, else CPU
+    dtype: str | None = None  # "auto" / None: bf16 on CUDA, float32 on CPU
+    max_batch_size: int = 16
+
+    def generation_params(self, **overrides: Any) -> GenerationParams:
+        fields = {name: getattr(self, name) for name in GenerationParams.model_fields}
+        unknown = set(overrides) - set(fields)
+        if unknown:
+            raise TypeError(
+                f"unknown generation argument(s): {', '.join(sorted(unknown))}; "
+                f"expected some of {', '.join(GenerationParams.model_fields)}"
+            )
+        fields.update(overrides)
+        return GenerationParams(**fields)
+
+
+@dataclass
+class Request:
+    """One prompt ready to generate from: the encoded sample plus its settings and callbacks."""
+
+    sample: EncodedSample
+    prompt: str
+    params: GenerationParams
+    on_text: Callable[[str], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+
+class OvisRunner:
+    def __init__(
+        self,
+        args: RunnerArguments | None = None,
+        *,
+        model=None,
+        processor: OvisProcessor | None = None,
+    ) -> None:
+        """Load ``args.model_path``, or wrap an already loaded ``model`` and ``processor``."""
+        if args is None and model is None:
+            raise ValueError("give RunnerArguments(model_path=...) or a loaded model and processor")
+        self.args = args or RunnerArguments(model_path="<in memory>")
+        if model is None:
+            model, processor = self._load(self.args)
+        elif processor is None:
+            raise ValueError("a model passed in needs its processor too")
+        self.model = model.eval()
+        self.processor = processor
+        self.device = self.model.device
+        self.tokenizer = processor.tokenizer
+        self.eos_ids = self._eos_ids()
+        # One generate at a time: the model is shared by threads (servers, streaming).
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _load(args: RunnerArguments):
+        from ovis.compose import load
+
+        path = Path(args.model_path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model_path {args.model_path!r} is not a directory; give a directory written by "
+                "`ovis compose`, `ovis train` or `ovis quickstart`"
+            )
+        device = pick_device(args.device)
+        dtype = pick_dtype(device, args.dtype)
+        dtype_name = next(name for name, value in DTYPE_NAMES.items() if value == dtype)
+        return load(path, dtype=dtype_name, device=str(device))
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        config = getattr(self.model.llm, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None) if config is not None else None
+        chat_stops = self.processor.chat_format.stop_token_ids(self.tokenizer)
+        for value in (eos, self.tokenizer.eos_token_id, chat_stops):
+            if value is None:
+                continue
+            ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+        return {int(i) for i in ids}
+
+    # -- building prompts -------------------------------------------------------------------------
+    def prepare(
+        self,
+        messages: Sequence[Message | dict] | str,
+        images: Sequence[ImageInput] | ImageInput | None = None,
+        params: GenerationParams | None = None,
+        **callbacks: Any,
+    ) -> Request:
+        """A conversation (or a single question) and its images -> a :class:`Request`.
+
+        Without ``<image>`` markers the images go first in the first user message, as the v1
+        runner did (``"<image> " + text``).
+        """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if images is None:
+            images = []
+        elif isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        loaded = [load_image(image, what=_label(image, i)) for i, image in enumerate(images)]
+        messages = with_image_markers(messages, len(loaded))
+        sample = self.processor.encode(messages, loaded, add_generation_prompt=True)
+        prompt = self.processor.chat_format.render(
+            self.processor.chat_format.prepare(messages, add_generation_prompt=True), add_generation_prompt=True
+        )
+        return Request(sample=sample, prompt=prompt, params=params or self.args.generation_params(), **callbacks)
+
+    # -- generating -------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Generate for many requests, batching those whose sampling settings agree; results in order."""
+        results: list[Completion | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(request.params.batch_key(), []).append(i)
+        size = max(1, self.args.max_batch_size)
+        for indices in groups.values():
+            for start in range(0, len(indices), size):
+                chunk = indices[start: start + size]
+                for i, completion in zip(chunk, self._generate_batch([requests[i] for i in chunk]), strict=True):
+                    results[i] = completion
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, requests: Sequence[Request]) -> list[Completion]:
+        params = requests[0].params
+        batch = self.processor.collate([r.sample for r in requests], padding_side="left")
+        rows = [
+            Row(IncrementalDecoder(self.tokenizer, self.eos_ids), r.params.max_new_tokens, r.params.stop,
+                self.eos_ids, on_text=r.on_text, cancelled=r.cancelled)
+            for r in requests
+        ]
+        kwargs = params.hf_kwargs()
+        kwargs["max_new_tokens"] = max(r.params.max_new_tokens for r in requests)
+        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        kwargs["eos_token_id"] = sorted(self.eos_ids) or None
+        beams = params.num_beams > 1
+        if not beams:
+            # Beam search reorders rows every step; rows are settled after it instead.
+            kwargs["stopping_criteria"] = [RowTracker(rows)]
+        pixel_values = batch["pixel_values"].to(self.device, dtype=self._pixel_dtype())
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            started = _now()
+            output = self.model.generate(
+                batch["input_ids"], pixel_values if pixel_values.numel() else None, batch["attention_mask"], **kwargs
+            )
+        output = output.tolist()
+        completions = []
+        for request, row, tokens in zip(requests, rows, output, strict=True):
+            if beams:
+                for token in tokens:
+                    row.push(int(token))
+                    if row.done:
+                        break
+            row.finish()
+            completions.append(Completion(
+                prompt=request.prompt,
+                output=row.emitted,
+                prompt_tokens=len(request.sample.input_ids),
+                completion_tokens=row.generated,
+                finish_reason=row.finish_reason,  # type: ignore[arg-type]
+                token_ids=row.token_ids,
+                first_token_s=(row.first_token_at - started) if row.first_token_at else None,
+            ))
+        return completions
+
+    def _pixel_dtype(self) -> torch.dtype:
+        return next(self.model.visual_tokenizer.parameters()).dtype
+
+    # -- the friendly calls -----------------------------------------------------------------------
+    def run(self, image: ImageInput | Sequence[ImageInput] | None, text: str, **gen: Any) -> dict[str, Any]:
+        """Answer ``text`` about ``image`` (one, several, or None for a text-only prompt)."""
+        request = self.prepare(text, image, self.args.generation_params(**gen))
+        return self.generate([request])[0].as_dict()
+
+    def run_batch(
+        self, items: Sequence[tuple[ImageInput | Sequence[ImageInput] | None, str]], **gen: Any
+    ) -> list[dict[str, Any]]:
+        """``run`` over many ``(image, text)`` pairs, generated in batches."""
+        params = self.args.generation_params(**gen)
+        return [c.as_dict() for c in self.generate([self.prepare(text, image, params) for image, text in items])]
+
+    def chat(
+        self, messages: Sequence[Message | dict], images: Sequence[ImageInput] = (), **gen: Any
+    ) -> dict[str, Any]:
+        """One reply to a whole conversation (history included); ``<image>`` markers place images."""
+        return self.generate([self.prepare(messages, images, self.args.generation_params(**gen))])[0].as_dict()
+
+    def stream(
+        self,
+        image: ImageInput | Sequence[ImageInput] | None,
+        text: str | Sequence[Message | dict],
+        **gen: Any,
+    ) -> Iterator[str]:
+        """Yield the answer piece by piece as it is generated (beam search yields it whole at the end)."""
+        deltas: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        request = self.prepare(text, image, self.args.generation_params(**gen),
+                               on_text=deltas.put, cancelled=stop.is_set)
+        done = object()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                completion = self.generate([request])[0]
+                if request.params.num_beams > 1:
+                    deltas.put(completion.output)
+            except BaseException as exc:  # handed to the consuming thread
+                failure.append(exc)
+            finally:
+                deltas.put(done)
+
+        thread = threading.Thread(target=work, name="ovis-stream", daemon=True)
+        thread.start()
+        try:
+            while (item := deltas.get()) is not done:
+                yield item
+        finally:
+            stop.set()  # the consumer went away early: let the generation end
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    def session(self, system: str | None = None) -> ChatSession:
+        return ChatSession(self, system=system)
+
+
+class ChatSession:
+    """A multi-turn conversation that remembers its history and images."""
+
+    def __init__(self, runner: OvisRunner, system: str | None = None) -> None:
+        self.runner = runner
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.images: list[Image.Image] = []
+
+    def _user_turn(self, text: str, images: Sequence[ImageInput]) -> None:
+        loaded = [load_image(image, what=_label(image, len(self.images) + i)) for i, image in enumerate(images)]
+        markers = text.count("<image>")
+        if markers and markers != len(loaded):
+            raise ValueError(f"the message has {markers} <image> marker(s) but {len(loaded)} image(s) came with it")
+        content = text if markers else "<image>\n" * len(loaded) + text
+        self.messages.append({"role": "user", "content": content})
+        self.images.extend(loaded)
+
+    def ask(self, text: str, images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
+        self._user_turn(text, images)
+        try:
+            result = self.runner.chat(self.messages, self.images, **gen)
+        except Exception:
+            self._undo()
+            raise
+        self.messages.append({"role": "assistant", "content": result["output"]})
+        return result
+
+    def stream(self, text: str, images: Sequence[ImageInput] = (), **gen: Any) -> Iterator[str]:
+        self._user_turn(text, images)
+        pieces: list[str] = []
+        try:
+            for piece in self.runner.stream(self.images, self.messages, **gen):
+                pieces.append(piece)
+                yield piece
+        except BaseException:
+            self._undo()
+            raise
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def _undo(self) -> None:
+        last = self.messages.pop()
+        self.images = self.images[: len(self.images) - last["content"].count("<image>")]
+
+    def reset(self) -> None:
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        self.images = []
+
+
+def _label(image: ImageInput, index: int) -> str:
+    """How an image is named in errors: its path when it has one."""
+    return f"image {index + 1}" if isinstance(image, Image.Image) else f"image {index + 1} ({image})"
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()

@@ -1,0 +1,102 @@
+"""What the web UI and the HTTP API share: one loaded model, one batcher, one set of limits.
+
+``Service.request`` turns a conversation, its images and generation settings into a queued-ready
+:class:`~ovis.serve.runner.Request`, enforcing the limits and turning every way the input can be
+wrong into a :class:`~ovis.serve.limits.RequestError` (a 4xx), so nothing bad reaches the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from ovis.interfaces import ChatFormatError, Message
+from ovis.interfaces.image import ImageError
+from ovis.processing import SequenceTooLongError
+from ovis.serve.batcher import Batcher, Handle
+from ovis.serve.generation import GenerationParams
+from ovis.serve.limits import RequestError, ServeLimits, check_image_count, check_max_new_tokens, check_prompt_tokens
+from ovis.serve.runner import OvisRunner, Request, RunnerArguments
+
+
+@dataclass
+class Service:
+    runner: OvisRunner
+    batcher: Batcher
+    limits: ServeLimits
+    model_name: str
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        *,
+        limits: ServeLimits | None = None,
+        model_name: str | None = None,
+        max_batch_size: int = 16,
+        window_s: float = 0.01,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> Service:
+        runner = OvisRunner(RunnerArguments(model_path=str(model_path), device=device, dtype=dtype,
+                                            max_batch_size=max_batch_size))
+        return cls.wrap(runner, limits=limits, model_name=model_name or Path(model_path).name,
+                        max_batch_size=max_batch_size, window_s=window_s)
+
+    @classmethod
+    def wrap(
+        cls, runner: OvisRunner, *, limits: ServeLimits | None = None, model_name: str = "ovis",
+        max_batch_size: int = 16, window_s: float = 0.01,
+    ) -> Service:
+        runner.args.max_batch_size = max_batch_size
+        batcher = Batcher(runner, max_batch_size=max_batch_size, window_s=window_s)
+        return cls(runner=runner, batcher=batcher, limits=limits or ServeLimits(), model_name=model_name)
+
+    @property
+    def prompt_limit(self) -> int:
+        processor_limit = self.runner.processor.max_length
+        return min(self.limits.max_prompt_tokens or processor_limit, processor_limit)
+
+    def params(self, **settings: Any) -> GenerationParams:
+        """Generation settings from a request (unset ones take the server's defaults)."""
+        settings = {k: v for k, v in settings.items() if v is not None}
+        if "max_new_tokens" in settings:
+            check_max_new_tokens(int(settings["max_new_tokens"]), self.limits)
+        else:
+            settings["max_new_tokens"] = min(self.runner.args.max_new_tokens, self.limits.max_new_tokens)
+        if len(settings.get("stop", [])) > self.limits.max_stop:
+            raise RequestError(f"stop has {len(settings['stop'])} strings; the limit is {self.limits.max_stop}",
+                               param="stop")
+        try:
+            return GenerationParams(**settings)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise RequestError(f"invalid generation settings: {problems}") from exc
+
+    def request(
+        self, messages: Sequence[Message | dict], images: Sequence[Image.Image], params: GenerationParams
+    ) -> Request:
+        check_image_count(len(images), self.limits)
+        check_max_new_tokens(params.max_new_tokens, self.limits, param="max_new_tokens")
+        try:
+            request = self.runner.prepare(messages, list(images), params)
+        except SequenceTooLongError as exc:
+            raise RequestError(f"the prompt is too long: {exc}", param="messages") from exc
+        except (ChatFormatError, ImageError, ValidationError) as exc:
+            raise RequestError(str(exc), param="messages") from exc
+        check_prompt_tokens(len(request.sample.input_ids), self.prompt_limit)
+        return request
+
+    def submit(self, request: Request, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        return self.batcher.submit(request, loop=loop)
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -86,6 +86,7 @@ class Service:
     ) -> Request:
         check_image_count(len(images), self.limits)
         check_max_new_tokens(params.max_new_tokens, self.limits, param="max_new_tokens")
+        self._refuse_special_tokens(messages)
         try:
             request = self.runner.prepare(messages, list(images), params)
         except SequenceTooLongError as exc:
@@ -94,6 +95,19 @@ class Service:
             raise RequestError(str(exc), param="messages") from exc
         check_prompt_tokens(len(request.sample.input_ids), self.prompt_limit)
         return request
+
+    def _refuse_special_tokens(self, messages: Sequence[Message | dict]) -> None:
+        """Chat-template tokens typed into a message would be read as real turn boundaries (a
+        client could forge an assistant turn or end the reply): refuse them."""
+        specials = [t for t in self.runner.tokenizer.all_special_tokens if t]
+        for i, message in enumerate(messages):
+            content = message.content if isinstance(message, Message) else str(message.get("content", ""))
+            found = [t for t in specials if t in content]
+            if found:
+                raise RequestError(
+                    f"message {i} contains the special token {found[0]!r}; special tokens are not allowed in "
+                    "message text", param=f"messages[{i}].content",
+                )
 
     def submit(self, request: Request, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
         return self.batcher.submit(request, loop=loop)

@@ -41,7 +41,9 @@ def build_app(service, *, ui: bool = True, api: bool = True, flagging_dir: str |
 
         from ovis.serve.web import build_ui
 
-        app = gr.mount_gradio_app(app, build_ui(service, flagging_dir=flagging_dir), path="/")
+        # max_file_size: Gradio refuses bigger uploads before writing them to disk.
+        app = gr.mount_gradio_app(app, build_ui(service, flagging_dir=flagging_dir), path="/",
+                                  max_file_size=service.limits.max_image_bytes)
     return app
 
 

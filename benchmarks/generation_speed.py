@@ -10,8 +10,8 @@ For each model config and batch size (1 and 8) this measures, in one run on one 
                   the softmax over the visual vocabulary and the VTE product).
 
 Every run generates exactly ``--new-tokens`` tokens (end-of-turn ids are disabled) so the work
-is equal. Time to first token (TTFT) includes image encoding and the prefill. Figures are medians
-of ``--repeats`` runs after a warm-up; ratios are against ``hf-text`` at the same batch size.
+is equal. Time to first token (TTFT) includes image encoding and the prefill. Modes run in turn, ``--repeats``
+times after a warm-up, and figures are medians; ratios are against ``hf-text`` at the same batch size.
 
     python benchmarks/generation_speed.py                 # embedded default + a larger config
     python benchmarks/generation_speed.py --configs default --new-tokens 64
@@ -82,14 +82,17 @@ class FirstTokenClock(BaseStreamer):
         pass
 
 
-def median_run(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up
-    totals, firsts = [], []
+def interleaved_medians(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Warm each up, then run them in turn ``repeats`` times (so a burst of load elsewhere hits
+    every mode alike) and keep each one's median total time and time to first token."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
-        total, first = fn()
-        totals.append(total)
-        firsts.append(first)
-    return statistics.median(totals), statistics.median(firsts)
+        for name, fn in fns.items():
+            times[name].append(fn())
+    return {name: (statistics.median(t for t, _ in runs), statistics.median(f for _, f in runs))
+            for name, runs in times.items()}
 
 
 def bench_config(name: str, spec: dict, batches: list[int], new_tokens: int, repeats: int) -> list[dict]:
@@ -137,8 +140,9 @@ def bench_config(name: str, spec: dict, batches: list[int], new_tokens: int, rep
             assert out.shape[1] - ids.shape[1] == new_tokens
             return total, clock.first - start
 
-        for mode, fn in (("hf-text", hf_run), ("ovis-text", ovis_run(False)), ("ovis-image", ovis_run(True))):
-            total, first = median_run(fn, repeats)
+        medians = interleaved_medians(
+            {"hf-text": hf_run, "ovis-text": ovis_run(False), "ovis-image": ovis_run(True)}, repeats)
+        for mode, (total, first) in medians.items():
             rows.append({"config": name, "batch": batch, "mode": mode,
                          "prompt_tokens": length if mode == "ovis-image" else len(text_ids),
                          "tokens_per_s": batch * new_tokens / total, "ttft_ms": first * 1000, "total_s": total})

@@ -215,9 +215,12 @@ class OvisProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> OvisProcessor:
+        from ovis.interop.original import is_original_checkpoint, load_original_processor
         from ovis.plugin_host import get_host
 
         directory = Path(directory)
+        if is_original_checkpoint(directory):  # an original Ovis v1 checkpoint: CLIPImageProcessor config
+            return load_original_processor(directory)
         path = directory / PREPROCESSOR_FILE
         try:
             config = json.loads(path.read_text())

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ovis.cli import compose_cmd, data_cmd, eval_cmd, plugins_cmd, quickstart_cmd, serve_cmd, train_cmd
+from ovis.cli import compose_cmd, convert_cmd, data_cmd, eval_cmd, plugins_cmd, quickstart_cmd, serve_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     plugins_cmd.add_commands(commands)
     compose_cmd.add_commands(commands)
+    convert_cmd.add_commands(commands)
     train_cmd.add_commands(commands)
     data_cmd.add_commands(commands)
     quickstart_cmd.add_commands(commands)

@@ -55,6 +55,16 @@ def load_image(source: str | Path | Image.Image, *, what: str | None = None) -> 
     raise ImageError(f"{label}: unsupported image mode {image.mode!r}; expected RGB or convertible")
 
 
+def pad_resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` to resize to before padding: the long side becomes ``size`` and the short
+    side ``int(short / long * size)``, rounded down, exactly as Ovis v1 computed it."""
+    if width == height:
+        return size, size
+    if width > height:
+        return size, max(1, int(height / width * size))
+    return max(1, int(width / height * size)), size
+
+
 class ImageProcessor:
     """Turns PIL images into normalised ``[B, 3, S, S]`` float tensors for one encoder."""
 
@@ -88,9 +98,7 @@ class ImageProcessor:
             left, top = (new[0] - size) // 2, (new[1] - size) // 2
             image = image.crop((left, top, left + size, top + size))
         else:  # pad
-            scale = size / max(width, height)
-            new = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = image.resize(new, self._resample)
+            image = image.resize(pad_resize_shape(width, height, size), self._resample)
         pixels = (self._to_tensor(image) - self._mean) / self._std
         if self.spec.resize == "pad":
             # Pad after normalisation, so the border is exactly 0 in normalised space (v1 behaviour).

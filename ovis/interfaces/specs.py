@@ -25,8 +25,8 @@ class ImagePreprocessSpec(_Strict):
     """How an encoder wants its images: size, normalisation and the resize policy.
 
     ``resize`` policies:
-      * ``pad``: keep the aspect ratio, long side to ``image_size``, normalise, then zero-pad centred
-        (what Ovis v1 did for CLIP).
+      * ``pad``: keep the aspect ratio, long side to ``image_size`` (the short side rounded down),
+        normalise, then zero-pad centred (exactly what Ovis v1 did for CLIP).
       * ``crop``: short side to ``image_size``, then centre crop (CLIP's own preprocessing).
       * ``squash``: resize straight to a square, ignoring the aspect ratio (SigLIP's).
     """

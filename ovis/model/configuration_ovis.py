@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
 
 TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
 ADAPTERS = ("structural", "mlp")
+
+logger = logging.getLogger("ovis.interop")
+VISUAL_PATHS = ("fused", "naive")
 
 
 class OvisConfig(PretrainedConfig):
@@ -28,6 +32,15 @@ class OvisConfig(PretrainedConfig):
             (a LLaVA-style projector, for the ablation).
         multimodal_max_length: longest sequence, image blocks included.
         chat_format: name of the registered chat format the LLM was trained with.
+        visual_path: how the structural adapter with the ``softmax`` tokenize function computes
+            head -> LayerNorm -> softmax -> VTE: ``fused`` (chunked, recomputed in the backward
+            pass: a fraction of the memory, same result; see ``ovis.model.visual_path``) or
+            ``naive`` (every intermediate materialised; the reference).
+        visual_chunk_rows: patch rows per chunk of the fused path (``None``: as many as keep a
+            ``[rows, V]`` float32 tensor within 256 MiB).
+        visual_topk: inference only, approximate: embed each patch from its ``k`` most probable
+            visual words (renormalised). ``None`` (default) is the exact dense path. Used only in
+            eval mode with gradients disabled (as in ``generate``); training ignores it.
     """
 
     model_type = "ovis"
@@ -47,8 +60,33 @@ class OvisConfig(PretrainedConfig):
         multimodal_max_length: int = 2048,
         chat_format: str | None = None,
         conversation_formatter_class: str | None = None,
+        visual_path: str = "fused",
+        visual_chunk_rows: int | None = None,
+        visual_topk: int | None = None,
         **kwargs: Any,
     ) -> None:
+        visual_tokenizer_config = kwargs.pop("visual_tokenizer_config", None)
+        if visual_tokenizer_config is not None and not vision_spec:
+            # An original Ovis v1 config.json: translate it (ovis.interop.original).
+            from ovis.interop.original import translate_config
+
+            translated = translate_config({
+                "llm_config": llm_config,
+                "visual_tokenizer_config": visual_tokenizer_config,
+                "multimodal_max_length": multimodal_max_length,
+                "conversation_formatter_class": conversation_formatter_class,
+                "hidden_size": kwargs.get("hidden_size"),
+            })
+            logger.info("OvisConfig: translated an Ovis v1 config:\n  %s", "\n  ".join(translated.notes))
+            t = translated.config
+            llm_config, vision_spec, chat_format = t["llm_config"], t["vision_spec"], t["chat_format"]
+            visual_vocab_size, tokenize_function, tau = t["visual_vocab_size"], t["tokenize_function"], t["tau"]
+            use_indicators, adapter = t["use_indicators"], t["adapter"]
+            kwargs.pop("auto_map", None)
+            if kwargs.get("architectures") == ["Ovis"]:
+                kwargs["architectures"] = ["OvisForCausalLM"]
+        elif visual_tokenizer_config is not None:
+            kwargs["visual_tokenizer_config"] = visual_tokenizer_config
         if isinstance(llm_config, dict):
             llm_config = dict(llm_config)
             model_type = llm_config.pop("model_type", None)
@@ -73,6 +111,14 @@ class OvisConfig(PretrainedConfig):
         self.multimodal_max_length = multimodal_max_length
         self.chat_format = chat_format
         self.conversation_formatter_class = conversation_formatter_class
+        if visual_path not in VISUAL_PATHS:
+            raise ValueError(f"visual_path must be one of {', '.join(VISUAL_PATHS)}, got {visual_path!r}")
+        for name, value in (("visual_chunk_rows", visual_chunk_rows), ("visual_topk", visual_topk)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        self.visual_path = visual_path
+        self.visual_chunk_rows = visual_chunk_rows
+        self.visual_topk = visual_topk
         kwargs.setdefault("architectures", ["OvisForCausalLM"])
         super().__init__(**kwargs)
         if llm_config is not None:

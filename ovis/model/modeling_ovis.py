@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -12,7 +13,10 @@ from ovis.interfaces import VisionBackbone, VisionSpec
 from ovis.model.configuration_ovis import OvisConfig
 from ovis.model.merging import IMAGE_TOKEN_ID, merge_image_embeddings
 from ovis.model.visual_embedding import VisualEmbedding, wrap_with_indicators
+from ovis.model.visual_path import fused_visual_embed, topk_visual_embed
 from ovis.model.visual_tokenizer import VisualTokenizer
+
+logger = logging.getLogger("ovis.interop")
 
 
 def build_backbone(spec: dict[str, Any] | VisionSpec) -> VisionBackbone:
@@ -72,6 +76,22 @@ class OvisForCausalLM(OvisPreTrainedModel):
         self.vte = VisualEmbedding(rows, hidden)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """Load an ovis model directory, or an original Ovis v1 checkpoint directory (its config is
+        translated and its weights checked on load; a warning lists what was mapped)."""
+        from ovis.interop.original import is_original_checkpoint, read_original
+
+        if not is_original_checkpoint(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        checkpoint = read_original(pretrained_model_name_or_path)
+        kwargs.pop("config", None)
+        model = super().from_pretrained(
+            None, *model_args, config=checkpoint.config, state_dict=checkpoint.state, **kwargs
+        )
+        logger.warning(checkpoint.message(pretrained_model_name_or_path))
+        return model
+
     # -- pieces ----------------------------------------------------------------------------------
     @property
     def backbone(self) -> VisionBackbone:
@@ -109,12 +129,36 @@ class OvisForCausalLM(OvisPreTrainedModel):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[num_images, 3, S, S]`` -> ``[num_images, num_image_tokens, hidden]``."""
         pixel_values = pixel_values.to(device=self.vte.weight.device, dtype=self._vision_dtype())
+        if self._lean_visual_path():
+            return self._embed_patches(self.visual_tokenizer.features(pixel_values))
         tokens = self.visual_tokenizer(pixel_values)
         if self.config.adapter == "structural":
             return self.vte.embed_distributions(tokens, self.config.use_indicators)
         if self.config.use_indicators:
             return wrap_with_indicators(tokens, self.vte.weight[0], self.vte.weight[1])
         return tokens
+
+    def _lean_visual_path(self) -> bool:
+        config = self.config
+        return (
+            config.adapter == "structural"
+            and config.tokenize_function == "softmax"
+            and getattr(config, "visual_path", "fused") == "fused"
+        )
+
+    def _embed_patches(self, features: torch.Tensor) -> torch.Tensor:
+        """Patch features -> embeddings through the fused (or, in inference, top-k) visual path."""
+        linear, norm = self.visual_tokenizer.head
+        args = (features, linear.weight, norm.weight, norm.bias, self.vte.weight)
+        kwargs = {
+            "eps": norm.eps,
+            "use_indicators": self.config.use_indicators,
+            "chunk_rows": getattr(self.config, "visual_chunk_rows", None),
+        }
+        topk = getattr(self.config, "visual_topk", None)
+        if topk is not None and not self.training and not torch.is_grad_enabled():
+            return topk_visual_embed(*args, topk, **kwargs)
+        return fused_visual_embed(*args, **kwargs)
 
     def _vision_dtype(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype

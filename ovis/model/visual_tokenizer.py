@@ -66,7 +66,8 @@ class VisualTokenizer(nn.Module):
         else:
             self.head = mlp_head(backbone.feature_dim, hidden_size)
 
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's patch features ``[B, N, D]``, checked against the head's width."""
         features = self.backbone(pixel_values)
         expected = self.head[0].in_features
         if features.shape[-1] != expected:
@@ -75,7 +76,10 @@ class VisualTokenizer(nn.Module):
                 f"{features.shape[-1]}, but its spec (hidden_size) and so the head expect {expected}: "
                 "fix hidden_size in the preset or the plugin's forward"
             )
-        return self.head(features)
+        return features
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.logits(pixel_values)

@@ -1,0 +1,240 @@
+"""The lean visual path (``ovis.model.visual_path``): fused = naive in value and gradient, memory, top-k."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ovis.model import OvisConfig
+from ovis.model.visual_path import (
+    _chunks,
+    chunk_rows_for,
+    fused_visual_embed,
+    naive_visual_embed,
+    topk_visual_embed,
+)
+
+
+def _weights(batch=3, patches=7, width=16, vocab=50, hidden=12, dtype=torch.float64, indicators=True, seed=0):
+    """Features and the path's parameters, all requiring gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    words = vocab - (2 if indicators else 0)
+    tensors = [
+        torch.randn(batch, patches, width, generator=gen),
+        torch.randn(words, width, generator=gen) / width**0.5,
+        1 + 0.2 * torch.randn(words, generator=gen),
+        0.2 * torch.randn(words, generator=gen),
+        torch.randn(vocab, hidden, generator=gen),
+    ]
+    return [t.to(dtype).requires_grad_() for t in tensors]
+
+
+def _copy(tensors):
+    return [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
+
+
+def _run(fn, tensors, grad_out, **kwargs):
+    out = fn(*tensors, **kwargs)
+    out.backward(grad_out)
+    return out.detach(), [t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("indicators", [True, False])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 5, 21, 1000])
+def test_fused_equals_naive_in_value_and_gradient_float64(indicators, chunk_rows):
+    """Chunk sizes that divide the 21 rows, that do not, one row and one chunk for everything."""
+    tensors = _weights(indicators=indicators)
+    grad_out = torch.randn(3, 7 + (2 if indicators else 0), 12, dtype=torch.float64)
+    ref, ref_grads = _run(naive_visual_embed, _copy(tensors), grad_out, use_indicators=indicators)
+    out, grads = _run(fused_visual_embed, _copy(tensors), grad_out, use_indicators=indicators, chunk_rows=chunk_rows)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for name, got, want in zip(["features", "head", "ln weight", "ln bias", "vte"], grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_fused_gradients_match_naive_to_float32_precision():
+    """float32 at a wider vocabulary: both paths agree to float32 rounding (relative 1e-5)."""
+    tensors = _weights(batch=2, patches=9, width=32, vocab=1000, hidden=24, dtype=torch.float32, seed=1)
+    grad_out = torch.randn(2, 11, 24)
+    ref, ref_grads = _run(naive_visual_embed, _copy(tensors), grad_out)
+    out, grads = _run(fused_visual_embed, _copy(tensors), grad_out, chunk_rows=7)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_gradcheck_float64():
+    tensors = _weights(batch=2, patches=3, width=5, vocab=9, hidden=4)
+    assert torch.autograd.gradcheck(lambda *t: fused_visual_embed(*t, chunk_rows=4), _copy(tensors))
+
+
+def test_frozen_parts_get_no_gradient_and_the_rest_is_unchanged():
+    """Frozen head / features (stages that train only the VTE): only what needs a gradient gets one."""
+    tensors = _weights()
+    grad_out = torch.randn(3, 9, 12, dtype=torch.float64)
+    _, ref_grads = _run(naive_visual_embed, _copy(tensors), grad_out)
+    frozen = _copy(tensors)
+    for t in frozen[:4]:
+        t.requires_grad_(False)
+    _, grads = _run(fused_visual_embed, frozen, grad_out, chunk_rows=5)
+    assert grads[:4] == [None] * 4
+    torch.testing.assert_close(grads[4], ref_grads[4])
+    vte_frozen = _copy(tensors)
+    vte_frozen[4].requires_grad_(False)
+    _, grads = _run(fused_visual_embed, vte_frozen, grad_out, chunk_rows=5)
+    assert grads[4] is None
+    for got, want in zip(grads[:4], ref_grads[:4], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_no_grad_path_matches_and_keeps_nothing():
+    tensors = _weights()
+    ref = naive_visual_embed(*tensors)
+    with torch.no_grad():
+        out = fused_visual_embed(*tensors, chunk_rows=2)
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out, ref.detach())
+
+
+def test_no_images_give_zero_gradients():
+    tensors = _weights(batch=0)
+    ref, ref_grads = _run(naive_visual_embed, _copy(tensors), torch.zeros(0, 9, 12, dtype=torch.float64))
+    out, grads = _run(fused_visual_embed, _copy(tensors), torch.zeros(0, 9, 12, dtype=torch.float64))
+    assert out.shape == ref.shape == (0, 9, 12)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_bfloat16_inputs_give_bfloat16_embeddings_close_to_float32():
+    tensors = _weights(dtype=torch.float32)
+    ref = naive_visual_embed(*tensors).detach()
+    low = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors]
+    out = fused_visual_embed(*low, chunk_rows=4)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in low)
+
+
+def test_chunks_cover_every_row_once():
+    for total in (0, 1, 5, 21, 576, 2304):
+        for rows in (1, 4, 7, 512, 5000):
+            chunks = _chunks(total, rows)
+            assert [i for a, b in chunks for i in range(a, b)] == list(range(total))
+            assert all(b - a <= rows for a, b in chunks)
+    assert chunk_rows_for(131070) == 1024  # batch 4 (2304 rows) in three chunks
+
+
+def test_shape_errors():
+    tensors = _weights()
+    with pytest.raises(ValueError, match="VTE has 50 rows"):
+        fused_visual_embed(*tensors, use_indicators=False)
+    with pytest.raises(ValueError, match="features must be"):
+        fused_visual_embed(tensors[0][..., :3], *tensors[1:])
+    with pytest.raises(ValueError, match="k >= 1"):
+        topk_visual_embed(*tensors, 0)
+
+
+# -- top-k ---------------------------------------------------------------------------------------------
+def test_topk_with_every_word_is_the_dense_result():
+    tensors = _weights()
+    dense = naive_visual_embed(*tensors).detach()
+    for k in (48, 1000):  # V' = 48 words; larger k is clamped
+        torch.testing.assert_close(topk_visual_embed(*tensors, k, chunk_rows=5), dense, rtol=1e-12, atol=1e-12)
+
+
+def _relative_error(k, peak):
+    tensors = _weights(batch=2, patches=16, width=32, vocab=2048, hidden=32, dtype=torch.float32, seed=2)
+    with torch.no_grad():
+        tensors[2].mul_(peak)  # the LayerNorm gain sets how peaked the distributions are
+        dense = fused_visual_embed(*tensors)
+        sparse = topk_visual_embed(*tensors, k)
+    return ((sparse - dense).norm() / dense.norm()).item()
+
+
+def test_topk_error_falls_with_k_and_is_small_on_peaked_distributions():
+    errors = [_relative_error(k, peak=8.0) for k in (1, 4, 16, 64, 256)]
+    assert all(a > b for a, b in itertools.pairwise(errors)), errors
+    assert errors[2] < 0.02  # k = 16 on trained-like distributions
+    assert _relative_error(16, peak=1.0) > 10 * errors[2]  # flat distributions need many more words
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def _saved_activation_bytes(fn, tensors, **kwargs) -> int:
+    """Bytes autograd keeps for the backward pass, parameters excluded, each storage counted once."""
+    params = {t.untyped_storage().data_ptr() for t in tensors[1:]}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*tensors, **kwargs)
+    del out
+    return sum(storages.values())
+
+
+def test_fused_backward_saves_a_small_fraction_of_the_naive_activations():
+    """Batch-4-like shape (4 images of 64 patches, V = 8192): fused saves <= 1/4 of naive (in fact ~1/100)."""
+    tensors = _weights(batch=4, patches=64, width=64, vocab=8192, hidden=64, dtype=torch.float32)
+    naive = _saved_activation_bytes(naive_visual_embed, tensors)
+    fused = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=64)
+    rows, words = 4 * 64, 8190
+    assert naive >= 2 * rows * words * 4  # logits and probabilities
+    assert fused <= naive / 4
+    assert fused <= rows * (64 + 3) * 4  # the features and three statistics per row
+
+
+# -- in the model ------------------------------------------------------------------------------------
+def test_model_fused_and_naive_paths_agree(tiny_ovis):
+    model = tiny_ovis.train()
+    assert model.config.visual_path == "fused"
+    pixels = torch.randn(2, 3, 32, 32)
+
+    def encode():
+        model.zero_grad(set_to_none=True)
+        out = model.encode_images(pixels)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        head, norm = model.visual_tokenizer.head
+        return out.detach(), [p.grad.clone() for p in (head.weight, norm.weight, norm.bias, model.vte.weight)]
+
+    fused, fused_grads = encode()
+    model.config.visual_path = "naive"
+    naive, naive_grads = encode()
+    torch.testing.assert_close(fused, naive, rtol=1e-5, atol=1e-6)
+    for got, want in zip(fused_grads, naive_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_model_topk_applies_only_in_inference(tiny_ovis):
+    model = tiny_ovis.eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        dense = model.encode_images(pixels)
+        model.config.visual_topk = 8
+        approx = model.encode_images(pixels)
+        model.config.visual_topk = model.config.visual_vocab_size
+        full = model.encode_images(pixels)
+    assert not torch.allclose(approx, dense)
+    torch.testing.assert_close(full, dense, rtol=1e-5, atol=1e-6)
+    model.config.visual_topk = 8
+    model.train()
+    torch.testing.assert_close(model.encode_images(pixels).detach(), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_config_checks_the_visual_path_options():
+    assert OvisConfig().visual_path == "fused" and OvisConfig().visual_topk is None
+    with pytest.raises(ValueError, match="visual_path"):
+        OvisConfig(visual_path="chunked")
+    with pytest.raises(ValueError, match="visual_topk"):
+        OvisConfig(visual_topk=0)
+    with pytest.raises(ValueError, match="visual_chunk_rows"):
+        OvisConfig(visual_chunk_rows=1.5)
+    config = OvisConfig(visual_path="naive", visual_topk=64, visual_chunk_rows=128)
+    again = OvisConfig.from_dict(config.to_dict())
+    assert (again.visual_path, again.visual_topk, again.visual_chunk_rows) == ("naive", 64, 128)

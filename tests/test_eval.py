@@ -48,6 +48,7 @@ def test_reads_the_vlmevalkit_layout(tmp_path):
     assert text == ("<image>\nHint: Look closely.\nQuestion: What colour?\nOptions:\nA. red\nB. blue\nC. green\n"
                     "Please select the correct answer from the options above. \n")
     assert images == [RED]
+    assert build_prompt(first, "mcq", "plain") == ("<image>\nWhat colour?", [RED])
 
 
 def test_kinds_are_inferred_and_prompts_follow_them(tmp_path):

@@ -22,6 +22,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="task kind (default: from the benchmark's name and columns)")
     p.add_argument("--circular", action="store_true", help="MMBench's circular evaluation for multiple choice")
     p.add_argument("--relaxed", action="store_true", help="VQA: accept numbers within 5%% and contained answers")
+    p.add_argument("--prompt-style", choices=["vlmevalkit", "plain"], default="vlmevalkit",
+                   help="vlmevalkit: hint/options/instruction as VLMEvalKit builds them (default); plain: the bare "
+                   "question, for models trained without those instructions (e.g. the quick-start's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, help="default 32 (multiple choice, VQA) or 16 (yes/no)")
     p.add_argument("--limit", type=int, help="only the first N questions of each file (a smoke run)")
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     reports = evaluate(
         runner, files, args.out, kind=None if args.kind == "auto" else args.kind, circular=args.circular,
         relaxed=args.relaxed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        prompt_style=args.prompt_style,
     )
     from ovis.eval.run import summary_table
 

@@ -22,8 +22,17 @@ VQA_INSTRUCTION = "\nAnswer the question using a single word or phrase."
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def build_prompt(item: Item, kind: Kind) -> tuple[str, list[bytes]]:
-    """The user message (with ``<image>`` markers) and its images in marker order."""
+def build_prompt(item: Item, kind: Kind, style: str = "vlmevalkit") -> tuple[str, list[bytes]]:
+    """The user message (with ``<image>`` markers) and its images in marker order.
+
+    ``style="plain"`` sends the bare question (no hint, options or instruction): for models
+    trained without VLMEvalKit's instructions, such as the quick-start's; answers are still read
+    by the same rules (an option's text counts as choosing it).
+    """
+    if style == "plain":
+        return _place_images(item.question, item.images)
+    if style != "vlmevalkit":
+        raise ValueError(f"prompt style must be vlmevalkit or plain, got {style!r}")
     if kind == "mcq":
         text = f"Hint: {item.hint}\n" if item.hint else ""
         text += f"Question: {item.question}\n"

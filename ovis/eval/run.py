@@ -49,6 +49,7 @@ def predict(
     *,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
+    prompt_style: str = "vlmevalkit",
     progress: bool = True,
 ) -> tuple[dict[int, str], dict[int, str]]:
     """Answer every item not yet in ``out/predictions.jsonl``; returns (predictions, errors)."""
@@ -64,7 +65,7 @@ def predict(
             chunk = todo[start: start + batch_size]
             requests, asked = [], []
             for item in chunk:
-                text, images = build_prompt(item, bench.kind)
+                text, images = build_prompt(item, bench.kind, prompt_style)
                 try:
                     pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
                     requests.append(runner.prepare([{"role": "user", "content": text}], pictures, params))
@@ -93,6 +94,7 @@ def evaluate_file(
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     limit: int | None = None,
+    prompt_style: str = "vlmevalkit",
     progress: bool = True,
 ) -> dict:
     bench = read_benchmark(path, kind=kind)
@@ -100,11 +102,12 @@ def evaluate_file(
         bench.items = bench.items[:limit]
     if circular and bench.kind == "mcq":  # only multiple choice has options to rotate
         bench = with_circular(bench)
-    out = Path(out_dir) / bench.name
+    out = Path(out_dir) / (bench.name if prompt_style == "vlmevalkit" else f"{bench.name}-{prompt_style}")
     predictions, errors = predict(runner, bench, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  progress=progress)
+                                  prompt_style=prompt_style, progress=progress)
     report = score(bench, predictions, relaxed=relaxed)
     report["errors"] = len([i for i in errors if i not in predictions])
+    report["prompt_style"] = prompt_style
     report["bad_row_reasons"] = bench.bad_rows[:20]
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_csv(out / "results.csv", report)

@@ -37,7 +37,7 @@ class OvisConfig(PretrainedConfig):
             pass: a fraction of the memory, same result; see ``ovis.model.visual_path``) or
             ``naive`` (every intermediate materialised; the reference).
         visual_chunk_rows: patch rows per chunk of the fused path (``None``: as many as keep a
-            ``[rows, V]`` float32 tensor within 256 MiB).
+            ``[rows, V]`` float32 tensor within 512 MiB: 1024 rows at V = 131072).
         visual_topk: inference only, approximate: embed each patch from its ``k`` most probable
             visual words (renormalised). ``None`` (default) is the exact dense path. Used only in
             eval mode with gradients disabled (as in ``generate``); training ignores it.

@@ -180,14 +180,36 @@ def _saved_activation_bytes(fn, tensors, **kwargs) -> int:
 
 
 def test_fused_backward_saves_a_small_fraction_of_the_naive_activations():
-    """Batch-4-like shape (4 images of 64 patches, V = 8192): fused saves <= 1/4 of naive (in fact ~1/100)."""
+    """Batch-4-like shape (4 images of 64 patches, V = 8192): fused saves <= 1/4 of naive.
+
+    In two chunks it saves the features and three statistics per row (~1/100 of naive); in three or
+    more it also keeps the last chunk's normalised logits (here a quarter of the rows: ~1/8).
+    """
     tensors = _weights(batch=4, patches=64, width=64, vocab=8192, hidden=64, dtype=torch.float32)
     naive = _saved_activation_bytes(naive_visual_embed, tensors)
-    fused = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=64)
     rows, words = 4 * 64, 8190
     assert naive >= 2 * rows * words * 4  # logits and probabilities
-    assert fused <= naive / 4
-    assert fused <= rows * (64 + 3) * 4  # the features and three statistics per row
+    two = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=128)
+    assert two <= rows * (64 + 3) * 4  # the features and three statistics per row
+    four = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=64)
+    assert four <= rows * (64 + 3) * 4 + words * 64 * 4  # ... and one chunk of 64 rows' logits
+    assert four <= naive / 4
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    """The kept chunk's buffer is reused during the first backward; the second must recompute it."""
+    tensors = _weights(dtype=torch.float64)
+    grad_out = torch.randn(3, 9, 12, dtype=torch.float64)
+    out = fused_visual_embed(*tensors, chunk_rows=4)  # 21 rows: six chunks, the last one kept
+    out.backward(grad_out, retain_graph=True)
+    first = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    out.backward(grad_out)
+    _, reference = _run(naive_visual_embed, _copy(tensors), grad_out)
+    for a, b, ref in zip(first, [t.grad for t in tensors], reference, strict=True):
+        torch.testing.assert_close(a, ref)
+        torch.testing.assert_close(b, ref)
 
 
 # -- in the model ------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ class _FusedVisualEmbed(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features, head_weight, ln_weight, ln_bias, vte_weight, eps, chunk_rows, use_indicators):
+    def forward(ctx, features, head_weight, ln_weight, ln_bias, vte_weight, eps, chunk_rows, use_indicators, may_keep):
         batch, patches, width = features.shape
         words = head_weight.shape[0]
         x = features.reshape(batch * patches, width)
@@ -170,8 +170,15 @@ class _FusedVisualEmbed(torch.autograd.Function):
             stats[2, :, start:end] = _softmax_columns_(probs)
             # E^T P (then transposed, [H, rows] is small) runs a few % faster than P^T E here.
             body[start:end] = torch.matmul(table.t(), probs.to(table.dtype), out=tbuf[:, : end - start]).t()
+        # With three chunks or more, the last chunk's normalised logits (still in ``zbuf``) are
+        # kept: the backward pass starts with that chunk and skips its recomputation. That is at
+        # most a third of one ``[rows, V]`` tensor (a sixth of the naive path's saved activations)
+        # and, as the backward pass reuses it as its work buffer, adds nothing to its peak.
+        keep = may_keep and len(chunks) >= 3 and any(ctx.needs_input_grad[:5])
+        kept = zbuf if keep else None
         del zbuf, pbuf, tbuf
-        ctx.save_for_backward(x, head_weight, ln_weight, ln_bias, vte_weight, stats)
+        ctx.save_for_backward(x, head_weight, ln_weight, ln_bias, vte_weight, stats, kept)
+        ctx.kept_valid = keep
         ctx.eps, ctx.chunk_rows, ctx.use_indicators = eps, chunk_rows, use_indicators
         ctx.features_shape = features.shape
         return _wrap(body.view(batch, patches, body.shape[-1]), vte_weight, use_indicators)
@@ -179,7 +186,7 @@ class _FusedVisualEmbed(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, head_weight, ln_weight, ln_bias, vte_weight, stats = ctx.saved_tensors
+        x, head_weight, ln_weight, ln_bias, vte_weight, stats, kept = ctx.saved_tensors
         need_x, need_head, need_lnw, need_lnb, need_vte = ctx.needs_input_grad[:5]
         words = head_weight.shape[0]
         acc = stats.dtype
@@ -200,7 +207,16 @@ class _FusedVisualEmbed(torch.autograd.Function):
         grad_lnw = torch.zeros_like(ln_weight, dtype=acc) if need_lnw else None
         grad_lnb = torch.zeros_like(ln_bias, dtype=acc) if need_lnb else None
         size = max((end - start for start, end in chunks), default=0)
-        zbuf, pbuf, gbuf = _buffers(3 if need_logits else 2, words, size, x, acc) + ([] if need_logits else [None])
+        # The kept last chunk goes first; its buffer then serves the other chunks. It is
+        # overwritten, so a second backward through a retained graph recomputes every chunk; and it
+        # is written through ``.data`` so that autograd's version check of saved tensors, which
+        # would refuse that second backward, does not see the writes.
+        use_kept = kept is not None and ctx.kept_valid
+        ctx.kept_valid = False
+        if use_kept:
+            chunks = chunks[-1:] + chunks[:-1]
+        zbuf = kept.data if kept is not None else _buffers(1, words, size, x, acc)[0]
+        pbuf, gbuf = _buffers(2 if need_logits else 1, words, size, x, acc) + ([] if need_logits else [None])
         for index, (start, end) in enumerate(chunks):
             xc, go, n = x[start:end], grad_out[start:end], end - start
             mean, rstd, lse = stats[:, :, start:end]
@@ -208,7 +224,8 @@ class _FusedVisualEmbed(torch.autograd.Function):
             # Recompute the chunk (word-major): normalised logits, kept for the LayerNorm gradient,
             # and probabilities.
             zhat, probs = zbuf[:, :n], pbuf[:, :n]
-            _matmul_into(head_weight, xc.t(), zhat).sub_(mean).mul_(rstd)
+            if not (use_kept and index == 0):
+                _matmul_into(head_weight, xc.t(), zhat).sub_(mean).mul_(rstd)
             torch.addcmul(ln_b, zhat, ln_w, out=probs).sub_(lse).exp_()
             if need_vte:  # dE[:V'] += P^T dOut
                 grad_vte[:words].addmm_(probs.to(table.dtype), go, beta=beta)
@@ -236,7 +253,7 @@ class _FusedVisualEmbed(torch.autograd.Function):
         grad_x = grad_x.view(ctx.features_shape) if grad_x is not None else None
         grad_lnw = grad_lnw.to(ln_weight.dtype) if grad_lnw is not None else None
         grad_lnb = grad_lnb.to(ln_bias.dtype) if grad_lnb is not None else None
-        return grad_x, grad_head, grad_lnw, grad_lnb, grad_vte, None, None, None
+        return grad_x, grad_head, grad_lnw, grad_lnb, grad_vte, None, None, None, None
 
 
 def fused_visual_embed(
@@ -260,7 +277,11 @@ def fused_visual_embed(
     _check_shapes(features, head_weight, vte_weight, use_indicators)
     rows = chunk_rows or chunk_rows_for(words)
     features = features.to(head_weight.dtype)
-    return _FusedVisualEmbed.apply(features, head_weight, ln_weight, ln_bias, vte_weight, eps, rows, use_indicators)
+    # Under no_grad there is no backward pass to keep anything for.
+    may_keep = torch.is_grad_enabled()
+    return _FusedVisualEmbed.apply(
+        features, head_weight, ln_weight, ln_bias, vte_weight, eps, rows, use_indicators, may_keep
+    )
 
 
 def _check_shapes(features, head_weight, vte_weight, use_indicators) -> None:

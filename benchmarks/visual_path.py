@@ -325,6 +325,58 @@ def fmt_bytes(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
+PATH_HEADER = (
+    "| batch | pass | path | time | peak memory | saved for backward | GFLOP/s | matmul GFLOP/s | fraction |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def fmt_seconds(t: float) -> str:
+    return f"{t:.2f} s" if t >= 1 else f"{t * 1e3:.2f} ms"
+
+
+def path_row(batch: int, label: str, variant: str, res: dict) -> str:
+    seconds, ref_seconds = statistics.median(res["times"]), statistics.median(res["ref_times"])
+    rate, ref_rate = res["flops"] / seconds, res["ref_flops"] / ref_seconds
+    saved = fmt_bytes(res["saved_bytes"]) if "saved_bytes" in res else "-"
+    return (
+        f"| {batch} | {label} | {variant} | {fmt_seconds(seconds)} | {fmt_bytes(res['peak_bytes'])} | {saved} | "
+        f"{rate / 1e9:.1f} | {ref_rate / 1e9:.1f} | {100 * rate / ref_rate:.1f}% |"
+    )
+
+
+def topk_table(batch: int, res: dict, ks) -> str:
+    lines = [
+        f"\nTop-k inference, batch {batch} (top-1 mass: flat {res['flat']['mass']['1']:.1e}, "
+        f"peaked {res['peaked']['mass']['1']:.2f})\n",
+        "| k | distribution | dense | top-k | speed-up | relative error | mass kept |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for k in ks:
+        for name in ("peaked", "flat"):
+            dense, cell = statistics.median(res[name]["dense_times"]), res[name][str(k)]
+            t = statistics.median(cell["times"])
+            lines.append(
+                f"| {k} | {name} | {fmt_seconds(dense)} | {fmt_seconds(t)} | {dense / t:.2f}x | {cell['error']:.2e} | "
+                f"{res[name]['mass'][str(k)]:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def render(raw: dict) -> None:
+    """Print the tables of a run saved with ``--json`` (e.g. one made on another machine)."""
+    print(f"# Visual path benchmark (saved run): {raw['machine']}, {raw['options'].get('dtype')}\n")
+    print(PATH_HEADER)
+    for key, res in raw.items():
+        if key.startswith(("naive_", "fused_")):
+            variant, mode, b = key.split("_")
+            print(path_row(int(b[1:]), "forward" if mode == "forward" else "forward + backward", variant, res))
+    for key, res in raw.items():
+        if key.startswith("topk_b"):
+            ks = sorted(int(k) for k in res["flat"] if k.isdigit())
+            print(topk_table(int(key[len("topk_b") :]), res, ks))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="reduced widths (V=8192, D=256, H=1024, 144 patches)")
@@ -343,8 +395,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["forward", "backward", "topk"])
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--render", type=Path, default=None, help="print the tables of a --json file and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.render:
+        render(json.loads(opts.render.read_text()))
+        return
     if opts.worker:
         print(json.dumps(run_worker(json.loads(opts.worker))))
         return
@@ -378,11 +434,7 @@ def main() -> None:
 
     modes = [m for m in ("forward", "backward") if m not in opts.skip]
     if modes:
-        print(
-            "| batch | pass | path | time (s) | peak memory | saved for backward | GFLOP/s | matmul GFLOP/s "
-            "| fraction |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(PATH_HEADER)
     grads = None
     for batch in opts.batches:
         for mode in modes:
@@ -395,15 +447,8 @@ def main() -> None:
                     continue
                 res = spawn({**common, "kind": "path", "batch": batch, "variant": variant, "mode": mode}, timeout)
                 raw[f"{variant}_{mode}_b{batch}"] = res
-                seconds, ref_seconds = statistics.median(res["times"]), statistics.median(res["ref_times"])
-                rate, ref_rate = res["flops"] / seconds, res["ref_flops"] / ref_seconds
-                saved = fmt_bytes(res["saved_bytes"]) if "saved_bytes" in res else "-"
                 grads = res.get("param_grad_bytes", grads)
-                print(
-                    f"| {batch} | {label} | {variant} | {seconds:.2f} | {fmt_bytes(res['peak_bytes'])} | {saved} | "
-                    f"{rate / 1e9:.1f} | {ref_rate / 1e9:.1f} | {100 * rate / ref_rate:.1f}% |",
-                    flush=True,
-                )
+                print(path_row(batch, label, variant, res), flush=True)
     if grads:
         print(
             f"\nPeak memory is above the weights and inputs; in training it includes the parameter gradients "
@@ -413,21 +458,7 @@ def main() -> None:
     for batch in [] if "topk" in opts.skip else opts.topk_batches or opts.batches:
         res = spawn({**common, "kind": "topk", "batch": batch, "ks": opts.topk, "peak_scale": opts.peak_scale}, timeout)
         raw[f"topk_b{batch}"] = res
-        print(
-            f"\nTop-k inference, batch {batch} (top-1 mass: flat {res['flat']['mass']['1']:.1e}, "
-            f"peaked {res['peaked']['mass']['1']:.2f})\n"
-        )
-        print("| k | distribution | dense (s) | top-k (s) | speed-up | relative error | mass kept |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for k in opts.topk:
-            for name in ("peaked", "flat"):
-                dense, cell = statistics.median(res[name]["dense_times"]), res[name][str(k)]
-                t = statistics.median(cell["times"])
-                print(
-                    f"| {k} | {name} | {dense:.2f} | {t:.2f} | {dense / t:.2f}x | {cell['error']:.2e} | "
-                    f"{res[name]['mass'][str(k)]:.3f} |",
-                    flush=True,
-                )
+        print(topk_table(batch, res, opts.topk), flush=True)
     if opts.json:
         opts.json.write_text(json.dumps(raw, indent=1))
 

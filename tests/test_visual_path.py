@@ -180,20 +180,29 @@ def _saved_activation_bytes(fn, tensors, **kwargs) -> int:
 
 
 def test_fused_backward_saves_a_small_fraction_of_the_naive_activations():
-    """Batch-4-like shape (4 images of 64 patches, V = 8192): fused saves <= 1/4 of naive.
+    """Batch-4-like shape (4 images of 128 patches, V = 8192): fused saves <= 1/4 of naive.
 
-    In two chunks it saves the features and three statistics per row (~1/100 of naive); in three or
-    more it also keeps the last chunk's normalised logits (here a quarter of the rows: ~1/8).
+    In one chunk it saves the features and three statistics per row (~1/100 of naive); in several
+    it also keeps the last chunk's float32 normalised logits while they cost <= 1/5 of naive
+    (float32: a chunk of at most 2/5 of the rows; bfloat16 inputs, whose naive activations are half
+    the size: 1/5 of the rows).
     """
-    tensors = _weights(batch=4, patches=64, width=64, vocab=8192, hidden=64, dtype=torch.float32)
-    naive = _saved_activation_bytes(naive_visual_embed, tensors)
-    rows, words = 4 * 64, 8190
-    assert naive >= 2 * rows * words * 4  # logits and probabilities
-    two = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=128)
-    assert two <= rows * (64 + 3) * 4  # the features and three statistics per row
-    four = _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=64)
-    assert four <= rows * (64 + 3) * 4 + words * 64 * 4  # ... and one chunk of 64 rows' logits
-    assert four <= naive / 4
+    rows, words = 4 * 128, 8190
+
+    def saved(dtype, chunk_rows):
+        tensors = _weights(batch=4, patches=128, width=64, vocab=8192, hidden=64, dtype=dtype)
+        return _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=chunk_rows)
+
+    for dtype, chunk_rows in ((torch.float32, 64), (torch.float32, 128), (torch.bfloat16, 64)):
+        naive = _saved_activation_bytes(naive_visual_embed, _weights(4, 128, 64, 8192, 64, dtype=dtype))
+        assert naive >= 2 * rows * words * dtype.itemsize  # logits and probabilities
+        one = saved(dtype, rows)
+        assert one <= rows * (64 * dtype.itemsize + 3 * 4)  # the features and three statistics per row
+        several = saved(dtype, chunk_rows)
+        assert several - one == words * chunk_rows * 4  # ... and one chunk's float32 logits
+        assert several <= naive / 4
+    for dtype, chunk_rows in ((torch.float32, 256), (torch.bfloat16, 128)):  # too big a chunk to keep
+        assert saved(dtype, chunk_rows) == saved(dtype, rows)
 
 
 def test_a_retained_graph_gives_the_same_gradients_twice():

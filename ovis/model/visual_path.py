@@ -170,11 +170,19 @@ class _FusedVisualEmbed(torch.autograd.Function):
             stats[2, :, start:end] = _softmax_columns_(probs)
             # E^T P (then transposed, [H, rows] is small) runs a few % faster than P^T E here.
             body[start:end] = torch.matmul(table.t(), probs.to(table.dtype), out=tbuf[:, : end - start]).t()
-        # With three chunks or more, the last chunk's normalised logits (still in ``zbuf``) are
-        # kept: the backward pass starts with that chunk and skips its recomputation. That is at
-        # most a third of one ``[rows, V]`` tensor (a sixth of the naive path's saved activations)
-        # and, as the backward pass reuses it as its work buffer, adds nothing to its peak.
-        keep = may_keep and len(chunks) >= 3 and any(ctx.needs_input_grad[:5])
+        # The last chunk's normalised logits (still in ``zbuf``) are kept when that costs at most a
+        # fifth of what the naive path saves (its logits and probabilities, in the input dtype), so
+        # that with the features everything saved stays under a quarter of naive: the backward pass
+        # starts with that chunk and skips its recomputation, and reuses the buffer for the other
+        # chunks, so its peak does not grow. In float32 at the paper's scale that is batch 4 (three
+        # chunks, one kept: 1/6 of naive); one chunk, or bf16 inputs in three, keep nothing.
+        naive_bytes = 2 * x.shape[0] * words * x.element_size()
+        keep = (
+            may_keep
+            and len(chunks) >= 2
+            and 5 * zbuf.numel() * zbuf.element_size() <= naive_bytes
+            and any(ctx.needs_input_grad[:5])
+        )
         kept = zbuf if keep else None
         del zbuf, pbuf, tbuf
         ctx.save_for_backward(x, head_weight, ln_weight, ln_bias, vte_weight, stats, kept)

@@ -395,7 +395,10 @@ class Trainer:
 
     def _finish_step(self, step: int, micro: int, acc: dict[str, Any], lr: float) -> dict[str, Any]:
         accumulation = self.config.gradient_accumulation_steps
-        totals = torch.tensor([acc["loss"], acc["tokens"], acc["samples"], acc["skipped"]], dtype=torch.float64)
+        # On the rank's device: NCCL reduces CUDA tensors only (gloo takes CPU ones).
+        totals = torch.tensor(
+            [acc["loss"], acc["tokens"], acc["samples"], acc["skipped"]], dtype=torch.float64, device=self.engine.device
+        )
         dist.all_reduce(totals)
         loss = float(totals[0]) / (accumulation * self.world_size)
         samples, skipped = int(totals[2]), int(totals[3])

@@ -23,6 +23,7 @@ from ovis.cli import main
 from ovis.train import TrainConfig, Trainer, apply_train_modules, build_deepspeed_config, load_train_config
 from ovis.train import checkpoint as ckpt
 from ovis.train.config import builtin_deepspeed_config
+from ovis.train.modules import lr_groups
 from ovis.train.schedule import DataOrder, lr_multiplier, tau_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,6 +216,40 @@ def test_stage_selections_freeze_exactly_the_right_parameters(toy_dir):
     assert _trainable(model) == {n for n in names if n.startswith(("llm.", "visual_tokenizer.backbone."))} - post_norm
     with pytest.raises(ValueError, match=r"unknown train_modules token 'mlp'; valid: all, llm"):
         apply_train_modules(model, ["mlp"])
+
+
+def test_module_lr_groups_give_each_part_its_rate(toy_dir):
+    model, _ = ovis.load(toy_dir)
+    apply_train_modules(model, ["all"])
+    rates = {"visual_tokenizer": 1e-3, "visual_tokenizer.head": 5e-3}
+    groups = lr_groups(model, rates, 2e-4, 0.1)
+    assert [g["name"] for g in groups][:2] == ["base", "base.no_decay"]  # the base groups first
+    by_name = {n: p for n, p in model.named_parameters()}
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    for name, param in by_name.items():
+        if not param.requires_grad:
+            continue
+        expected = 5e-3 if name.startswith("visual_tokenizer.head.") else (
+            1e-3 if name.startswith("visual_tokenizer.") else 2e-4)
+        assert rate[id(param)] == expected, name
+        assert decay[id(param)] == (0.1 if param.ndim >= 2 else 0.0), name
+    with pytest.raises(ValueError, match=r"unknown module_lr key\(s\) 'vision'; valid: llm, visual_tokenizer"):
+        load_train_config(None, ["model=m", "output_dir=o", "module_lr={vision: 1e-3}"])
+    with pytest.raises(ValueError, match="module_lr values must be >= 0"):
+        load_train_config(None, ["model=m", "output_dir=o", "module_lr={vte: -1}"])
+
+
+def test_module_lr_reaches_the_optimizer(toy_dir, data_info, tmp_path, one_thread):
+    """Base lr 0 and a rate for the VTE alone: after training, only the VTE has moved."""
+    config = _config(toy_dir, data_info, tmp_path / "run", lr=0.0, module_lr={"vte": 1e-2}, max_steps=3)
+    before = _weights(toy_dir)
+    _run(config)
+    after = _weights(tmp_path / "run" / "final")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("vte.") for k in moved), sorted(moved)[:5]
 
 
 def test_reinit_changes_the_last_block_only(toy_dir):

@@ -91,6 +91,10 @@ class TrainConfig(_Strict):
     per_device_batch_size: int = Field(default=8, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     lr: float = Field(default=2e-5, ge=0)
+    module_lr: dict[str, float] = Field(default_factory=dict)
+    """Peak learning rates for parts of the model, by ``train_modules`` token (e.g.
+    ``{visual_tokenizer: 1e-4}``, LLaVA's ``mm_projector_lr`` / ``vision_tower_lr``); the most
+    specific token wins, everything else trains at ``lr``. The schedule scales them all alike."""
     warmup_ratio: float = Field(default=0.05, ge=0, le=1)
     weight_decay: float = Field(default=0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -135,6 +139,18 @@ class TrainConfig(_Strict):
         if not tokens:
             raise ValueError(f"train_modules is empty; valid tokens: {', '.join(TRAIN_MODULE_TOKENS)}")
         return tokens
+
+    @field_validator("module_lr")
+    @classmethod
+    def _known_lr_tokens(cls, rates: dict[str, float]) -> dict[str, float]:
+        valid = [t for t in TRAIN_MODULE_TOKENS if t != "all"]
+        unknown = [t for t in rates if t not in valid]
+        if unknown:
+            raise ValueError(f"unknown module_lr key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+        negative = {t: v for t, v in rates.items() if v < 0}
+        if negative:
+            raise ValueError(f"module_lr values must be >= 0, got {negative}")
+        return rates
 
     # -- derived ---------------------------------------------------------------------------------
     def resolved_precision(self) -> Literal["bf16", "fp32"]:

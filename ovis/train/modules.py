@@ -176,3 +176,32 @@ def merge_lora_state_dict(state_dict: dict[str, torch.Tensor], scaling: float) -
 
 def _unwrap_key(key: str) -> str:
     return key.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
+
+
+def lr_groups(
+    model: OvisForCausalLM, module_lr: dict[str, float], base_lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for the trainable parameters: one learning rate per
+    ``module_lr`` token (the most specific token that contains a parameter wins) and ``base_lr``
+    for the rest, each split into decayed (matrices) and not decayed (vectors: norms, biases).
+    Empty groups are left out; the base groups come first."""
+    owner: dict[int, str] = {}
+    # Broad tokens first, so that a more specific one (more dots) overwrites them.
+    for token in sorted(module_lr, key=lambda t: t.count(".")):
+        for module in token_modules(model, token):
+            for param in module.parameters():
+                owner[id(param)] = token
+    groups: list[dict[str, Any]] = []
+    for token, lr in [(None, base_lr), *((t, module_lr[t]) for t in module_lr)]:
+        params = [p for p in model.parameters() if p.requires_grad and owner.get(id(p)) == token]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append({
+                    "params": chosen,
+                    "lr": lr,
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "name": f"{token or 'base'}{'' if decay else '.no_decay'}",
+                })
+    return groups
+

@@ -29,7 +29,7 @@ from ovis.model.merging import IGNORE_INDEX
 from ovis.train import checkpoint as ckpt
 from ovis.train.config import TrainConfig, build_deepspeed_config, dump_config
 from ovis.train.export import export_model, gather_state_dict
-from ovis.train.modules import apply_lora, apply_train_modules, summarize, visual_params_trainable
+from ovis.train.modules import apply_lora, apply_train_modules, lr_groups, summarize, visual_params_trainable
 from ovis.train.schedule import DataOrder, lr_lambda, tau_at
 
 logger = logging.getLogger("ovis.train")
@@ -254,19 +254,27 @@ class Trainer:
             image_size=self.model.backbone.spec.image_size,
             dummy_visual=visual_params_trainable(self.model),
         )
-        trainable = [p for p in self.wrapper.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        groups = lr_groups(self.model, config.module_lr, config.lr, config.weight_decay)
+        extra = {id(p) for p in self.wrapper.parameters() if p.requires_grad} - {
+            id(p) for g in groups for p in g["params"]
+        }
+        if extra:  # the step wrapper's own parameters (none today): train them at the base rate
+            groups.append({"params": [p for p in self.wrapper.parameters() if id(p) in extra],
+                           "lr": config.lr, "weight_decay": 0.0, "name": "wrapper"})
         schedule = lr_lambda(self.total_steps, config.warmup_ratio, config.lr_scheduler, config.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.wrapper,
-            model_parameters=[g for g in groups if g["params"]],
+            model_parameters=groups,
             config=self.ds_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
         self.zero_stage = self.engine.zero_optimization_stage()
+
+    def _base_lr(self) -> float:
+        """The base ``lr`` as the schedule has it now (groups with a ``module_lr`` scale alike)."""
+        group = self.optimizer.param_groups[0]
+        initial = group.get("initial_lr") or 0.0
+        return self.config.lr * group["lr"] / initial if initial else group["lr"]
 
     def _restore(self) -> None:
         root = ckpt.checkpoint_root(self.output_dir)
@@ -325,7 +333,7 @@ class Trainer:
                 for offset, batch in enumerate(loader):
                     if micro % accumulation == 0:
                         acc = {"loss": 0.0, "tokens": 0, "samples": 0, "skipped": 0, "ids": []}
-                        lr = self.optimizer.param_groups[0]["lr"]
+                        lr = self._base_lr()
                         if self.gumbel:
                             self.model.visual_tokenizer.tau = tau_at(
                                 step, self.total_steps, config.tau.start, config.tau.end

@@ -2,9 +2,11 @@
 # The checks that need a CUDA GPU, as one short script (a lent GPU session has ~15 minutes):
 #   1. the visual path at paper scale in bf16 (benchmarks/visual_path.py);
 #   2. the quick-start trained on the GPU: DeepSpeed ZeRO-2 over NCCL, bf16, then evaluated;
-#   3. fused == naive on CUDA, and OvisRunner's CUDA + bf16 answers against CPU float32;
+#   3. fused == naive on CUDA, OvisRunner's CUDA + bf16 answers against CPU float32, and ZeRO-3 +
+#      gradient checkpointing training over NCCL, resumed, exported and loaded;
 #   4. generation speed on the GPU (benchmarks/generation_speed.py).
-# Usage: benchmarks/gpu_checks.sh OUTDIR   (each step is time-boxed; results land in OUTDIR)
+# Usage: benchmarks/gpu_checks.sh OUTDIR   (each step is time-boxed; results land in OUTDIR; about
+# 8.5 minutes on an H100, so it fits one 10-minute device call)
 set -u
 out=${1:?usage: gpu_checks.sh OUTDIR}
 mkdir -p "$out"
@@ -16,6 +18,6 @@ step() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; lo
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 step visual_path 200 $py benchmarks/visual_path.py --device cuda --dtype bfloat16 --repeats 5 --json "$out/visual_path.json"
-step quickstart 240 $py -m ovis quickstart --out /tmp/ovis-qs-gpu --no-progress
-step cuda_checks 90 $py benchmarks/cuda_checks.py --model /tmp/ovis-qs-gpu/stage3/final --data /tmp/ovis-qs-gpu/data
+step quickstart 270 $py -m ovis quickstart --out /tmp/ovis-qs-gpu --stage3-steps 2600 --no-progress
+step cuda_checks 180 $py benchmarks/cuda_checks.py --model /tmp/ovis-qs-gpu/stage3/final --data /tmp/ovis-qs-gpu/data --zero3 /tmp/ovis-zero3
 step generation_speed 120 $py benchmarks/generation_speed.py

@@ -26,11 +26,13 @@ For batch 1 and 4 it measures, in one run and each configuration in a fresh subp
 
 FLOPs counted are the matmuls only: ``2 R D V' + 2 R V' H`` forward for ``R`` patch rows and
 ``V' = V - 2`` words, three times that for forward + backward. The fused backward also recomputes
-the logits (another ``2 R D V'``), which is not counted: the fraction is the useful rate.
+the logits of every chunk it did not keep (up to another ``2 R D V'``), which is not counted: the
+fraction is the useful rate.
 
     python benchmarks/visual_path.py                      # paper scale, float32 on the CPU
     python benchmarks/visual_path.py --small              # a quick run at reduced widths
     python benchmarks/visual_path.py --device cuda --dtype bfloat16
+    python benchmarks/visual_path.py --render benchmarks/results/visual_path_h100_bf16.json   # a saved run
 """
 
 from __future__ import annotations

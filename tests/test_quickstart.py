@@ -43,8 +43,13 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     from ovis.quickstart import quickstart
 
     result = quickstart(tmp_path, stage3_steps=500, train_images=1500, eval_images=200, progress=False,
-                        log=lambda *_: None)
+                        curve_every=250, curve_questions=100, log=lambda *_: None)
     report = json.loads((tmp_path / "report.json").read_text())
+    # The learning curve: points at steps 250 and 500, in time order, a chart beside the report.
+    assert [p["step"] for p in report["curve"]] == [250, 500]
+    assert 0 < report["curve"][0]["seconds"] < report["curve"][1]["seconds"]
+    assert set(report["curve"][1]["by_type"]) == set(QUESTION_TYPES)
+    assert (tmp_path / "curve.png").is_file()
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
     for stage in ("stage1", "stage2", "stage3"):
         assert (tmp_path / stage / "final" / "config.json").is_file()
@@ -55,3 +60,18 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     # 500 steps are enough to learn to count from the image (chance: 25%).
     assert report["by_type"]["count"] > 0.5, report
     assert result.total_seconds > 0
+
+
+def test_curve_chart_draws_every_series(tmp_path):
+    from PIL import Image
+
+    from ovis.quickstart import draw_curve
+
+    points = [{"seconds": 60.0 * i, "accuracy": 0.2 + 0.1 * i,
+               "by_type": {k: min(1.0, 0.1 * i + j / 10) for j, k in enumerate(QUESTION_TYPES)}} for i in range(1, 6)]
+    path = draw_curve(points, tmp_path / "c.png", title="test")
+    image = Image.open(path).convert("RGB")
+    assert image.size == (720, 420)
+    colours = {c for _, c in image.getcolors(720 * 420)}
+    assert (0, 0, 0) in colours and (214, 39, 40) in colours and (255, 127, 14) in colours  # all, colour, exists
+

@@ -19,6 +19,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curve-every", type=int, default=None, metavar="STEPS",
+                   help="also evaluate every STEPS stage-3 steps: an accuracy-vs-time curve (report.json, curve.png)")
+    p.add_argument("--curve-questions", type=int, default=300, help="held-out questions per curve point")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=run)
@@ -30,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     quickstart(
         args.out, adapter=args.adapter, blind=args.blind, stage3_steps=args.stage3_steps,
         train_images=args.train_images, eval_images=args.eval_images, seed=args.seed, progress=args.progress,
+        curve_every=args.curve_every, curve_questions=args.curve_questions,
     )
     return 0

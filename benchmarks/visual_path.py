@@ -57,6 +57,7 @@ from ovis.model.visual_path import (
     naive_visual_embed,
     topk_visual_embed,
 )
+from ovis.profiling import saved_activation_bytes
 
 PAPER = {"words": 131072, "width": 1024, "hidden": 4096, "patches": 576}
 SMALL = {"words": 8192, "width": 256, "hidden": 1024, "patches": 144}
@@ -180,21 +181,6 @@ class MatmulReference:
         return time.perf_counter() - start
 
 
-def saved_bytes(fn, tensors) -> int:
-    """Bytes autograd saves for the backward pass, parameters excluded, each storage counted once."""
-    params = {t.untyped_storage().data_ptr() for t in tensors[1:]}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*tensors)
-    del out
-    return sum(storages.values())
 
 
 def worker_path(args: dict) -> dict:
@@ -212,7 +198,7 @@ def worker_path(args: dict) -> dict:
         for t in tensors:
             t.requires_grad_()
         grad_out = torch.randn(batch, shape["patches"] + 2, shape["hidden"], device=device).to(dtype)
-        result["saved_bytes"] = saved_bytes(fn, tensors)
+        result["saved_bytes"] = saved_activation_bytes(fn, tensors)
         result["param_grad_bytes"] = sum(t.numel() * t.element_size() for t in tensors[1:])
 
         def step():

@@ -15,6 +15,7 @@ from ovis.model.visual_path import (
     naive_visual_embed,
     topk_visual_embed,
 )
+from ovis.profiling import saved_activation_bytes
 
 
 def _weights(batch=3, patches=7, width=16, vocab=50, hidden=12, dtype=torch.float64, indicators=True, seed=0):
@@ -162,21 +163,6 @@ def test_topk_error_falls_with_k_and_is_small_on_peaked_distributions():
 
 
 # -- memory ------------------------------------------------------------------------------------------
-def _saved_activation_bytes(fn, tensors, **kwargs) -> int:
-    """Bytes autograd keeps for the backward pass, parameters excluded, each storage counted once."""
-    params = {t.untyped_storage().data_ptr() for t in tensors[1:]}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*tensors, **kwargs)
-    del out
-    return sum(storages.values())
 
 
 def test_fused_backward_saves_a_small_fraction_of_the_naive_activations():
@@ -191,10 +177,10 @@ def test_fused_backward_saves_a_small_fraction_of_the_naive_activations():
 
     def saved(dtype, chunk_rows):
         tensors = _weights(batch=4, patches=128, width=64, vocab=8192, hidden=64, dtype=dtype)
-        return _saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=chunk_rows)
+        return saved_activation_bytes(fused_visual_embed, tensors, chunk_rows=chunk_rows)
 
     for dtype, chunk_rows in ((torch.float32, 64), (torch.float32, 128), (torch.bfloat16, 64)):
-        naive = _saved_activation_bytes(naive_visual_embed, _weights(4, 128, 64, 8192, 64, dtype=dtype))
+        naive = saved_activation_bytes(naive_visual_embed, _weights(4, 128, 64, 8192, 64, dtype=dtype))
         assert naive >= 2 * rows * words * dtype.itemsize  # logits and probabilities
         one = saved(dtype, rows)
         assert one <= rows * (64 * dtype.itemsize + 3 * 4)  # the features and three statistics per row

@@ -183,4 +183,3 @@ def draw_curve(points: list[dict], path: Path, *, title: str, size: tuple[int, i
         draw.text((width - right + 42, legend_y), name, fill="black")
     image.save(path)
     return path
-

@@ -204,4 +204,3 @@ def lr_groups(
                     "name": f"{token or 'base'}{'' if decay else '.no_decay'}",
                 })
     return groups
-

@@ -15,6 +15,9 @@ from pathlib import Path
 from ovis.data.synth import SynthSpec, write_synthetic_dataset
 
 VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
+#: The training runs, in order, each a config in configs/quickstart/. Stage 3 is a curriculum in two
+#: parts: scenes of at most two objects first (stage3-easy), then every scene (stage3).
+STAGES = ("stage1", "stage2", "stage3-easy", "stage3")
 
 
 def configs_dir() -> Path:
@@ -44,6 +47,7 @@ def quickstart(
     adapter: str = "structural",
     blind: bool = False,
     stage3_steps: int | None = None,
+    easy_steps: int | None = None,
     train_images: int = 12000,
     eval_images: int = 1000,
     seed: int = 0,
@@ -67,14 +71,14 @@ def quickstart(
     out = Path(out).resolve()
     result = QuickstartResult(out=out)
     clock = start = time.perf_counter()
-    paused = 0.0  # seconds spent on learning-curve evaluations, kept out of every timing
+    paused = paused_at_lap = 0.0  # seconds spent on learning-curve evaluations: out of every timing
     curve: list[dict] = []
 
     def lap(name: str) -> None:
-        nonlocal clock, paused
+        nonlocal clock, paused_at_lap
         now = time.perf_counter()
-        result.stage_seconds[name] = round(now - clock - paused, 1)
-        clock, paused = now, 0.0
+        result.stage_seconds[name] = round(now - clock - (paused - paused_at_lap), 1)
+        clock, paused_at_lap = now, paused
         log(f"[quickstart] {name}: {result.stage_seconds[name]:.0f} s")
 
     data = out / "data"
@@ -89,22 +93,24 @@ def quickstart(
     lap("compose")
 
     previous = composed
-    for stage in (1, 2, 3):
+    curve_offset = 0  # stage-3 steps done before the current part (the curriculum's first part)
+    for name in STAGES:
         overrides = [
             f"model={previous}",
-            f"output_dir={out / f'stage{stage}'}",
+            f"output_dir={out / name}",
             f"data.dataset_info={data / 'dataset_info.json'}",
             f"seed={seed}",
         ]
-        if stage == 3 and stage3_steps:
-            overrides.append(f"max_steps={stage3_steps}")
-        config = load_train_config(configs_dir() / f"stage{stage}.yaml", overrides)
+        steps = {"stage3-easy": easy_steps, "stage3": stage3_steps}.get(name)
+        if steps:
+            overrides.append(f"max_steps={steps}")
+        config = load_train_config(configs_dir() / f"{name}.yaml", overrides)
         final = Path(config.output_dir) / "final"
         if not (final / "config.json").is_file():
             trainer = Trainer(config, progress=progress)
-            if stage == 3 and curve_every:
+            if name.startswith("stage3") and curve_every:
 
-                def point(step: int, record: dict, trainer=trainer) -> None:
+                def point(step: int, record: dict, trainer=trainer, offset=curve_offset) -> None:
                     nonlocal paused
                     if step % curve_every and step != trainer.total_steps:
                         return
@@ -113,17 +119,18 @@ def quickstart(
                         trainer.model, trainer.processor, data / "eval.json", limit=curve_questions, progress=False
                     )
                     trainer.model.train()
-                    # Only stage 3 evaluates, so ``paused`` holds all the evaluation time so far.
-                    curve.append({"step": step, "seconds": round(began - start - paused, 1),
+                    curve.append({"step": offset + step, "seconds": round(began - start - paused, 1),
                                   "accuracy": round(report.accuracy, 4),
                                   "by_type": {k: round(v, 4) for k, v in report.by_type().items()}})
                     paused += time.perf_counter() - began
-                    log(f"[quickstart] step {step}: {report.accuracy:.1%} held-out ({curve_questions} questions)")
+                    log(f"[quickstart] stage-3 step {offset + step}: {report.accuracy:.1%} held-out "
+                        f"({curve_questions} questions)")
 
                 trainer.on_step_end = point
             trainer.run()
+            curve_offset += trainer.total_steps if name.startswith("stage3") else 0
         previous = final
-        lap(f"stage{stage}")
+        lap(name)
 
     model, processor = ovis.load(previous)
     report = evaluate_synth(model, processor, data / "eval.json", progress=progress)

@@ -42,16 +42,18 @@ def test_blank_spec_draws_empty_images(tmp_path):
 def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     from ovis.quickstart import quickstart
 
-    result = quickstart(tmp_path, stage3_steps=500, train_images=1500, eval_images=200, progress=False,
-                        curve_every=250, curve_questions=100, log=lambda *_: None)
+    result = quickstart(tmp_path, stage3_steps=500, easy_steps=200, train_images=1500, eval_images=200,
+                        progress=False, curve_every=250, curve_questions=100, log=lambda *_: None)
     report = json.loads((tmp_path / "report.json").read_text())
-    # The learning curve: points at steps 250 and 500, in time order, a chart beside the report.
-    assert [p["step"] for p in report["curve"]] == [250, 500]
-    assert 0 < report["curve"][0]["seconds"] < report["curve"][1]["seconds"]
+    # The learning curve over both parts of stage 3 (200 + 500 steps): at the end of the first part,
+    # then every 250 steps of the second, counted from the start of stage 3; in time order; a chart.
+    assert [p["step"] for p in report["curve"]] == [200, 450, 700]
+    seconds = [p["seconds"] for p in report["curve"]]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
     assert set(report["curve"][1]["by_type"]) == set(QUESTION_TYPES)
     assert (tmp_path / "curve.png").is_file()
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
-    for stage in ("stage1", "stage2", "stage3"):
+    for stage in ("stage1", "stage2", "stage3-easy", "stage3"):
         assert (tmp_path / stage / "final" / "config.json").is_file()
         metrics = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
         assert metrics, stage
@@ -74,4 +76,20 @@ def test_curve_chart_draws_every_series(tmp_path):
     assert image.size == (720, 420)
     colours = {c for _, c in image.getcolors(720 * 420)}
     assert (0, 0, 0) in colours and (214, 39, 40) in colours and (255, 127, 14) in colours  # all, colour, exists
+
+
+def test_easy_subsets_hold_the_small_scenes_only(tmp_path):
+    from ovis.data.synth import write_synthetic_dataset
+
+    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=60, eval_images=2), progress=False)
+                      .read_text())
+    assert info["synth-conversations-easy"]["meta_file"] == "conversations-easy.json"
+    captions = json.loads((tmp_path / "captions.json").read_text())
+    easy = json.loads((tmp_path / "captions-easy.json").read_text())
+    objects = {c["image_path"]: c["caption"].count(" at the ") for c in captions}
+    assert {c["image_path"] for c in easy} == {k for k, n in objects.items() if n <= 2}
+    assert 0 < len(easy) < len(captions)
+    conversations = json.loads((tmp_path / "conversations.json").read_text())
+    easy_conversations = json.loads((tmp_path / "conversations-easy.json").read_text())
+    assert easy_conversations == [c for c in conversations if objects[c["image"]] <= 2]
 

@@ -16,6 +16,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural")
     p.add_argument("--blind", action="store_true", help="blank every image: the no-vision baseline")
     p.add_argument("--stage3-steps", type=int, default=None, help="override stage 3's max_steps")
+    p.add_argument("--easy-steps", type=int, default=None,
+                   help="override max_steps of stage 3's first part (the curriculum on easy scenes)")
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ovis.quickstart import quickstart
 
     quickstart(
-        args.out, adapter=args.adapter, blind=args.blind, stage3_steps=args.stage3_steps,
+        args.out, adapter=args.adapter, blind=args.blind, stage3_steps=args.stage3_steps, easy_steps=args.easy_steps,
         train_images=args.train_images, eval_images=args.eval_images, seed=args.seed, progress=args.progress,
         curve_every=args.curve_every, curve_questions=args.curve_questions,
     )

@@ -123,6 +123,7 @@ class SynthSpec:
     questions_per_image: int = 3
     seed: int = 0
     blank: bool = False  # draw no objects: the same questions over empty images (a blind baseline)
+    easy_max_objects: int = 2  # the ``*-easy`` subsets: training scenes with at most this many objects
 
 
 def _scenes(n: int, rng: random.Random, size: int, blank: bool) -> Iterator[tuple[list[Thing], Image.Image]]:
@@ -139,6 +140,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     captions, conversations, evaluation = [], [], []
+    easy: list[bool] = []  # per training scene: part of the ``*-easy`` subsets (a curriculum's start)
     total = spec.train_images + spec.eval_images
     bar = tqdm(total=total, desc="drawing scenes", unit="img", disable=not progress)
     for i, (scene, image) in enumerate(_scenes(total, rng, spec.image_size, spec.blank)):
@@ -147,6 +149,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
         bar.update()
         if i < spec.train_images:
             captions.append({"image_path": name, "caption": caption(scene)})
+            easy.append(len(scene) <= spec.easy_max_objects)
             kinds = rng.sample(QUESTION_TYPES, spec.questions_per_image)
             turns = []
             for k, kind in enumerate(kinds):
@@ -162,11 +165,19 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
     bar.close()
     _dump(out / "captions.json", captions)
     _dump(out / "conversations.json", conversations)
+    _dump(out / "captions-easy.json", [c for c, e in zip(captions, easy, strict=True) if e])
+    _dump(out / "conversations-easy.json", [c for c, e in zip(conversations, easy, strict=True) if e])
     _dump(out / "eval.json", evaluation)
     info = {
         "synth-captions": {"meta_file": "captions.json", "image_dir": "images", "data_format": "caption"},
         "synth-conversations": {"meta_file": "conversations.json", "image_dir": "images",
                                 "data_format": "conversation"},
+        # The same records restricted to scenes of at most ``easy_max_objects`` objects: the
+        # quick-start's stage 3 starts on these (a curriculum), where finding the object a question
+        # names is easy, then goes on with everything.
+        "synth-captions-easy": {"meta_file": "captions-easy.json", "image_dir": "images", "data_format": "caption"},
+        "synth-conversations-easy": {"meta_file": "conversations-easy.json", "image_dir": "images",
+                                     "data_format": "conversation"},
     }
     _dump(out / "dataset_info.json", info)
     return out / "dataset_info.json"

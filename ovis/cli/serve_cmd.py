@@ -26,7 +26,8 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed for sampling")
     g.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when present, else CPU)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="default: bf16 on CUDA, float32 on CPU")
+                   help="default (auto): bf16 on CUDA; on a CPU bf16 only where it is native and measured "
+                   "faster, else float32")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

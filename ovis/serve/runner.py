@@ -21,6 +21,7 @@ from PIL import Image
 
 from ovis.interfaces import Message
 from ovis.interfaces.image import load_image
+from ovis.precision import resolve_precision
 from ovis.processing import EncodedSample, OvisProcessor, with_image_markers
 from ovis.serve.generation import Completion, GenerationParams, IncrementalDecoder, Row, RowTracker
 
@@ -36,15 +37,17 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """``dtype`` if given; bf16 on a GPU that has it (else fp16); float32 on the CPU, where bf16
-    matmuls are slower than float32 on most machines."""
+    """``dtype`` if given; bf16 on a GPU that has it (else fp16); on a CPU, what
+    ``ovis.precision`` picks: bf16 only with native bf16 that measures faster, else float32."""
     if dtype and dtype != "auto":
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+        if device.type == "cpu" and dtype == "bfloat16":
+            resolve_precision("bf16", device)  # warns where the CPU only emulates bf16
         return DTYPE_NAMES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return resolve_precision("auto", device).dtype
 
 
 @dataclass
@@ -63,7 +66,7 @@ class RunnerArguments:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     device: str | None = None  # "auto" / None: CUDA if present, else CPU
-    dtype: str | None = None  # "auto" / None: bf16 on CUDA, float32 on CPU
+    dtype: str | None = None  # "auto" / None: bf16 on CUDA; on a CPU see ovis.precision
     max_batch_size: int = 16
 
     def generation_params(self, **overrides: Any) -> GenerationParams:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ovis.precision import resolve_precision
 from ovis.train.modules import TRAIN_MODULE_TOKENS
 
 #: Paths that resolve against the YAML file's directory (or the CWD for overrides).
@@ -104,7 +105,8 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Clip the global gradient norm to this (0: no clipping)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """``auto``: bf16 on a CUDA device that supports it, else fp32."""
+    """``auto``: bf16 on a GPU that supports it and on a CPU with native bf16 that a probe finds
+    faster; fp32 otherwise (``ovis.precision``)."""
     gradient_checkpointing: bool = False
     deepspeed: str = "zero2"
     """A DeepSpeed JSON file, or ``zero2`` / ``zero3`` (built in). ``"auto"`` values are filled."""
@@ -154,11 +156,7 @@ class TrainConfig(_Strict):
 
     # -- derived ---------------------------------------------------------------------------------
     def resolved_precision(self) -> Literal["bf16", "fp32"]:
-        if self.precision != "auto":
-            return self.precision
-        import torch
-
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return resolve_precision(self.precision).precision
 
     def config_hash(self) -> str:
         """A short hash of everything that shapes the run (not where it is written or how often)."""

@@ -92,25 +92,37 @@ def cpu_native_bf16() -> str | None:
     return None
 
 
-def _rate(dtype: torch.dtype, shape: tuple[int, int, int], repeats: int) -> float:
-    """GFLOP/s of one ``[m, k] @ [k, n]`` product on the CPU, best of ``repeats``."""
+def _rate(dtype: torch.dtype, shape: tuple[int, int, int], repeats: int, min_seconds: float = 0.03) -> float:
+    """GFLOP/s of one ``[m, k] @ [k, n]`` product on the CPU: the best of at least ``repeats`` runs
+    and ``min_seconds`` of them, after a warm-up of as long (a cold thread pool or kernel cache
+    read 5x slow: a 5-run probe once took float32 for the slower one)."""
     m, k, n = shape
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=generator).to(dtype)
     b = torch.randn(k, n, generator=generator).to(dtype)
-    torch.matmul(a, b)  # warm-up: kernel selection, page faults
     best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
+    for timed in (False, True):
+        began, runs = time.perf_counter(), 0
+        while runs < repeats or time.perf_counter() - began < min_seconds:
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            if timed:
+                best = min(best, time.perf_counter() - start)
+            runs += 1
     return 2 * m * k * n / max(best, 1e-9) / 1e9
 
 
 @functools.cache
-def cpu_matmul_rates(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) -> dict[str, float]:
-    """Measured float32 and bf16 matmul rates (GFLOP/s) on this CPU; cached for the process."""
-    return {"fp32": _rate(torch.float32, shape, repeats), "bf16": _rate(torch.bfloat16, shape, repeats)}
+def cpu_matmul_rates(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5, rounds: int = 2) -> dict[str, float]:
+    """Measured float32 and bf16 matmul rates (GFLOP/s) on this CPU; cached for the process.
+
+    The two are timed in alternation, best of ``rounds`` each, so that a burst of load from another
+    process (a second rank starting up) slows both rather than deciding the comparison."""
+    rates = {"fp32": 0.0, "bf16": 0.0}
+    for _ in range(rounds):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            rates[name] = max(rates[name], _rate(dtype, shape, repeats))
+    return rates
 
 
 # -- the decision ---------------------------------------------------------------------------------

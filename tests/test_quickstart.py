@@ -1,12 +1,27 @@
-"""The main job end to end on a small budget: data, compose, three stages, held-out report."""
+"""The main job and what it is made of: the synthetic task (held-out pairs, caption styles, the
+curriculum subsets, the text-only data), its stage configs, the chart, and a small end-to-end run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
-from ovis.data.synth import QUESTION_TYPES, SynthSpec, answer_vocabulary, question, random_scene
+from ovis.data.synth import (
+    CAPTION_STYLES,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    QUESTION_TYPES,
+    SHAPES,
+    SynthSpec,
+    Thing,
+    answer_vocabulary,
+    caption,
+    question,
+    random_scene,
+    write_synthetic_dataset,
+)
 
 
 def test_every_question_has_one_right_answer_that_depends_on_the_scene():
@@ -30,66 +45,253 @@ def test_every_question_has_one_right_answer_that_depends_on_the_scene():
 def test_blank_spec_draws_empty_images(tmp_path):
     from PIL import Image
 
-    from ovis.data.synth import write_synthetic_dataset
-
     info = write_synthetic_dataset(tmp_path, SynthSpec(train_images=3, eval_images=2, blank=True), progress=False)
     assert info.name == "dataset_info.json"
     for path in (tmp_path / "images").iterdir():
         assert len(Image.open(path).getcolors()) == 1
 
 
-@pytest.mark.slow
-def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
-    from ovis.quickstart import quickstart
 
-    result = quickstart(tmp_path, stage3_steps=500, easy_steps=200, train_images=1500, eval_images=200,
-                        progress=False, curve_every=250, curve_questions=100, log=lambda *_: None)
-    report = json.loads((tmp_path / "report.json").read_text())
-    # The learning curve over both parts of stage 3 (200 + 500 steps): at the end of the first part,
-    # then every 250 steps of the second, counted from the start of stage 3; in time order; a chart.
-    assert [p["step"] for p in report["curve"]] == [200, 450, 700]
-    seconds = [p["seconds"] for p in report["curve"]]
-    assert 0 < seconds[0] < seconds[1] < seconds[2]
-    assert set(report["curve"][1]["by_type"]) == set(QUESTION_TYPES)
-    assert (tmp_path / "curve.png").is_file()
-    assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
-    for stage in ("stage1", "stage2", "stage3-easy", "stage3"):
-        assert (tmp_path / stage / "final" / "config.json").is_file()
-        metrics = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
-        assert metrics, stage
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:50]) / 50
-    # 500 steps are enough to learn to count from the image (chance: 25%).
-    assert report["by_type"]["count"] > 0.5, report
-    assert result.total_seconds > 0
+def _pairs_named(text: str) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a text names as "<colour> <shape>"."""
+    return {(c, s) for c in COLOURS for s in SHAPES if f"{c} {s}" in text}
 
 
-def test_curve_chart_draws_every_series(tmp_path):
+def test_held_out_pairs_appear_only_in_the_compositional_split(tmp_path):
+    spec = SynthSpec(train_images=400, eval_images=100, compositional_images=80, text_scenes=400)
+    write_synthetic_dataset(tmp_path, spec, progress=False)
+    held_out = set(HELD_OUT_PAIRS)
+    training = ["captions.json", "conversations.json", "scene-text.json", "captions-max1.json", "eval.json"]
+    for name in training:
+        text = (tmp_path / name).read_text()
+        assert not _pairs_named(text) & held_out, name
+        assert _pairs_named(text), name  # the check can see pairs: the files do name them
+    items = json.loads((tmp_path / "eval-compositional.json").read_text())
+    assert len(items) == 80
+    assert {item["type"] for item in items} == {"colour", "shape", "position", "exists"}
+    for item in items:
+        # Every item asks about a held-out pair: named in the question, or the object looked up by
+        # its colour is one (its scene says so).
+        asked = _pairs_named(item["question"]) or _pairs_named(item["scene"])
+        assert asked & held_out, item
+    exists = [item["answer"] for item in items if item["type"] == "exists"]
+    assert 0.25 < exists.count("yes") / len(exists) < 0.75
+
+
+def test_caption_styles_word_the_scene_three_ways():
+    import random
+
+    scene = [Thing("circle", "red", 0), Thing("cross", "blue", 3), Thing("square", "green", 1)]
+    assert caption(scene) == ("a red circle at the top left, a green square at the top right, "
+                              "a blue cross at the bottom right.")
+    rng = random.Random(3)
+    shuffled = {caption(scene, "shuffled", rng) for _ in range(30)}
+    parts = sorted(caption(scene).rstrip(".").split(", "))
+    assert len(shuffled) > 1 and all(sorted(c.rstrip(".").split(", ")) == parts for c in shuffled)
+    positions = caption(scene, "colour-positions", rng)
+    assert positions.startswith("objects: ") and "blue bottom right" in positions and "circle" not in positions
+    with pytest.raises(ValueError, match="caption style 'fancy'"):
+        caption(scene, "fancy")
+
+
+def test_training_captions_mix_the_styles(tmp_path):
+    write_synthetic_dataset(tmp_path, SynthSpec(train_images=90, eval_images=1, compositional_images=0,
+                                                text_scenes=1), progress=False)
+    captions = [c["caption"] for c in json.loads((tmp_path / "captions.json").read_text())]
+    styles = {"colour-positions" if c.startswith("objects: ") else "worded" for c in captions}
+    assert styles == {"colour-positions", "worded"} and len(CAPTION_STYLES) == 3
+
+
+def test_curriculum_subsets_hold_the_small_scenes_only(tmp_path):
+    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=60, eval_images=2), progress=False)
+                      .read_text())
+    conversations = json.loads((tmp_path / "conversations.json").read_text())
+    # Objects per scene, from the count question or else from the image's caption.
+    captions = {c["image_path"]: c["caption"] for c in json.loads((tmp_path / "captions.json").read_text())}
+    objects = {k: c.count(",") + 1 for k, c in captions.items()}
+    for level in (1, 2):
+        assert info[f"synth-conversations-max{level}"]["meta_file"] == f"conversations-max{level}.json"
+        subset = json.loads((tmp_path / f"captions-max{level}.json").read_text())
+        assert {c["image_path"] for c in subset} == {k for k, n in objects.items() if n <= level}
+        assert 0 < len(subset) < len(captions)
+        chosen = json.loads((tmp_path / f"conversations-max{level}.json").read_text())
+        assert chosen == [c for c in conversations if objects[c["image"]] <= level]
+
+
+def test_text_only_data_tells_the_scene_and_has_no_image(tmp_path):
+    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=2, eval_images=3, text_scenes=5),
+                                              progress=False).read_text())
+    assert "image_dir" not in info["synth-scene-text"]
+    records = json.loads((tmp_path / "scene-text.json").read_text())
+    assert len(records) == 5
+    for record in records:
+        assert "image" not in record
+        first = record["conversations"][0]["value"]
+        assert first.startswith("The picture shows a ") and "<image>" not in first
+    for item in json.loads((tmp_path / "eval.json").read_text()):
+        assert item["scene"].startswith("The picture shows ")
+
+
+def test_bad_synth_specs_are_refused():
+    with pytest.raises(ValueError, match="held_out_pairs"):
+        SynthSpec(held_out_pairs=(("pink", "circle"),))
+    with pytest.raises(ValueError, match="curriculum"):
+        SynthSpec(curriculum=(0,))
+
+
+def test_every_toy_word_is_one_token():
+    from importlib import resources
+
+    from ovis_qwen.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("offline:qwen-toy")
+    lines = (resources.files("ovis_qwen") / "resources" / "toy_words.txt").read_text().splitlines()
+    words = [w for line in lines if not line.startswith("#") for w in line.split()]
+    assert len(words) > 30
+    long = {w: (len(tokenizer.encode(w)), len(tokenizer.encode(" " + w))) for w in words}
+    assert {w: n for w, n in long.items() if n != (1, 1)} == {}
+    # Every answer of the task too (cells are two words, each listed).
+    assert {w for a in answer_vocabulary() for w in a.split()} <= set(words)
+
+
+# -- the stage configs ------------------------------------------------------------------------------
+def test_quickstart_configs_are_the_stages_and_chain():
+    from ovis.quickstart import STAGES, configs_dir
+    from ovis.train import load_train_config
+
+    assert sorted(p.stem for p in configs_dir().glob("*.yaml")) == sorted(STAGES)
+    configs = [load_train_config(configs_dir() / f"{name}.yaml") for name in STAGES]
+    assert configs[0].model.name == "composed"
+    for earlier, later in itertools.pairwise(configs):
+        assert later.model == earlier.output_dir / "final", later.output_dir
+    assert [c.stage for c in configs] == [0, 1, 2, 3, 3, 3]
+    # Stage 0 is the LLM alone on text; everything after trains on images.
+    assert configs[0].train_modules == ["llm"] and configs[0].data.datasets == ["synth-scene-text"]
+    assert all("scene-text" not in d for c in configs[1:] for d in c.data.datasets)
+    assert [c.data.datasets[0] for c in configs[3:]] == [
+        "synth-conversations-max1", "synth-conversations-max2", "synth-conversations"]
+    # Precision fits the hardware in every stage, resolved here to something this machine runs.
+    assert {c.precision for c in configs} == {"auto"}
+    assert {c.resolved_precision() for c in configs} <= {"bf16", "fp32"}
+
+
+def test_chart_draws_every_series(tmp_path):
     from PIL import Image
 
-    from ovis.quickstart import draw_curve
+    from ovis.charts import TYPE_COLOURS, accuracy_curve
 
     points = [{"seconds": 60.0 * i, "accuracy": 0.2 + 0.1 * i,
                "by_type": {k: min(1.0, 0.1 * i + j / 10) for j, k in enumerate(QUESTION_TYPES)}} for i in range(1, 6)]
-    path = draw_curve(points, tmp_path / "c.png", title="test")
+    path = accuracy_curve(points, tmp_path / "c.png", title="test", types=QUESTION_TYPES,
+                          spans=[("stage1", 0, 100), ("stage3", 100, 300)], ceiling=0.8)
     image = Image.open(path).convert("RGB")
-    assert image.size == (720, 420)
-    colours = {c for _, c in image.getcolors(720 * 420)}
-    assert (0, 0, 0) in colours and (214, 39, 40) in colours and (255, 127, 14) in colours  # all, colour, exists
+    colours = {c for _, c in image.getcolors(image.width * image.height)}
+
+    def rgb(hex_colour: str) -> tuple[int, ...]:
+        return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+    assert (0, 0, 0) in colours  # the overall line
+    assert {rgb(c) for c in TYPE_COLOURS} <= colours  # one line per question type
+    with pytest.raises(ValueError, match="at least one point"):
+        accuracy_curve([], tmp_path / "d.png", title="empty", types=QUESTION_TYPES)
 
 
-def test_easy_subsets_hold_the_small_scenes_only(tmp_path):
-    from ovis.data.synth import write_synthetic_dataset
+# -- end to end -------------------------------------------------------------------------------------
+SMALL = {"stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 60, "stage3-max2": 60, "stage3": 300}
 
-    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=60, eval_images=2), progress=False)
-                      .read_text())
-    assert info["synth-conversations-easy"]["meta_file"] == "conversations-easy.json"
-    captions = json.loads((tmp_path / "captions.json").read_text())
-    easy = json.loads((tmp_path / "captions-easy.json").read_text())
-    objects = {c["image_path"]: c["caption"].count(" at the ") for c in captions}
-    assert {c["image_path"] for c in easy} == {k for k, n in objects.items() if n <= 2}
-    assert 0 < len(easy) < len(captions)
-    conversations = json.loads((tmp_path / "conversations.json").read_text())
-    easy_conversations = json.loads((tmp_path / "conversations-easy.json").read_text())
-    assert easy_conversations == [c for c in conversations if objects[c["image"]] <= 2]
 
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from ovis.quickstart import quickstart
+
+    result = quickstart(tmp_path, steps=SMALL, train_images=1500, eval_images=200, compositional_images=40,
+                        progress=False, curve_every=150, curve_questions=100, log=lambda *_: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
+    assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
+    assert report["precision"].startswith("precision: ") and report["machine"]["cores"]
+    # Stage 0 trained the LLM alone: the visual side is as composed, the LLM changed.
+    composed = load_file(tmp_path / "composed" / "model.safetensors")
+    text = load_file(tmp_path / "stage0-text" / "final" / "model.safetensors")
+    visual = [k for k in composed if not k.startswith("llm.")]
+    assert visual and all(torch.equal(composed[k], text[k]) for k in visual)
+    assert any(not torch.equal(composed[k], text[k]) for k in composed if k.startswith("llm."))
+    # The text-only report (the ceiling) and the compositional split are there, per type.
+    assert report["text_only"]["questions"] == 200
+    assert report["compositional"]["questions"] == 40
+    assert set(report["compositional"]["by_type"]) == {"colour", "shape", "position", "exists"}
+    # The curve: points in every multimodal stage, in time order, and a chart.
+    stages = [p["stage"] for p in report["curve"]]
+    assert stages[0] == "stage1" and stages[-1] == "stage3" and "stage0-text" not in stages
+    seconds = [p["seconds"] for p in report["curve"]]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert (tmp_path / "curve.png").is_file()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+    # Within this budget the model learns to count from the image (chance: 25%).
+    assert report["by_type"]["count"] > 0.5, report
+    assert result.total_seconds > 0
+
+    # Run again: everything is reused. With another adapter the composed model is not.
+    again = quickstart(tmp_path, steps=SMALL, train_images=1500, eval_images=200, compositional_images=40,
+                       progress=False, log=lambda *_: None)
+    assert again.stage_seconds["stage3"] < result.stage_seconds["stage3"] / 3
+    with pytest.raises(ValueError, match=r"compose result made with other settings \(adapter differ\)"):
+        quickstart(tmp_path, adapter="mlp", steps=SMALL, train_images=1500, eval_images=200,
+                   compositional_images=40, progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"data result made with other settings \(blank differ\)"):
+        quickstart(tmp_path, blind=True, steps=SMALL, train_images=1500, eval_images=200,
+                   compositional_images=40, progress=False, log=lambda *_: None)
+
+
+def test_quickstart_refuses_unknown_stage_names(tmp_path):
+    from ovis.quickstart import quickstart
+
+    with pytest.raises(ValueError, match="unknown stage.*stage3-easy"):
+        quickstart(tmp_path, steps={"stage3-easy": 5}, log=lambda *_: None)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_steps_option_names_the_stages(capsys):
+    from ovis.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--steps", "stage3-easy=5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "'stage3-easy=5': expected STAGE=N" in err and "stage0-text" in err
+
+
+def test_text_mode_asks_with_the_scene_in_words_and_blind_mode_blanks_the_image(tmp_path):
+    from PIL import Image
+
+    from ovis.eval.synth import _prompt
+
+    (tmp_path / "a.png").parent.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    item = {"id": "q1", "image": "a.png", "question": "How many objects are there?",
+            "scene": "The picture shows a red circle at the top left.\n"}
+    text, images = _prompt(item, "text", tmp_path)
+    assert text == "The picture shows a red circle at the top left.\nHow many objects are there?" and images == []
+    text, (image,) = _prompt(item, "image", tmp_path)
+    assert text.startswith("<image>\n") and image.getpixel((0, 0)) == (255, 0, 0)
+    _, (blank,) = _prompt(item, "blind", tmp_path)
+    assert len(blank.getcolors()) == 1 and blank.getpixel((0, 0)) != (255, 0, 0)
+    with pytest.raises(ValueError, match="'q2' has no 'scene' text"):
+        _prompt({"id": "q2", "image": "a.png", "question": "?"}, "text", tmp_path)
+
+
+def test_cli_data_synth_writes_every_split(tmp_path, capsys):
+    from ovis.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--train-images", "6", "--eval-images", "2",
+                 "--compositional-images", "4", "--text-scenes", "3"]) == 0
+    assert "4 compositional images, 3 text-only scenes" in capsys.readouterr().out
+    assert len(json.loads((out / "eval-compositional.json").read_text())) == 4
+    assert len(json.loads((out / "scene-text.json").read_text())) == 3
+    spec = json.loads((out / "synth_spec.json").read_text())
+    assert spec["train_images"] == 6 and [tuple(p) for p in spec["held_out_pairs"]] == list(HELD_OUT_PAIRS)

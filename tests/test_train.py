@@ -87,6 +87,9 @@ def _config(model: Path, info: Path, out: Path, **fields) -> TrainConfig:
     base = dict(
         stage=3, model=model, output_dir=out, data={"dataset_info": info, "datasets": DATASETS},
         per_device_batch_size=4, lr=3e-3, max_steps=6, save_steps=3, logging_steps=2, seed=0,
+        # Runs are compared number for number; ``auto`` may pick bf16 on one run and fp32 on the
+        # next where the CPU's two rates are close.
+        precision="fp32",
     )
     base.update(fields)
     return TrainConfig.model_validate(base)
@@ -134,6 +137,11 @@ def test_yaml_paths_stage_defaults_and_overrides(tmp_path, monkeypatch):
     assert config.reinit_last_block is True and config.warmup_ratio == 0.1
     stage3 = load_train_config(None, ["stage=3", "model=m", "output_dir=o"])
     assert stage3.train_modules == ["all"] and stage3.lr == 2e-5 and stage3.reinit_last_block is False
+    # Stage 0 (not the paper's): the LLM alone, pre-trained on text.
+    stage0 = load_train_config(None, ["stage=0", "model=m", "output_dir=o"])
+    assert stage0.train_modules == ["llm"] and stage0.reinit_last_block is False
+    with pytest.raises(ValueError, match="stage"):
+        load_train_config(None, ["stage=4", "model=m", "output_dir=o"])
 
 
 def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
@@ -416,6 +424,12 @@ def test_lora_trains_adapters_only_and_merges_on_export(toy_dir, data_info, tmp_
 _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def _run_child(command: list[str], **kwargs) -> None:
+    """Run a child to completion; on failure show the end of what it printed, not just its exit code."""
+    proc = subprocess.run(command, env=_env(), capture_output=True, text=True, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(command)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
     return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -424,7 +438,8 @@ def _env() -> dict[str, str]:
 def _yaml(tmp_path: Path, model: Path, info: Path, name: str, **fields) -> Path:
     data = {"stage": 3, "model": str(model), "output_dir": str(tmp_path / name),
             "data": {"dataset_info": str(info), "datasets": DATASETS}, "per_device_batch_size": 4,
-            "lr": 3e-3, "max_steps": 16, "save_steps": 4, "logging_steps": 4, "seed": 0, **fields}
+            "lr": 3e-3, "max_steps": 16, "save_steps": 4, "logging_steps": 4, "seed": 0, "precision": "fp32",
+            **fields}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -441,8 +456,7 @@ def _ovis_train(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_complete_checkpoint(toy_dir, data_info, tmp_path):
-    subprocess.run(_ovis_train("--config", str(_yaml(tmp_path, toy_dir, data_info, "a"))),
-                   check=True, env=_env(), capture_output=True)
+    _run_child(_ovis_train("--config", str(_yaml(tmp_path, toy_dir, data_info, "a"))))
     config = _yaml(tmp_path, toy_dir, data_info, "b")
     proc = subprocess.Popen(_ovis_train("--config", str(config)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -454,7 +468,7 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(toy_dir, data_info
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "b" / "final").exists()
     assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name.startswith("step-")
-    subprocess.run(_ovis_train("--config", str(config), "--resume"), check=True, env=_env(), capture_output=True)
+    _run_child(_ovis_train("--config", str(config), "--resume"))
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert sorted(b) == list(range(1, 17))
     for step in range(1, 17):
@@ -471,11 +485,8 @@ def test_two_processes_zero2_and_zero3_agree(toy_dir, data_info, tmp_path):
     results = {}
     for stage in ("zero2", "zero3"):
         config = _yaml(tmp_path, toy_dir, data_info, stage, deepspeed=stage, max_steps=6, save_steps=3)
-        subprocess.run(
-            [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "-m", "ovis", "train", "--no-progress",
-             "--config", str(config)],
-            check=True, env=_env(), capture_output=True, cwd=REPO,
-        )
+        _run_child([str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "-m", "ovis", "train", "--no-progress",
+                    "--config", str(config)], cwd=REPO)
         results[stage] = _metrics(tmp_path / stage)
         state = json.loads((tmp_path / stage / "checkpoints" / "step-6" / ckpt.STATE_FILE).read_text())
         assert state["world_size"] == 2

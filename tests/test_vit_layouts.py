@@ -48,8 +48,9 @@ def test_converted_weights_give_the_same_features(src, dst, pixels):
     with torch.no_grad():
         expected, got = source(pixels), target(pixels)
     assert got.shape == (2, 16, 64)
-    # Same math, different attention kernels: equal to float32 precision.
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Same math, different attention kernels: equal to float32 precision (kernels differ by CPU, so
+    # a few ulps of accumulated rounding; a wrong mapping is off by O(1)).
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert expected.abs().max() > 0.1  # not trivially equal
 
 
@@ -125,4 +126,4 @@ def test_clip_vision_config_rebuilds_the_tower_in_transformers(layout, pixels):
     clip.load_state_dict(state)
     with torch.no_grad():
         features = clip(pixel_values=pixels).last_hidden_state[:, 1:]
-        torch.testing.assert_close(features, source(pixels), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features, source(pixels), rtol=1e-4, atol=1e-4)

@@ -7,19 +7,25 @@ in a colour no other object of the scene has. Questions can only be answered by 
 * ``shape``    - "What shape is the red object?"
 * ``position`` - "Where is the red object?"
 * ``count``    - "How many objects are there?"
-* ``exists``   - "Is there a green circle?" (yes/no, balanced)
+* ``exists``   - "Is there a green circle?" (yes/no, balanced, the "no" ones near misses)
 
-``write_synthetic_dataset`` writes images, caption data (stages 1-2), multi-turn instruction
-conversations (stage 3), a held-out evaluation split of single questions with their answers and
-types, and the ``dataset_info.json`` describing the training files.
+A few colour-shape pairs (:data:`HELD_OUT_PAIRS`) never occur in a training scene nor in a training
+question: they appear only in a compositional split, which asks whether the model composes what
+it learned of colours and shapes separately, as the paper claims visual words do.
+
+``write_synthetic_dataset`` writes the images, caption data (stages 1-2 and mixed into stage 3),
+instruction conversations (stage 3), the same conversations with the scene told in words instead
+of shown (the text-only stage that pre-trains the toy LLM), subsets of small scenes for a
+curriculum, the held-out evaluation splits, and the ``dataset_info.json`` describing the training
+files.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -37,7 +43,18 @@ SHAPES = ("circle", "square", "triangle", "cross")
 CELLS = ("top left", "top right", "bottom left", "bottom right")
 NUMBERS = ("zero", "one", "two", "three", "four")
 QUESTION_TYPES = ("colour", "shape", "position", "count", "exists")
+#: the types a compositional question can have: each is about one object (count is about none)
+COMPOSITIONAL_TYPES = ("colour", "shape", "position", "exists")
 BACKGROUND = (30, 30, 30)
+#: colour-shape pairs kept out of training: one per shape, four different colours, so every colour
+#: and every shape is still seen in training, just not in these combinations
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square"),
+)
+#: the prompt of a scene told in words, before its first question
+SCENE_TEXT_PREFIX = "The picture shows "
+
+Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -54,11 +71,25 @@ class QA:
     answer: str
 
 
-def random_scene(rng: random.Random) -> list[Thing]:
-    count = rng.randint(1, 4)
+def random_scene(
+    rng: random.Random, *, exclude: Iterable[Pair] = (), max_objects: int = 4, with_pair: Pair | None = None
+) -> list[Thing]:
+    """1 to ``max_objects`` things in distinct cells and colours; no (colour, shape) in ``exclude``
+    (``with_pair``, when given, is one of the things, and the only excluded pair allowed)."""
+    excluded = set(exclude)
+    count = rng.randint(1, max_objects)
     cells = sorted(rng.sample(range(4), count))
     colours = rng.sample(list(COLOURS), count)
-    return [Thing(rng.choice(SHAPES), colour, cell) for colour, cell in zip(colours, cells, strict=True)]
+    if with_pair is not None and with_pair[0] not in colours:
+        colours[rng.randrange(count)] = with_pair[0]
+    things = []
+    for colour, cell in zip(colours, cells, strict=True):
+        if with_pair is not None and colour == with_pair[0]:
+            shape = with_pair[1]
+        else:
+            shape = rng.choice([s for s in SHAPES if (colour, s) not in excluded])
+        things.append(Thing(shape, colour, cell))
+    return things
 
 
 def draw_scene(scene: list[Thing], size: int, rng: random.Random) -> Image.Image:
@@ -86,13 +117,36 @@ def draw_scene(scene: list[Thing], size: int, rng: random.Random) -> Image.Image
     return image
 
 
-def caption(scene: list[Thing]) -> str:
-    parts = [f"a {t.colour} {t.shape} at the {CELLS[t.cell]}" for t in scene]
-    return ", ".join(parts) + "."
+#: How a training caption words its scene (one style per image, drawn at random). Each style teaches
+#: a look-up the questions need, as next-token prediction: "ordered" lists objects in cell order with
+#: the colour right before the shape (colour -> shape, and cell order -> colour); "shuffled" is the
+#: same in random object order (no position shortcut); "colour-positions" pairs each colour with
+#: its cell, in random order (colour -> position).
+CAPTION_STYLES = ("ordered", "shuffled", "colour-positions")
 
 
-def question(kind: str, scene: list[Thing], rng: random.Random) -> QA:
-    thing = rng.choice(scene)
+def caption(scene: list[Thing], style: str = "ordered", rng: random.Random | None = None) -> str:
+    """The scene in words in one of :data:`CAPTION_STYLES`; "ordered" is "a red circle at the top
+    left, a blue cross at the bottom right." (``rng`` shuffles the other styles)."""
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"unknown caption style {style!r}; expected one of {', '.join(CAPTION_STYLES)}")
+    things = sorted(scene, key=lambda t: t.cell)
+    if style != "ordered":
+        (rng or random.Random()).shuffle(things)
+    if style == "colour-positions":
+        return "objects: " + ", ".join(f"{t.colour} {CELLS[t.cell]}" for t in things) + "."
+    return ", ".join(f"a {t.colour} {t.shape} at the {CELLS[t.cell]}" for t in things) + "."
+
+
+def question(kind: str, scene: list[Thing], rng: random.Random, *, thing: Thing | None = None,
+             exclude: Iterable[Pair] = (), ask_pair: Pair | None = None) -> QA:
+    """A question of ``kind`` about ``thing`` (default: a random object of the scene).
+
+    For ``exists``, ``ask_pair`` fixes the pair asked about; otherwise it is the thing's own pair
+    (answer yes) or, half the time, an absent near miss (right colour or right shape) outside
+    ``exclude`` (answer no).
+    """
+    thing = thing or rng.choice(scene)
     if kind == "colour":
         return QA(kind, f"What colour is the object at the {CELLS[thing.cell]}?", thing.colour)
     if kind == "shape":
@@ -103,10 +157,13 @@ def question(kind: str, scene: list[Thing], rng: random.Random) -> QA:
         return QA(kind, "How many objects are there?", NUMBERS[len(scene)])
     if kind == "exists":
         present = {(t.colour, t.shape) for t in scene}
-        if rng.random() < 0.5:
+        if ask_pair is not None:
+            colour, shape = ask_pair
+        elif rng.random() < 0.5:
             colour, shape = thing.colour, thing.shape
         else:
-            absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+            excluded = set(exclude)
+            absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present and (c, s) not in excluded]
             # Near misses (right colour or right shape) make the question need the image.
             near = [(c, s) for c, s in absent if c in {t.colour for t in scene} or s in {t.shape for t in scene}]
             colour, shape = rng.choice(near or absent)
@@ -123,14 +180,62 @@ class SynthSpec:
     questions_per_image: int = 3
     seed: int = 0
     blank: bool = False  # draw no objects: the same questions over empty images (a blind baseline)
-    easy_max_objects: int = 2  # the ``*-easy`` subsets: training scenes with at most this many objects
+    #: the small-scene subsets written for a curriculum: ``synth-*-max{n}`` holds the training
+    #: scenes of at most ``n`` objects
+    curriculum: tuple[int, ...] = (1, 2)
+    #: text-only scenes for pre-training the LLM (the scene told in words, then questions)
+    text_scenes: int = 12000
+    #: pairs kept out of training, and the size of the compositional split that asks about them
+    held_out_pairs: tuple[Pair, ...] = HELD_OUT_PAIRS
+    compositional_images: int = 500
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.questions_per_image <= len(QUESTION_TYPES):
+            raise ValueError(f"questions_per_image must be 1-{len(QUESTION_TYPES)}, got {self.questions_per_image}")
+        unknown = [p for p in self.held_out_pairs if p[0] not in COLOURS or p[1] not in SHAPES]
+        if unknown:
+            raise ValueError(f"held_out_pairs {unknown}: not (colour, shape) pairs of the task")
+        if self.compositional_images and not self.held_out_pairs:
+            raise ValueError("compositional_images needs held_out_pairs (set it to 0 for no compositional split)")
+        self.held_out_pairs = tuple(tuple(p) for p in self.held_out_pairs)
+        self.curriculum = tuple(sorted(set(self.curriculum)))
+        if any(not 1 <= n < 4 for n in self.curriculum):
+            raise ValueError(f"curriculum levels must be 1-3 objects, got {self.curriculum}")
 
 
-def _scenes(n: int, rng: random.Random, size: int, blank: bool) -> Iterator[tuple[list[Thing], Image.Image]]:
-    for _ in range(n):
-        scene = random_scene(rng)
-        image = draw_scene(scene, size, rng)
-        yield scene, (Image.new("RGB", (size, size), BACKGROUND) if blank else image)
+def qa_turns(scene: list[Thing], kinds: Sequence[str], rng: random.Random, exclude: Iterable[Pair]) -> list[QA]:
+    return [question(kind, scene, rng, exclude=exclude) for kind in kinds]
+
+
+def conversation_turns(qas: Sequence[QA], first_prefix: str) -> list[dict[str, str]]:
+    """LLaVA-style turns: ``first_prefix`` (an image marker, or the scene in words) before the first
+    question."""
+    turns = []
+    for k, qa in enumerate(qas):
+        turns.append({"from": "human", "value": (first_prefix if k == 0 else "") + qa.question})
+        turns.append({"from": "gpt", "value": qa.answer})
+    return turns
+
+
+def scene_text(scene: list[Thing]) -> str:
+    """The scene told in words, as the text-only stage and the text-only evaluation give it."""
+    return SCENE_TEXT_PREFIX + caption(scene) + "\n"
+
+
+def compositional_item(rng: random.Random, index: int, held_out: Sequence[Pair]) -> tuple[list[Thing], QA]:
+    """A scene with one held-out pair in it and a question about that object (for ``exists``, half
+    the time about a held-out pair that is absent, next to a near miss)."""
+    kind = COMPOSITIONAL_TYPES[index % len(COMPOSITIONAL_TYPES)]
+    pair = held_out[(index // len(COMPOSITIONAL_TYPES)) % len(held_out)]
+    if kind == "exists" and rng.random() < 0.5:
+        # The held-out pair is absent, but its colour or its shape is there.
+        while True:
+            scene = random_scene(rng, exclude=held_out)
+            if any(t.colour == pair[0] or t.shape == pair[1] for t in scene):
+                return scene, question(kind, scene, rng, ask_pair=pair)
+    scene = random_scene(rng, exclude=held_out, with_pair=pair)
+    thing = next(t for t in scene if (t.colour, t.shape) == pair)
+    return scene, question(kind, scene, rng, thing=thing, ask_pair=pair if kind == "exists" else None)
 
 
 def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, progress: bool = True) -> Path:
@@ -139,48 +244,75 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
-    captions, conversations, evaluation = [], [], []
-    easy: list[bool] = []  # per training scene: part of the ``*-easy`` subsets (a curriculum's start)
-    total = spec.train_images + spec.eval_images
+    held_out = spec.held_out_pairs
+    captions, conversations, evaluation, compositional = [], [], [], []
+    sizes: list[int] = []  # objects per training scene, for the curriculum subsets
+    total = spec.train_images + spec.eval_images + spec.compositional_images
     bar = tqdm(total=total, desc="drawing scenes", unit="img", disable=not progress)
-    for i, (scene, image) in enumerate(_scenes(total, rng, spec.image_size, spec.blank)):
-        name = f"{'train' if i < spec.train_images else 'eval'}-{i:06d}.png"
+
+    def save(scene: list[Thing], name: str) -> None:
+        image = draw_scene(scene, spec.image_size, rng)
+        if spec.blank:
+            image = Image.new("RGB", image.size, BACKGROUND)
         image.save(out / "images" / name)
         bar.update()
-        if i < spec.train_images:
-            captions.append({"image_path": name, "caption": caption(scene)})
-            easy.append(len(scene) <= spec.easy_max_objects)
-            kinds = rng.sample(QUESTION_TYPES, spec.questions_per_image)
-            turns = []
-            for k, kind in enumerate(kinds):
-                qa = question(kind, scene, rng)
-                turns.append({"from": "human", "value": ("<image>\n" if k == 0 else "") + qa.question})
-                turns.append({"from": "gpt", "value": qa.answer})
-            conversations.append({"id": f"train-{i}", "image": name, "conversations": turns})
-        else:
-            kind = QUESTION_TYPES[i % len(QUESTION_TYPES)]
-            qa = question(kind, scene, rng)
-            evaluation.append({"id": f"eval-{i}", "image": name, "type": kind,
-                               "question": qa.question, "answer": qa.answer})
+
+    for i in range(spec.train_images):
+        scene = random_scene(rng, exclude=held_out)
+        name = f"train-{i:06d}.png"
+        save(scene, name)
+        captions.append({"image_path": name, "caption": caption(scene, rng.choice(CAPTION_STYLES), rng)})
+        sizes.append(len(scene))
+        qas = qa_turns(scene, rng.sample(QUESTION_TYPES, spec.questions_per_image), rng, held_out)
+        conversations.append({"id": f"train-{i}", "image": name, "conversations": conversation_turns(qas, "<image>\n")})
+    for i in range(spec.train_images, spec.train_images + spec.eval_images):
+        scene = random_scene(rng, exclude=held_out)
+        name = f"eval-{i:06d}.png"
+        save(scene, name)
+        qa = question(QUESTION_TYPES[i % len(QUESTION_TYPES)], scene, rng, exclude=held_out)
+        evaluation.append({"id": f"eval-{i}", "image": name, "type": qa.kind, "question": qa.question,
+                           "answer": qa.answer, "scene": scene_text(scene)})
+    for k in range(spec.compositional_images):
+        scene, qa = compositional_item(rng, k, held_out)
+        name = f"compositional-{k:06d}.png"
+        save(scene, name)
+        compositional.append({"id": f"compositional-{k}", "image": name, "type": qa.kind, "question": qa.question,
+                              "answer": qa.answer, "scene": scene_text(scene)})
     bar.close()
+
+    text = []
+    for i in range(spec.text_scenes):
+        scene = random_scene(rng, exclude=held_out)
+        qas = qa_turns(scene, rng.sample(QUESTION_TYPES, spec.questions_per_image), rng, held_out)
+        text.append({"id": f"text-{i}", "conversations": conversation_turns(qas, scene_text(scene))})
+
     _dump(out / "captions.json", captions)
     _dump(out / "conversations.json", conversations)
-    _dump(out / "captions-easy.json", [c for c, e in zip(captions, easy, strict=True) if e])
-    _dump(out / "conversations-easy.json", [c for c, e in zip(conversations, easy, strict=True) if e])
+    _dump(out / "scene-text.json", text)
     _dump(out / "eval.json", evaluation)
+    if compositional:
+        _dump(out / "eval-compositional.json", compositional)
     info = {
-        "synth-captions": {"meta_file": "captions.json", "image_dir": "images", "data_format": "caption"},
-        "synth-conversations": {"meta_file": "conversations.json", "image_dir": "images",
-                                "data_format": "conversation"},
-        # The same records restricted to scenes of at most ``easy_max_objects`` objects: the
-        # quick-start's stage 3 starts on these (a curriculum), where finding the object a question
-        # names is easy, then goes on with everything.
-        "synth-captions-easy": {"meta_file": "captions-easy.json", "image_dir": "images", "data_format": "caption"},
-        "synth-conversations-easy": {"meta_file": "conversations-easy.json", "image_dir": "images",
-                                     "data_format": "conversation"},
+        "synth-captions": _entry("captions.json", "caption"),
+        "synth-conversations": _entry("conversations.json", "conversation"),
+        # The scene told in words, no image: the toy LLM's text-only pre-training.
+        "synth-scene-text": {"meta_file": "scene-text.json", "data_format": "conversation"},
     }
+    for level in spec.curriculum:
+        # The same records restricted to scenes of at most ``level`` objects: a curriculum starts on
+        # these, where finding the object a question names is easy, then goes on with everything.
+        keep = [n <= level for n in sizes]
+        _dump(out / f"captions-max{level}.json", [c for c, k in zip(captions, keep, strict=True) if k])
+        _dump(out / f"conversations-max{level}.json", [c for c, k in zip(conversations, keep, strict=True) if k])
+        info[f"synth-captions-max{level}"] = _entry(f"captions-max{level}.json", "caption")
+        info[f"synth-conversations-max{level}"] = _entry(f"conversations-max{level}.json", "conversation")
     _dump(out / "dataset_info.json", info)
+    _dump(out / "synth_spec.json", asdict(spec))
     return out / "dataset_info.json"
+
+
+def _entry(meta_file: str, data_format: str) -> dict[str, str]:
+    return {"meta_file": meta_file, "image_dir": "images", "data_format": data_format}
 
 
 def _dump(path: Path, data) -> None:

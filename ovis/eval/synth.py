@@ -6,12 +6,14 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ovis.data.synth import CELLS, COLOURS, NUMBERS, QUESTION_TYPES, SHAPES
+from ovis.data.synth import BACKGROUND, CELLS, COLOURS, NUMBERS, QUESTION_TYPES, SHAPES
+from ovis.interfaces.image import load_image
 
 #: the accuracy of a uniform guess among the type's possible answers
 CHANCE = {
@@ -59,6 +61,22 @@ class SynthReport:
         return "\n".join(lines)
 
 
+Mode = Literal["image", "blind", "text"]
+MODES: tuple[str, ...] = ("image", "blind", "text")
+
+
+def _prompt(item: dict, mode: str, image_dir: Path) -> tuple[str, list[Image.Image]]:
+    if mode == "text":  # the scene told in words instead of shown: what the LLM answers from text
+        if "scene" not in item:
+            raise ValueError(f"evaluation item {item.get('id')!r} has no 'scene' text; regenerate the data "
+                             "with this version of ovis data synth")
+        return item["scene"] + item["question"], []
+    image = load_image(image_dir / item["image"], what=f"evaluation item {item.get('id')!r}")
+    if mode == "blind":
+        image = Image.new("RGB", image.size, BACKGROUND)
+    return "<image>\n" + item["question"], [image]
+
+
 @torch.no_grad()
 def evaluate_synth(
     model,
@@ -67,28 +85,29 @@ def evaluate_synth(
     *,
     limit: int | None = None,
     batch_size: int = 64,
-    blind: bool = False,
+    mode: Mode = "image",
     progress: bool = True,
 ) -> SynthReport:
     """Ask every held-out question (one image, one question) and score exact answers.
 
-    ``blind`` replaces each image by an empty one of the same size: what a model answers without
-    seeing anything.
+    ``mode``: ``image`` shows the picture; ``blind`` an empty one of the same size (what a model
+    answers without seeing anything); ``text`` no picture but the scene told in words before the
+    question (what the language model answers from text: the ceiling the visual path aims for).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     eval_file = Path(eval_file)
     items = json.loads(eval_file.read_text())[:limit]
     image_dir = eval_file.parent / "images"
     model.eval()
     report = SynthReport()
-    for start in tqdm(range(0, len(items), batch_size), desc="evaluating", disable=not progress):
+    for start in tqdm(range(0, len(items), batch_size), desc=f"evaluating ({mode})", disable=not progress):
         chunk = items[start:start + batch_size]
-        images = []
-        for item in chunk:
-            image = Image.open(image_dir / item["image"]).convert("RGB")
-            images.append([Image.new("RGB", image.size, (30, 30, 30)) if blind else image])
-        batch = processor([[{"role": "user", "content": "<image>\n" + item["question"]}] for item in chunk], images)
+        prompts = [_prompt(item, mode, image_dir) for item in chunk]
+        batch = processor([[{"role": "user", "content": text}] for text, _ in prompts], [imgs for _, imgs in prompts])
+        pixel_values = batch["pixel_values"] if batch["pixel_values"].shape[0] else None
         out = model.generate(
-            batch["input_ids"], batch["pixel_values"], batch["attention_mask"], max_new_tokens=6, do_sample=False
+            batch["input_ids"], pixel_values, batch["attention_mask"], max_new_tokens=6, do_sample=False
         )
         for item, tokens in zip(chunk, out, strict=True):
             answer = normalise(processor.decode(tokens))

@@ -30,8 +30,11 @@ BUILTIN_DEEPSPEED = ("zero2", "zero3")
 #: model's gradients into thousands of tiny all-reduces.
 MIN_BUCKET = 2**24
 
-#: Defaults per stage (Ovis v1 recipe); any of them may be set explicitly.
+#: Defaults per stage (Ovis v1 recipe for 1-3); any of them may be set explicitly. Stage 0 is not
+#: one of the paper's: text-only pre-training of the LLM, for an LLM that does not come pretrained
+#: (the quick-start's toy).
 STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
+    0: {"train_modules": ["llm"], "reinit_last_block": False, "lr": 1e-4, "warmup_ratio": 0.05},
     1: {
         "train_modules": ["visual_tokenizer.head", "vte", "visual_tokenizer.re_init_layers"],
         "reinit_last_block": True, "lr": 1e-4, "warmup_ratio": 0.1,
@@ -78,7 +81,8 @@ class LoraOptions(_Strict):
 
 
 class TrainConfig(_Strict):
-    stage: Literal[1, 2, 3] = 3
+    stage: Literal[0, 1, 2, 3] = 3
+    """1-3: the paper's stages (their defaults: :data:`STAGE_DEFAULTS`); 0: text-only LLM pre-training."""
     model: Path
     """Input model directory: a composed model or the previous stage's ``output_dir/final``."""
     output_dir: Path
@@ -313,7 +317,7 @@ def read_deepspeed_config(spec: str) -> dict[str, Any]:
 
 
 def build_deepspeed_config(
-    config: TrainConfig, *, world_size: int, hidden_size: int, on_cuda: bool
+    config: TrainConfig, *, world_size: int, hidden_size: int, on_cuda: bool, precision: str | None = None
 ) -> dict[str, Any]:
     """Read ``config.deepspeed`` and fill its ``"auto"`` values from ``config``.
 
@@ -330,7 +334,8 @@ def build_deepspeed_config(
         raise ValueError(f"DeepSpeed config {config.deepspeed}: fp16 is not supported; use precision: bf16")
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     ds["optimizer"].setdefault("params", {})
-    bf16 = config.resolved_precision() == "bf16"
+    # ``precision``: the one every rank agreed on (``auto`` probes the CPU, and probes can differ).
+    bf16 = (precision or config.resolved_precision()) == "bf16"
     micro, accum = config.per_device_batch_size, config.gradient_accumulation_steps
     checked = {
         "train_micro_batch_size_per_gpu": micro,

@@ -67,6 +67,18 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def agree_on_precision(config: TrainConfig) -> str:
+    """Rank 0's resolution of ``config.precision``, on every rank.
+
+    ``auto`` on a CPU times a matmul probe, and ranks sharing the cores measure different rates; ranks
+    that chose differently would deadlock or crash in DeepSpeed, so rank 0 decides for all.
+    """
+    choice = [config.resolved_precision() if dist.get_rank() == 0 else None]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -175,6 +187,7 @@ class Trainer:
         self.rank, self.world_size, self.local_rank = init_distributed()
         if self.rank != 0:
             logger.setLevel(logging.WARNING)
+        self.precision = agree_on_precision(self.config)
         set_seed(self.config.seed)  # identical on every rank: re-init and LoRA init must agree
         self._build_model()
         self._build_data()
@@ -189,7 +202,7 @@ class Trainer:
         config = self.config
         # Load in the training precision: DeepSpeed's bf16 mode casts the module to bf16 anyway (its
         # optimizer keeps fp32 master weights), and an fp32 copy of a 7B model per rank is 28 GB.
-        dtype = "bfloat16" if config.resolved_precision() == "bf16" else "float32"
+        dtype = "bfloat16" if self.precision == "bf16" else "float32"
         model, processor = load(config.model, dtype=dtype)
         self.processor = processor
         self.train_processor = copy.copy(processor)
@@ -248,6 +261,7 @@ class Trainer:
             world_size=self.world_size,
             hidden_size=self.model.config.llm_config.hidden_size,
             on_cuda=self.on_cuda,
+            precision=self.precision,
         )
         self.wrapper = TrainStep(
             self.model,

@@ -13,12 +13,17 @@ other ids). No BOS is added; eos is ``<|im_end|>`` (the chat end of turn), pad `
 * ``offline:qwen-toy``: a small byte-level BPE (512 tokens) trained on a short built-in corpus,
   with Qwen's three special tokens and ChatML template. The Qwen vocabulary's 151k-row embedding
   and head would dominate a CPU-sized model's compute; this keeps the family's format without it.
+  The words of ``resources/toy_words.txt`` (the synthetic scenes' colours, shapes, positions,
+  numbers, yes/no, and the chat template's role names) are weighted so that each is one token,
+  bare and after a space: short sequences, and one-token answers that match their spelling in a
+  question or a description.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import time
 from importlib import resources
 from pathlib import Path
@@ -91,13 +96,33 @@ def _write_backend(folder: Path) -> None:
 
 
 TOY_VOCAB_SIZE = 512
+#: bump when the toy tokenizer's training code changes (its corpus and sizes are in the cache key)
+TOY_RECIPE_VERSION = 2
+#: how many times each listed word is repeated in the training corpus, bare and after a space
+TOY_WORD_WEIGHT = 40
+
+
+def toy_corpus() -> list[str]:
+    """The toy BPE's training lines: the corpus, then each listed word repeated, bare and spaced."""
+    folder = resources.files("ovis_qwen") / "resources"
+    corpus = (folder / "toy_corpus.txt").read_text().splitlines()
+    lines = (folder / "toy_words.txt").read_text().splitlines()
+    words = [word for line in lines if not line.startswith("#") for word in line.split()]
+    return corpus + [f"{word} {word}" for word in words] * TOY_WORD_WEIGHT
+
+
+def toy_cache_key() -> str:
+    """The toy BPE's cache entry: a hash of everything that shapes it, so an edited word list or
+    corpus never reuses a tokenizer built from the old one."""
+    digest = hashlib.sha256("\n".join([str(TOY_VOCAB_SIZE), *SPECIAL_TOKENS, *toy_corpus()]).encode()).hexdigest()
+    return f"qwen-toy-bpe-v{TOY_RECIPE_VERSION}-{digest[:12]}"
 
 
 def _write_toy_backend(folder: Path) -> None:
-    """Train the toy byte-level BPE on ``resources/toy_corpus.txt`` (deterministic, ~10 ms)."""
+    """Train the toy byte-level BPE on :func:`toy_corpus` (deterministic, ~10 ms)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    corpus = (resources.files("ovis_qwen") / "resources" / "toy_corpus.txt").read_text().splitlines()
+    corpus = toy_corpus()
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
@@ -113,7 +138,7 @@ def _write_toy_backend(folder: Path) -> None:
 
 @functools.cache
 def _toy() -> PreTrainedTokenizerFast:
-    path, _ = cached_tokenizer_file(f"qwen-toy-bpe-v{RECIPE_VERSION}", _write_toy_backend)
+    path, _ = cached_tokenizer_file(toy_cache_key(), _write_toy_backend)
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path),
         eos_token=IM_END,

@@ -227,12 +227,14 @@ def _reusable(done_marker: Path, directory: Path, step: str, key: dict) -> bool:
         return False
     recorded = directory / KEY_FILE
     previous = json.loads(recorded.read_text()) if recorded.is_file() else None
-    if previous == json.loads(json.dumps(key)):
+    key = json.loads(json.dumps(key))  # as recorded: tuples become lists
+    if previous == key:
         return True
     changed = sorted(k for k in {*key, *(previous or {})} if (previous or {}).get(k) != key.get(k)) if previous else []
     raise ValueError(
         f"{directory} holds a {step} result made with other settings"
-        + (f" ({', '.join(changed)} differ)" if changed else " (it records none)")
+        + (f" ({', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'})" if changed
+           else " (it records none)")
         + "; give another --out, or delete that directory to redo it"
     )
 

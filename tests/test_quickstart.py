@@ -197,7 +197,7 @@ def test_chart_draws_every_series(tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------
-SMALL = {"stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 60, "stage3-max2": 60, "stage3": 300}
+SMALL = {"stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 100, "stage3-max2": 150, "stage3": 400}
 
 
 @pytest.mark.slow

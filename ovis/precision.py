@@ -57,16 +57,26 @@ class PrecisionChoice:
 
 
 # -- what the hardware has --------------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
+def _cpuinfo(*keys: str) -> str | None:
+    """The first ``/proc/cpuinfo`` value under one of ``keys`` (lower case); None where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("flags", "features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip().lower() in keys:
+            return value.strip()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags", "features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for reports of what a figure was measured on."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 @functools.cache

@@ -9,7 +9,6 @@ Everything is trained here from random initialisation; nothing pretrained is loa
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -74,21 +73,11 @@ def machine() -> dict:
 
     import torch
 
-    from ovis.precision import cpu_native_bf16
+    from ovis.precision import cpu_model, cpu_native_bf16
 
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_native_bf16(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def quickstart(
@@ -132,7 +121,8 @@ def quickstart(
     clock = Clock()
     curve: list[dict] = []
     spans: list[tuple[str, float, float]] = []
-    log(str(resolve_precision(precision)))
+    chosen = resolve_precision(precision)
+    log(str(chosen))
 
     def lap(name: str) -> None:
         ended = clock.now()
@@ -197,7 +187,7 @@ def quickstart(
         "minutes": round(result.total_seconds / 60, 2),
         "target": {"accuracy": TARGET[0], "minutes": TARGET[1]},
         "blind": blind, "adapter": adapter, "model": str(previous),
-        "precision": str(resolve_precision(precision)), "machine": machine(),
+        "precision": str(chosen), "machine": machine(),
     }
     if curve:
         result.report["curve"] = curve
@@ -230,7 +220,7 @@ def _reusable(done_marker: Path, directory: Path, step: str, key: dict) -> bool:
     key = json.loads(json.dumps(key))  # as recorded: tuples become lists
     if previous == key:
         return True
-    changed = sorted(k for k in {*key, *(previous or {})} if (previous or {}).get(k) != key.get(k)) if previous else []
+    changed = sorted(k for k in {*key, *previous} if previous.get(k) != key.get(k)) if previous else []
     raise ValueError(
         f"{directory} holds a {step} result made with other settings"
         + (f" ({', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'})" if changed

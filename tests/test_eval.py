@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 
@@ -9,8 +10,10 @@ import pytest
 from PIL import Image
 
 from ovis.cli import main
-from ovis.eval.prompts import build_prompt, extract_choice, extract_yes_no, vqa_match
-from ovis.eval.run import evaluate_file, read_predictions
+from ovis.eval.extract import extract_choice, extract_yes_no, vqa_match
+from ovis.eval.predictions import read_predictions
+from ovis.eval.prompts import build_prompt
+from ovis.eval.run import evaluate_file
 from ovis.eval.scoring import score
 from ovis.eval.tsv import BenchmarkError, read_benchmark, with_circular, write_benchmark
 
@@ -94,10 +97,10 @@ def test_undecodable_images_are_counted_not_fatal(tmp_path):
     rows[0]["image"] = b"this is not a picture"
     rows[3]["image"] = "not base64 at all!"
     bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
-    assert [item.index for item in bench.items] == [1, 2]
-    assert [bad["index"] for bad in bench.bad_rows] == [0, 3]
+    assert [item.index for item in bench.items] == ["1", "2"]
+    assert [bad["index"] for bad in bench.bad_rows] == ["0", "3"]
     assert "cannot be decoded" in bench.bad_rows[0]["reason"]
-    report = score(bench, {1: "B", 2: "A"})
+    report = score(bench, {"1": "B", "2": "A"})
     assert report["bad_rows"] == 2 and report["metrics"]["accuracy"] == 1.0
 
 
@@ -141,7 +144,7 @@ def test_vqa_matching():
 # -- scoring on hand-written predictions with known scores ---------------------------------------------------
 def test_vanilla_multiple_choice_scores(tmp_path):
     bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", mcq_rows()))
-    report = score(bench, {0: "A", 1: "It is red.", 2: "hmm", 3: "grass"})
+    report = score(bench, {"0": "A", "1": "It is red.", "2": "hmm", "3": "grass"})
     assert report["metrics"]["accuracy"] == 0.5  # 0 and 3 right; 1 wrong; 2 unmatched
     assert report["unmatched"] == 1 and report["answered"] == 4
     assert report["categories"] == {"colour": {"questions": 2, "accuracy": 0.5},
@@ -151,15 +154,15 @@ def test_vanilla_multiple_choice_scores(tmp_path):
 def test_circular_evaluation(tmp_path):
     bench = with_circular(read_benchmark(write_benchmark(tmp_path / "MMBench.tsv", mcq_rows()[:2])))
     assert len(bench) == 6  # two questions x three rotations
-    rotated = [item for item in bench.items if item.group == 0]
+    rotated = [item for item in bench.items if item.group == "0"]
     assert [item.options["A"] for item in rotated] == ["red", "blue", "green"]
     assert [item.answer for item in rotated] == ["A", "C", "B"]  # "red" follows its text around
     # Question 0 answered by text every time (always right); question 1 always says "A".
-    predictions = {item.index: ("red" if item.group == 0 else "A") for item in bench.items}
+    predictions = {item.index: ("red" if item.group == "0" else "A") for item in bench.items}
     report = score(bench, predictions)
     assert report["metrics"]["circular_accuracy"] == 0.5
     assert report["metrics"]["vanilla_accuracy"] == 0.5  # question 1's first variant: A is red, wrong
-    predictions[1_000_001] = "blue"  # question 1, rotation 1: A=blue... now right only there
+    predictions["1000001"] = "blue"  # question 1, rotation 1: A=blue... now right only there
     assert score(bench, predictions)["metrics"]["circular_accuracy"] == 0.5
 
 
@@ -172,7 +175,7 @@ def test_mme_pair_scoring(tmp_path):
                   "category": category}]
     bench = read_benchmark(write_benchmark(tmp_path / "MME.tsv", rows))
     # picture 0 both right; picture 1 one right; picture 2 both wrong (one unreadable)
-    report = score(bench, {0: "Yes", 1: "No", 2: "Yes", 3: "Yes", 4: "No", 5: "perhaps"})
+    report = score(bench, {"0": "Yes", "1": "No", "2": "Yes", "3": "Yes", "4": "No", "5": "perhaps"})
     assert report["metrics"]["accuracy"] == 0.5 and report["unmatched"] == 1
     assert report["metrics"]["acc_plus"] == pytest.approx(1 / 3)
     assert report["categories"]["color"]["mme_score"] == pytest.approx(100 * (3 / 4 + 1 / 2))
@@ -191,7 +194,7 @@ def test_hallusionbench_figure_and_question_accuracy(tmp_path):
     for row in rows:
         row["answer"] = "Yes" if row["answer"] == "1" else "No"
     bench = read_benchmark(write_benchmark(tmp_path / "HallusionBench.tsv", rows))
-    report = score(bench, {0: "yes", 1: "yes", 2: "yes"})
+    report = score(bench, {"0": "yes", "1": "yes", "2": "yes"})
     assert report["metrics"]["aAcc"] == pytest.approx(2 / 3)
     assert report["metrics"]["fAcc"] == pytest.approx(1 / 2)  # figure 0 has a wrong answer
     assert report["metrics"]["qAcc"] == pytest.approx(1 / 2)  # question 1 (one figure) is wrong
@@ -203,8 +206,8 @@ def test_vqa_scores(tmp_path):
         {"index": 1, "image": RED, "question": "Which?", "answer": '["stop", "stop sign"]'},
         {"index": 2, "image": RED, "question": "Value?", "answer": "50"},
     ]))
-    assert score(bench, {0: "three", 1: "Stop sign.", 2: "51"})["metrics"]["accuracy"] == pytest.approx(2 / 3)
-    assert score(bench, {0: "three", 1: "Stop sign.", 2: "51"}, relaxed=True)["metrics"]["accuracy"] == 1.0
+    assert score(bench, {"0": "three", "1": "Stop sign.", "2": "51"})["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    assert score(bench, {"0": "three", "1": "Stop sign.", "2": "51"}, relaxed=True)["metrics"]["accuracy"] == 1.0
 
 
 # -- running: resumable, batched, written as it goes ----------------------------------------------------
@@ -213,7 +216,7 @@ class CountingRunner:
 
     def __init__(self, runner):
         self.runner, self.asked = runner, 0
-        self.args = runner.args
+        self.args, self.model = runner.args, runner.model
 
     def prepare(self, *args, **kwargs):
         return self.runner.prepare(*args, **kwargs)
@@ -252,7 +255,13 @@ def test_cli_eval_with_synthetic_benchmarks(chatty_model_dir, tmp_path, capsys):
         report = json.loads((out / name / "results.json").read_text())
         assert report["answered"] == (24 if name == "SynthBench_MCQ" else 6)  # MCQ: 6 questions x 4 rotations
     summary = (out / "summary.md").read_text()
-    assert summary.startswith("| benchmark | kind |") and summary.count("\n") == 5
+    assert summary.startswith("| benchmark | kind |")
+    assert len([line for line in summary.splitlines() if line.startswith("|")]) == 5
+    assert "| SynthBench_MCQ | mcq | 6 (24 rotations) |" in summary
+    # results.csv says which count is of questions and which of rotations
+    rows = list(csv.reader((out / "SynthBench_MCQ" / "results.csv").open()))
+    assert rows[0][:4] == ["category", "questions", "rotations", "circular_accuracy"]
+    assert rows[1][:3] == ["overall", "6", "24"] and "vanilla_accuracy" in rows[0]
     synth = read_benchmark(out / "synth-data" / "SynthBench_YN.tsv")
     assert synth.kind == "yesno" and {i.answer for i in synth.items} == {"yes", "no"}
 

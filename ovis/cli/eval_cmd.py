@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (0 or less would run nothing, or silently differ)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
+    return value
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -25,9 +37,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-style", choices=["vlmevalkit", "plain"], default="vlmevalkit",
                    help="vlmevalkit: hint/options/instruction as VLMEvalKit builds them (default); plain: the bare "
                    "question, for models trained without those instructions (e.g. the quick-start's)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, help="default 32 (multiple choice, VQA) or 16 (yes/no)")
-    p.add_argument("--limit", type=int, help="only the first N questions of each file (a smoke run)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, help="default 32 (multiple choice, VQA) or 16 (yes/no)")
+    p.add_argument("--limit", type=positive_int, help="only the first N questions of each file (a smoke run)")
+    p.add_argument("--discard-stale", action="store_true",
+                   help="delete saved predictions made by another model or setup (default: refuse to mix them)")
+    p.add_argument("--judge-url", help="OpenAI-compatible API (e.g. http://localhost:8000/v1) whose model reads "
+                   "replies the rules cannot (VLMEvalKit's GPT fallback); off by default. Key: $OVIS_JUDGE_API_KEY")
+    p.add_argument("--judge-model", help="the judge endpoint's model name (with --judge-url)")
     p.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -35,10 +52,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovis.eval.run import evaluate
+    from ovis.eval.judge import Judge
+    from ovis.eval.run import check_files, evaluate, summary_table
     from ovis.eval.synth_bench import write_synth_benchmarks
-    from ovis.serve.runner import OvisRunner, RunnerArguments
+    from ovis.serve.runner import DTYPE_NAMES, OvisRunner, RunnerArguments, pick_device, pick_dtype
 
+    if bool(args.judge_url) != bool(args.judge_model):
+        raise ValueError("--judge-url and --judge-model go together: give both, or neither")
+    judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
     files = [Path(f) for f in args.data]
     if args.synth:
         files += write_synth_benchmarks(Path(args.out) / "synth-data")
@@ -47,15 +68,26 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"benchmark file(s) not found: {', '.join(missing)}")
-    runner = OvisRunner(RunnerArguments(model_path=args.model, device=args.device, dtype=args.dtype,
-                                        max_batch_size=args.batch_size))
+    kind = None if args.kind == "auto" else args.kind
+    # Resolve the dtype now so that the fingerprint checked before loading is the one recorded after.
+    dtype = pick_dtype(pick_device(args.device), args.dtype)
+    dtype_name = next(name for name, value in DTYPE_NAMES.items() if value == dtype)
+    runner_args = RunnerArguments(model_path=args.model, device=args.device, dtype=dtype_name,
+                                  max_batch_size=args.batch_size)
+    # Every file is read and checked before the model loads (minutes at real scale).
+    for line in check_files(files, args.out, runner_args=runner_args, dtype=dtype_name, kind=kind,
+                            max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
+                            discard_stale=args.discard_stale):
+        print(line, file=sys.stderr)
+    runner = OvisRunner(runner_args)
     reports = evaluate(
-        runner, files, args.out, kind=None if args.kind == "auto" else args.kind, circular=args.circular,
-        relaxed=args.relaxed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
-        prompt_style=args.prompt_style,
+        runner, files, args.out, kind=kind, circular=args.circular, relaxed=args.relaxed, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, prompt_style=args.prompt_style,
+        discard_stale=args.discard_stale, judge=judge,
     )
-    from ovis.eval.run import summary_table
-
     print(summary_table(reports))
+    for report in reports:
+        for warning in report["warnings"]:
+            print(f"WARNING: {warning}", file=sys.stderr)
     print(f"details: {Path(args.out) / 'summary.md'} and {Path(args.out)}/<benchmark>/results.json")
     return 0

@@ -1,8 +1,11 @@
 """``ovis eval``: run a model over benchmark files, resumably, and write scores and a summary table.
 
-For each benchmark, ``OUT/NAME/predictions.jsonl`` gets one line per answered question as soon as
-its batch finishes; a rerun reads it and only asks what is missing. Scores go to
-``OUT/NAME/results.json`` and ``results.csv`` (overall and per category), and ``OUT/summary.md``
+For each benchmark, ``OUT/NAME/predictions.jsonl`` starts with the fingerprint of what shapes the
+predictions (model files, dtype, generation settings, prompt style, kind, the TSV's hash) and gets
+one line per answered question as soon as its batch finishes; a rerun under the same fingerprint
+only asks what is missing, and one under another is refused (see :mod:`ovis.eval.predictions`).
+Scores go to ``OUT/NAME/results.json`` (with the fingerprint) and ``results.csv`` (every metric,
+overall and per category), each reply's reading to ``readings.jsonl``, and ``OUT/summary.md``
 holds one markdown table of every benchmark run.
 """
 
@@ -17,29 +20,77 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ovis.eval.fingerprint import fingerprint
+from ovis.eval.predictions import (
+    StalePredictionsError,
+    open_predictions,
+    read_predictions,
+    stale_message,
+    stale_reasons,
+)
 from ovis.eval.prompts import build_prompt
-from ovis.eval.scoring import score
+from ovis.eval.scoring import JudgeFn, score
 from ovis.eval.tsv import Benchmark, Kind, read_benchmark, with_circular
 
 DEFAULT_MAX_NEW_TOKENS = {"mcq": 32, "yesno": 16, "vqa": 32}
+__all__ = ["StalePredictionsError", "check_files", "evaluate", "evaluate_file", "predict", "read_predictions",
+           "summary_table"]
 
 
-def read_predictions(path: Path) -> tuple[dict[int, str], dict[int, str]]:
-    """Predictions and per-item errors written so far; a line cut short by a crash is ignored."""
-    predictions: dict[int, str] = {}
-    errors: dict[int, str] = {}
-    if not path.exists():
-        return predictions, errors
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "error" in record:
-            errors[int(record["index"])] = record["error"]
-        else:
-            predictions[int(record["index"])] = record["prediction"]
-    return predictions, errors
+def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
+    """Refuse counts that would run nothing or run silently wrong (0, negative, not an integer)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def generation_settings(args, kind: Kind, max_new_tokens: int | None) -> dict:
+    """The runner's generation settings for this kind of benchmark, as a dict."""
+    tokens = DEFAULT_MAX_NEW_TOKENS[kind] if max_new_tokens is None else max_new_tokens
+    return args.generation_params(max_new_tokens=tokens).model_dump(mode="json")
+
+
+def runner_dtype(runner) -> str:
+    """The dtype the runner's model computes in (or the one asked for, for a runner without a model)."""
+    model = getattr(runner, "model", None)
+    if model is not None and getattr(model, "dtype", None) is not None:
+        return str(model.dtype).removeprefix("torch.")
+    return runner.args.dtype or "auto"
+
+
+def output_dir(out_dir: str | Path, bench: Benchmark, prompt_style: str) -> Path:
+    return Path(out_dir) / (bench.name if prompt_style == "vlmevalkit" else f"{bench.name}-{prompt_style}")
+
+
+def check_files(
+    files: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    runner_args,
+    dtype: str,
+    kind: Kind | None = None,
+    max_new_tokens: int | None = None,
+    prompt_style: str = "vlmevalkit",
+    discard_stale: bool = False,
+) -> list[str]:
+    """Before a model is loaded (minutes at real scale): read and validate every benchmark file and
+    refuse saved predictions made differently. Returns one line per file for the user."""
+    lines = []
+    for f in files:
+        bench = read_benchmark(f, kind=kind)
+        path = output_dir(out_dir, bench, prompt_style) / "predictions.jsonl"
+        line = (f"{bench.name}: {bench.kind}, {len(bench.items)} questions"
+                  + (f", {len(bench.bad_rows)} rows left out (unusable images)" if bench.bad_rows else ""))
+        if not discard_stale:
+            expected = fingerprint(model_path=runner_args.model_path, dtype=dtype,
+                                   generation=generation_settings(runner_args, bench.kind, max_new_tokens),
+                                   prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
+            reasons = stale_reasons(path, expected)
+            if reasons:
+                raise StalePredictionsError(stale_message(path, reasons))
+        lines.append(line)
+    return lines
 
 
 def predict(
@@ -51,13 +102,22 @@ def predict(
     max_new_tokens: int | None = None,
     prompt_style: str = "vlmevalkit",
     progress: bool = True,
-) -> tuple[dict[int, str], dict[int, str]]:
-    """Answer every item not yet in ``out/predictions.jsonl``; returns (predictions, errors)."""
+    discard_stale: bool = False,
+) -> tuple[dict[str, str], dict[str, str], dict]:
+    """Answer every item not yet in ``out/predictions.jsonl``; returns (predictions, errors, fingerprint).
+
+    Raises :class:`StalePredictionsError` if that file holds another setup's predictions (unless
+    ``discard_stale``)."""
+    check_positive("batch_size", batch_size)
+    check_positive("max_new_tokens", max_new_tokens, optional=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
-    predictions, errors = read_predictions(path)
+    settings = generation_settings(runner.args, bench.kind, max_new_tokens)
+    stamp = fingerprint(model_path=runner.args.model_path, dtype=runner_dtype(runner), generation=settings,
+                        prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
+    predictions, errors = open_predictions(path, stamp, discard_stale=discard_stale)
     todo = [item for item in bench.items if item.index not in predictions and item.index not in errors]
-    params = runner.args.generation_params(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS[bench.kind])
+    params = runner.args.generation_params(max_new_tokens=settings["max_new_tokens"])
     bar = tqdm(total=len(bench.items), initial=len(bench.items) - len(todo), desc=bench.name, unit="q",
                disable=not progress)
     with path.open("a", encoding="utf-8") as sink:
@@ -80,7 +140,7 @@ def predict(
             sink.flush()
             bar.update(len(chunk))
     bar.close()
-    return predictions, errors
+    return predictions, errors, stamp
 
 
 def evaluate_file(
@@ -96,33 +156,50 @@ def evaluate_file(
     limit: int | None = None,
     prompt_style: str = "vlmevalkit",
     progress: bool = True,
+    discard_stale: bool = False,
+    judge: JudgeFn | None = None,
 ) -> dict:
+    """Predict (resuming) and score one benchmark file; writes its results and returns the report."""
+    check_positive("limit", limit, optional=True)
     bench = read_benchmark(path, kind=kind)
     if limit is not None:
         bench.items = bench.items[:limit]
     if circular and bench.kind == "mcq":  # only multiple choice has options to rotate
         bench = with_circular(bench)
-    out = Path(out_dir) / (bench.name if prompt_style == "vlmevalkit" else f"{bench.name}-{prompt_style}")
-    predictions, errors = predict(runner, bench, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  prompt_style=prompt_style, progress=progress)
-    report = score(bench, predictions, relaxed=relaxed)
+    out = output_dir(out_dir, bench, prompt_style)
+    predictions, errors, stamp = predict(runner, bench, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                         prompt_style=prompt_style, progress=progress, discard_stale=discard_stale)
+    report = score(bench, predictions, relaxed=relaxed, judge_fn=judge)
+    readings = report.pop("readings")
     report["errors"] = len([i for i in errors if i not in predictions])
     report["prompt_style"] = prompt_style
     report["bad_row_reasons"] = bench.bad_rows[:20]
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["fingerprint"] = stamp
+    if judge is not None:
+        report["judge"] = {"url": getattr(judge, "url", None), "model": getattr(judge, "model", None)}
+    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     _write_csv(out / "results.csv", report)
+    with (out / "readings.jsonl").open("w", encoding="utf-8") as f:
+        for reading in readings:
+            f.write(json.dumps({**reading, "prediction": predictions[reading["index"]]}, ensure_ascii=False) + "\n")
     return report
 
 
 def _write_csv(path: Path, report: dict) -> None:
-    metric_names = sorted({k for c in report["categories"].values() for k in c if k != "questions"})
+    """Overall and per-category rows with every metric reported anywhere (blank where it does not
+    apply). ``questions`` counts questions; circular runs add ``rotations``, the variants asked."""
+    names: list[str] = list(report["metrics"])
+    for values in report["categories"].values():
+        names += [k for k in values if k not in names]
+    counts = ["questions", "rotations"] if "rotations" in report else ["questions"]
+    metric_names = [n for n in names if n not in ("questions", "rotations")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["category", "questions", *metric_names])
-        answered = report["answered"]
-        writer.writerow(["overall", answered, *(_fmt(report["metrics"].get(m)) for m in metric_names)])
+        writer.writerow(["category", *counts, *metric_names])
+        overall = [_fmt(report["metrics"].get(m)) for m in metric_names]
+        writer.writerow(["overall", *(report[c] for c in counts), *overall])
         for name, values in report["categories"].items():
-            writer.writerow([name, values["questions"], *(_fmt(values.get(m)) for m in metric_names)])
+            writer.writerow([name, *(values.get(c, "") for c in counts), *(_fmt(values.get(m)) for m in metric_names)])
 
 
 def _fmt(value) -> str:
@@ -130,8 +207,9 @@ def _fmt(value) -> str:
 
 
 def summary_table(reports: Sequence[dict]) -> str:
-    lines = ["| benchmark | kind | questions | metric | score | unmatched | errors | bad rows |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | kind | questions | metric | score | unmatched | judged | errors | bad rows |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for r in reports:
         main = r["main"]
         value = r["metrics"][main]
@@ -139,9 +217,14 @@ def summary_table(reports: Sequence[dict]) -> str:
         others = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["metrics"].items()
                            if k != main and not k.startswith("mme"))
         metric = main + (f" ({others})" if others else "")
-        lines.append(f"| {r['benchmark']} | {r['kind']} | {r['answered']} | {metric} | {shown} | "
-                     f"{r['unmatched']} | {r['errors']} | {r['bad_rows']} |")
-    return "\n".join(lines) + "\n"
+        questions = f"{r['questions']}" + (f" ({r['rotations']} rotations)" if "rotations" in r else "")
+        lines.append(f"| {r['benchmark']} | {r['kind']} | {questions} | {metric} | {shown} | "
+                     f"{r['unmatched']} | {r.get('judged', 0)} | {r['errors']} | {r['bad_rows']} |")
+        if r.get("incomplete_pictures"):
+            notes.append(f"{r['benchmark']}: {r['incomplete_pictures']} picture(s) with a single answered question "
+                         "left out of acc_plus")
+        notes += [f"WARNING: {w}" for w in r.get("warnings", [])]
+    return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
 
 
 def evaluate(

@@ -1,12 +1,14 @@
 """Benchmark files in VLMEvalKit's TSV layout.
 
-One row per question: ``index``; ``image`` (base64, a JSON list of base64 strings for several
-images, or - as in MMBench - the ``index`` of an earlier row whose image it shares) or
-``image_path``; ``question``; options in columns ``A``..``J``; ``answer``; optional ``category``,
+One row per question: ``index`` (an integer, or a string such as HallusionBench's
+``VS_chart_0_0_0_0``); ``image`` (base64, a JSON list of base64 strings for several images, or - as in
+MMBench - the ``index`` of another row whose image it shares) or ``image_path``; ``question``;
+options in columns ``A``..``J``; ``answer``; optional ``category``,
 ``l2-category``, ``hint`` and benchmark-specific columns (kept in ``Item.extra``).
 
 The task kind decides prompting and scoring: ``mcq`` (option columns present), ``yesno`` (every
-answer is yes/no) or ``vqa`` (short free answers). It is inferred from the columns unless given.
+answer is yes/no) or ``vqa`` (short free answers). Unless given, it comes from the columns first
+(options present means multiple choice), then from the exact benchmark name, then from the answers.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ KINDS: tuple[Kind, ...] = ("mcq", "yesno", "vqa")
 OPTION_LETTERS = tuple(string.ascii_uppercase[:10])  # A..J
 CIRCULAR_STRIDE = 1_000_000  # VLMEvalKit numbers MMBench's rotated copies index + k * 1e6
 
-# Benchmarks whose kind is known by name (file stem, case-insensitive prefix).
+# Benchmarks without option columns whose kind is known by exact name (VLMEvalKit's file stems,
+# case-insensitive). Exact, not by prefix: MME-RealWorld is multiple choice, MME is yes/no.
 KNOWN_KINDS: dict[str, Kind] = {
-    "mmbench": "mcq", "mmstar": "mcq", "mmmu": "mcq", "realworldqa": "mcq", "ai2d": "mcq", "seedbench": "mcq",
-    "scienceqa": "mcq", "ccbench": "mcq", "mme": "yesno", "hallusionbench": "yesno", "pope": "yesno",
-    "textvqa": "vqa", "docvqa": "vqa", "chartqa": "vqa", "ocrvqa": "vqa", "mathvista": "vqa", "gqa": "vqa",
+    "mme": "yesno", "hallusionbench": "yesno", "pope": "yesno", "amber": "yesno",
+    "textvqa_val": "vqa", "docvqa_val": "vqa", "docvqa_test": "vqa", "chartqa_test": "vqa", "ocrvqa_test": "vqa",
+    "ocrvqa_testcore": "vqa", "mathvista_mini": "vqa", "gqa_testdev_balanced": "vqa", "infovqa_val": "vqa",
 }
 
 
@@ -47,7 +50,7 @@ class BenchmarkError(ValueError):
 
 @dataclass
 class Item:
-    index: int
+    index: str  # as in the file ("12", "VS_chart_0_0_0_0"); integers are written without ".0"
     question: str
     answer: str
     options: dict[str, str] = field(default_factory=dict)
@@ -57,11 +60,17 @@ class Item:
     image_key: str = ""  # identifies the picture (pairs in MME share it)
     extra: dict[str, str] = field(default_factory=dict)
     row: int = 0  # 1-based data row in the file, for messages
+    group: str = ""  # the question this row is a variant of (MMBench's circular copies share it)
+    rotation: int = 0  # which circular variant (0: the options as written)
 
-    @property
-    def group(self) -> int:
-        """The question this row is a variant of (MMBench's circular copies share it)."""
-        return self.index % CIRCULAR_STRIDE
+    def __post_init__(self) -> None:
+        if not self.group:
+            # VLMEvalKit numbers MMBench's rotated copies index + k * 1e6 in files that hold them.
+            number = _integer(self.index)
+            if number is not None and number >= CIRCULAR_STRIDE:
+                self.group, self.rotation = str(number % CIRCULAR_STRIDE), number // CIRCULAR_STRIDE
+            else:
+                self.group = self.index
 
 
 @dataclass
@@ -83,18 +92,29 @@ def _cell(value: str | None) -> str | None:
     return None if value == "" or value.lower() == "nan" else value
 
 
+def _integer(text: str) -> int | None:
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
+
+
+def normalise_index(raw: str | None) -> str:
+    """An index cell as text: ``3`` and ``3.0`` are the same row; any other text is kept as is."""
+    text = (raw or "").strip()
+    if re.fullmatch(r"-?\d+\.0*", text):
+        return text.split(".")[0]
+    return text
+
+
 def _decode_images(raw: str) -> list[bytes]:
     values = json.loads(raw) if raw.startswith("[") else [raw]
     return [base64.b64decode(v, validate=True) for v in values]
 
 
 def infer_kind(name: str, columns: Sequence[str], answers: Sequence[str]) -> Kind:
-    lowered = name.lower()
-    for prefix, kind in KNOWN_KINDS.items():
-        if lowered.startswith(prefix):
-            return kind
+    """Options present means multiple choice whatever the name; else the exact name; else the answers."""
     if "A" in columns and "B" in columns:
         return "mcq"
+    if name.lower() in KNOWN_KINDS:
+        return KNOWN_KINDS[name.lower()]
     if answers and all(a.strip().lower() in ("yes", "no") for a in answers):
         return "yesno"
     return "vqa"
@@ -131,13 +151,16 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
                              f"{', '.join(option_columns) or 'none'}")
     known = {"index", "image", "image_path", "question", "answer", "category", "hint", *OPTION_LETTERS}
     bench = Benchmark(name=name, kind=kind, path=path, items=[])
-    images_by_index: dict[int, tuple[list[bytes], str]] = {}
-    seen: set[int] = set()
+    # Every row's image cell by index, so that MMBench-style references can point anywhere.
+    image_cells: dict[str, str | None] = {}
+    seen: set[str] = set()
     for number, row in enumerate(rows, start=1):
-        try:
-            index = int(float(row["index"]))
-        except (TypeError, ValueError):
-            raise BenchmarkError(f"{path}: row {number}: index {row['index']!r} is not an integer") from None
+        index = normalise_index(row["index"])
+        if not index:
+            raise BenchmarkError(f"{path}: row {number}: empty index")
+        image_cells.setdefault(index, _cell(row.get("image")))
+    for number, row in enumerate(rows, start=1):
+        index = normalise_index(row["index"])
         if index in seen:
             raise BenchmarkError(f"{path}: row {number}: index {index} appears twice")
         seen.add(index)
@@ -155,11 +178,10 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
                     f"({', '.join(options) or 'none'})"
                 )
         try:
-            images, key = _row_images(row, path, images_by_index)
+            images, key = _row_images(row, path, image_cells)
         except (ValueError, binascii.Error, OSError) as exc:
             bench.bad_rows.append({"row": number, "index": index, "reason": f"image: {exc}"})
             continue
-        images_by_index[index] = (images, key)
         bench.items.append(Item(
             index=index, question=question, answer=answer, options=options, category=_cell(row.get("category")),
             hint=_cell(row.get("hint")), images=images, image_key=key, row=number,
@@ -168,15 +190,17 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
     return bench
 
 
-def _row_images(row: dict, path: Path, earlier: dict[int, tuple[list[bytes], str]]) -> tuple[list[bytes], str]:
+def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tuple[list[bytes], str]:
     raw = _cell(row.get("image"))
     if raw is not None:
-        # MMBench stores a repeated image once; later rows hold the index of the row that has it.
-        if len(raw) <= 64 and re.fullmatch(r"-?\d+", raw):
-            ref = int(raw)
-            if ref not in earlier:
-                raise ValueError(f"refers to the image of index {ref}, which is not an earlier row")
-            return earlier[ref]
+        # MMBench stores a repeated image once; other rows hold the index (an integer or a string)
+        # of the row that has it. VLMEvalKit reads short cells (64 characters or fewer) this way.
+        ref = normalise_index(raw)
+        if len(raw) <= 64 and ref in image_cells:
+            target = image_cells[ref]
+            if target is None or len(target) <= 64:
+                raise ValueError(f"refers to the image of index {ref!r}, a row without an image of its own")
+            raw = target
         images = _decode_images(raw)
     else:
         ref = _cell(row.get("image_path"))
@@ -195,7 +219,9 @@ def _row_images(row: dict, path: Path, earlier: dict[int, tuple[list[bytes], str
                 image.verify()
         except Exception as exc:  # PIL raises many types for broken files
             raise ValueError(f"image {k + 1} cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    key = hashlib.sha1(b"".join(images)).hexdigest()[:16]
+    # The picture's identity for MME's pairs: its image_path when the file names one (as VLMEvalKit
+    # groups), else its bytes.
+    key = _cell(row.get("image_path")) or hashlib.sha1(b"".join(images)).hexdigest()[:16]
     return images, key
 
 
@@ -205,21 +231,25 @@ def circular_variants(item: Item) -> list[Item]:
     letters = list(item.options)
     texts = [item.options[letter] for letter in letters]
     variants = []
+    number = _integer(item.index)
     for shift in range(len(letters)):
         rotated = texts[shift:] + texts[:shift]
         options = dict(zip(letters, rotated, strict=True))
         answer = letters[rotated.index(item.options[item.answer])]
         variants.append(Item(
-            index=item.index + shift * CIRCULAR_STRIDE, question=item.question, answer=answer, options=options,
-            category=item.category, hint=item.hint, images=item.images, image_key=item.image_key,
-            extra=item.extra, row=item.row,
+            # VLMEvalKit's numbering for integer indices; string indices get a suffix.
+            index=(str(number + shift * CIRCULAR_STRIDE) if number is not None and shift else
+                   f"{item.index}#{shift}" if shift else item.index),
+            question=item.question, answer=answer, options=options, category=item.category, hint=item.hint,
+            images=item.images, image_key=item.image_key, extra=item.extra, row=item.row, group=item.group,
+            rotation=shift,
         ))
     return variants
 
 
 def with_circular(bench: Benchmark) -> Benchmark:
     """The benchmark with rotated copies added (a file that already has them is left as is)."""
-    if any(item.index >= CIRCULAR_STRIDE for item in bench.items):
+    if any(item.rotation for item in bench.items):
         return bench
     items = [variant for item in bench.items for variant in circular_variants(item)]
     return Benchmark(name=bench.name, kind=bench.kind, path=bench.path, items=items, bad_rows=bench.bad_rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from ovis.cli import main
 from ovis.eval.extract import extract_choice, extract_yes_no, vqa_match
 from ovis.eval.predictions import read_predictions
 from ovis.eval.prompts import build_prompt
-from ovis.eval.run import evaluate_file
+from ovis.eval.run import evaluate_file, summary_table
 from ovis.eval.scoring import score
 from ovis.eval.tsv import BenchmarkError, read_benchmark, with_circular, write_benchmark
 
@@ -271,3 +272,251 @@ def test_cli_eval_errors(chatty_model_dir, tmp_path, capsys):
     assert "nope.tsv" in capsys.readouterr().err
     assert main(["eval", "--model", str(chatty_model_dir)]) == 2
     assert "--synth" in capsys.readouterr().err
+
+
+# -- issue 14: each defect, with a test that fails without its fix --------------------------------------------
+def mme_rows(pictures: int = 3):
+    rows = []
+    for pic in range(pictures):
+        image = png((40 * pic, 30, 30))
+        rows += [{"index": 2 * pic, "image": image, "question": "Is it? Please answer yes or no.", "answer": "Yes",
+                  "category": "color"},
+                 {"index": 2 * pic + 1, "image": image, "question": "Is it not?", "answer": "No", "category": "color"}]
+    return rows
+
+
+def test_mme_broken_image_leaves_its_picture_out_of_acc_plus(tmp_path):
+    rows = mme_rows()
+    rows[3]["image"] = b"broken"  # picture 1 keeps one question
+    bench = read_benchmark(write_benchmark(tmp_path / "MME.tsv", rows))
+    report = score(bench, {"0": "Yes", "1": "No", "2": "Yes", "4": "Yes", "5": "Yes"})
+    assert report["main"] == "mme_score" and report["incomplete_pictures"] == 1
+    assert report["metrics"]["acc_plus"] == pytest.approx(1 / 2)  # pictures 0 (right) and 2 (wrong)
+    assert report["metrics"]["accuracy"] == pytest.approx(4 / 5)  # every answered question counts
+    assert report["metrics"]["mme_score"] == pytest.approx(100 * (4 / 5 + 1 / 2))
+
+
+def test_mme_odd_limit_keeps_acc_plus(tmp_path):
+    bench = read_benchmark(write_benchmark(tmp_path / "MME.tsv", mme_rows()))
+    bench.items = bench.items[:3]
+    report = score(bench, {"0": "Yes", "1": "No", "2": "Yes"})
+    assert report["metrics"]["acc_plus"] == 1.0 and report["incomplete_pictures"] == 1
+    assert report["main"] == "mme_score"
+
+
+def test_mme_pairs_are_grouped_by_image_path(tmp_path):
+    rows = mme_rows(1)
+    rows[0]["image_path"], rows[1]["image_path"] = "color/1.jpg", "color/1.jpg"
+    rows[1]["image"] = png((1, 2, 3))  # re-encoded copy of the same picture: same path, other bytes
+    report = score(read_benchmark(write_benchmark(tmp_path / "MME.tsv", rows)), {"0": "Yes", "1": "No"})
+    assert report["metrics"]["acc_plus"] == 1.0 and report["incomplete_pictures"] == 0
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("MME-RealWorld", "mcq"), ("MME", "yesno"), ("MMEval_custom", "yesno"), ("TextVQA_VAL", "vqa")])
+def test_kind_from_columns_then_exact_names(tmp_path, name, expected):
+    if expected == "mcq":
+        row = {"index": 0, "image": RED, "question": "Which?", "A": "a", "B": "b", "C": "c", "D": "d", "E": "e",
+               "answer": "E"}
+    else:
+        row = {"index": 0, "image": RED, "question": "Is it red?", "answer": "Yes"}
+    assert read_benchmark(write_benchmark(tmp_path / f"{name}.tsv", [row])).kind == expected
+
+
+def test_nearly_all_unmatched_is_a_loud_warning(tmp_path):
+    bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", mcq_rows()))
+    report = score(bench, {"0": "hmm", "1": "no idea", "2": "perhaps", "3": "A"})
+    assert report["warnings"] == []
+    report = score(bench, {"0": "hmm", "1": "no idea", "2": "perhaps", "3": "well"})
+    assert "4 of 4 replies could not be read as mcq answers" in report["warnings"][0]
+    assert "WARNING: MMStar: 4 of 4" in summary_table([report])
+
+
+def hallusion_rows():
+    # VLMEvalKit's HallusionBench: string indices whose parts 4-6 are set, figure and question ids
+    rows = []
+    for index, answer in [("VD_illusion_0_0_0_0", "Yes"), ("VD_illusion_0_0_0_1", "No"),
+                          ("VD_illusion_0_0_1_0", "Yes"), ("VS_chart_1_3_0_0", "No")]:
+        category, l2 = index.split("_")[:2]
+        rows.append({"index": index, "image": RED if index.startswith("VD") else "VD_illusion_0_0_0_0",
+                     "question": "Is it?", "answer": answer, "category": category, "l2-category": l2})
+    return rows
+
+
+def test_hallusionbench_string_indices_and_grouping(tmp_path):
+    bench = read_benchmark(write_benchmark(tmp_path / "HallusionBench.tsv", hallusion_rows()))
+    assert [item.index for item in bench.items][:2] == ["VD_illusion_0_0_0_0", "VD_illusion_0_0_0_1"]
+    assert bench.items[3].images == bench.items[0].images  # an image shared by string index
+    report = score(bench, {"VD_illusion_0_0_0_0": "Yes", "VD_illusion_0_0_0_1": "Yes",
+                           "VD_illusion_0_0_1_0": "Yes", "VS_chart_1_3_0_0": "No"})
+    assert report["main"] == "aAcc" and report["metrics"]["aAcc"] == pytest.approx(3 / 4)
+    # figures (illusion,0,0) wrong, (illusion,0,1) right, (chart,3,0) right
+    assert report["metrics"]["fAcc"] == pytest.approx(2 / 3)
+    # questions (illusion,0,0) right on both figures, (illusion,0,1) wrong, (chart,3,0) right
+    assert report["metrics"]["qAcc"] == pytest.approx(2 / 3)
+    assert report["categories"]["VS"]["fAcc"] == 1.0 and report["categories"]["illusion"]["qAcc"] == 0.5
+
+
+def test_circular_with_string_indices(tmp_path):
+    rows = mcq_rows()[:2]
+    rows[0]["index"], rows[1]["index"] = "q-a", "q-b"
+    bench = with_circular(read_benchmark(write_benchmark(tmp_path / "MMBench.tsv", rows)))
+    assert [item.index for item in bench.items][:3] == ["q-a", "q-a#1", "q-a#2"]
+    report = score(bench, {item.index: "red" for item in bench.items})
+    assert report["metrics"]["circular_accuracy"] == 0.5 and report["rotations"] == 6 and report["questions"] == 2
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("It is starving.", None), ("stars", "D"), ("The shape is coloured.", None), ("It was rendered.", None),
+    ("A square.", "B"), ("A star-like circle", "A"), ("triangles", "C"),  # "star-like" is not "star"
+])
+def test_option_text_matches_whole_words_and_articles_are_not_letters(reply, expected):
+    assert extract_choice(reply, {"A": "circle", "B": "square", "C": "triangle", "D": "star",
+                                  "E": "red"}) == expected
+
+
+NINE = {letter: f"thing {letter.lower()}" for letter in "ABCDEFGHI"}
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("I think C.", "C"), ("I'm sure it is G.", "G"), ("I", "I"), ("A or B", None), ("A is right", "A"),
+    ("Option (I)", "I"), ("I would say H, not A.", None),
+])
+def test_a_and_i_as_words_with_nine_options(reply, expected):
+    assert extract_choice(reply, NINE) == expected
+
+
+def write_state(path, lines: list[str], tail: str = "") -> None:
+    path.write_text("".join(line + "\n" for line in lines) + tail)
+
+
+def test_a_half_written_last_line_is_repaired_before_appending(chatty_runner, tmp_path):
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    runner = CountingRunner(chatty_runner)
+    evaluate_file(runner, path, tmp_path / "out", batch_size=4, max_new_tokens=4, progress=False)
+    predictions_file = tmp_path / "out" / "MMStar" / "predictions.jsonl"
+    lines = predictions_file.read_text().splitlines()
+    write_state(predictions_file, lines[:-1], tail='{"index": "3", "predic')
+    evaluate_file(runner, path, tmp_path / "out", batch_size=4, max_new_tokens=4, progress=False)
+    assert all(json.loads(line) for line in predictions_file.read_text().splitlines())
+    assert len(read_predictions(predictions_file)[0]) == 4  # not glued onto the broken line and lost
+    # a complete last record missing only its newline is kept
+    text = predictions_file.read_text()
+    predictions_file.write_text(text.rstrip("\n"))
+    runner.asked = 0
+    evaluate_file(runner, path, tmp_path / "out", batch_size=4, max_new_tokens=4, progress=False)
+    assert runner.asked == 0 and predictions_file.read_text() == text
+
+
+def test_predictions_of_another_setup_are_refused_then_discarded(chatty_runner, chatty_model_dir, tmp_path):
+    import dataclasses
+    import shutil
+
+    from ovis.eval.predictions import StalePredictionsError
+
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    runner = CountingRunner(chatty_runner)
+    first = evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False)
+    assert first["fingerprint"]["generation"]["max_new_tokens"] == 4
+    assert json.loads((tmp_path / "out" / "MMStar" / "results.json").read_text())["fingerprint"] == first["fingerprint"]
+    with pytest.raises(StalePredictionsError, match=r"generation setting max_new_tokens 4 -> 5.*--discard-stale"):
+        evaluate_file(runner, path, tmp_path / "out", max_new_tokens=5, progress=False)
+    with pytest.raises(StalePredictionsError, match=r"task kind 'mcq' -> 'vqa'"):
+        evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, kind="vqa", progress=False)
+    # the same files elsewhere are the same model: resumed, nothing asked
+    moved = Path(shutil.copytree(chatty_model_dir, tmp_path / "moved"))
+    runner.args, runner.asked = dataclasses.replace(chatty_runner.args, model_path=str(moved)), 0
+    evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False)
+    assert runner.asked == 0
+    # another model (a file differs) is refused, naming it; --discard-stale starts afresh
+    (moved / "config.json").write_text((moved / "config.json").read_text() + " ")
+    with pytest.raises(StalePredictionsError, match=r"the model \(files differing: config.json"):
+        evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False)
+    report = evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False, discard_stale=True)
+    assert runner.asked == 4 and report["fingerprint"]["model"]["path"] == str(moved.resolve())
+    # a changed benchmark file, and a predictions file from before fingerprints, are refused too
+    path.write_text(path.read_text().replace("What colour?", "Which colour?"))
+    with pytest.raises(StalePredictionsError, match="the benchmark file's contents"):
+        evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False)
+    legacy = tmp_path / "out" / "MMStar" / "predictions.jsonl"
+    legacy.write_text('{"index": 0, "prediction": "A"}\n')
+    with pytest.raises(StalePredictionsError, match="no fingerprint"):
+        evaluate_file(runner, path, tmp_path / "out", max_new_tokens=4, progress=False)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--batch-size", "0"), ("--batch-size", "-3"), ("--limit", "0"), ("--limit", "-1"), ("--max-new-tokens", "0"),
+    ("--limit", "two"),
+])
+def test_cli_counts_must_be_positive(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", str(tmp_path), "--synth", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a positive integer" in capsys.readouterr().err
+
+
+def test_library_counts_must_be_positive(chatty_runner, tmp_path):
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    for options, name in [({"batch_size": 0}, "batch_size"), ({"limit": -1}, "limit"), ({"max_new_tokens": 0},
+                                                                                        "max_new_tokens")]:
+        with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got -?\d"):
+            evaluate_file(chatty_runner, path, tmp_path / "out", progress=False, **options)
+
+
+def test_cli_checks_every_file_before_loading_the_model(chatty_model_dir, tmp_path, capsys, monkeypatch):
+    import ovis.serve.runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the files were checked")
+
+    good = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    rows = mcq_rows()
+    rows[1]["answer"] = "D"
+    bad = write_benchmark(tmp_path / "Broken.tsv", rows)
+    monkeypatch.setattr(ovis.serve.runner.OvisRunner, "__init__", no_loading)
+    assert main(["eval", "--model", str(chatty_model_dir), "--data", str(good), "--data", str(bad)]) == 2
+    assert "Broken.tsv: row 2 (index 1): answer 'D' is not one of its options" in capsys.readouterr().err
+
+
+def test_cli_refuses_stale_predictions_before_loading(chatty_model_dir, tmp_path, capsys, monkeypatch):
+    import ovis.serve.runner
+
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    out = tmp_path / "out"
+    base = ["eval", "--model", str(chatty_model_dir), "--data", str(path), "--out", str(out), "--dtype", "float32"]
+    assert main([*base, "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    real_init = ovis.serve.runner.OvisRunner.__init__
+    monkeypatch.setattr(ovis.serve.runner.OvisRunner, "__init__", lambda *a, **k: pytest.fail("model loaded"))
+    assert main([*base, "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "predictions made differently" in err and "max_new_tokens 3 -> 4" in err and "--discard-stale" in err
+    monkeypatch.setattr(ovis.serve.runner.OvisRunner, "__init__", real_init)
+    assert main([*base, "--max-new-tokens", "4", "--discard-stale"]) == 0
+    report = json.loads((out / "MMStar" / "results.json").read_text())
+    assert report["fingerprint"]["generation"]["max_new_tokens"] == 4 and report["fingerprint"]["dtype"] == "float32"
+
+
+def test_cli_judge_flags_go_together(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--synth", "--judge-url", "http://localhost:1/v1"]) == 2
+    assert "--judge-url and --judge-model go together" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--synth", "--judge-url", "localhost:1",
+                 "--judge-model", "m", "--out", str(tmp_path / "o")]) == 2
+    assert "must be an http(s) URL" in capsys.readouterr().err
+
+
+def test_results_csv_holds_every_reported_metric(tmp_path):
+    from ovis.eval.run import _write_csv
+
+    bench = read_benchmark(write_benchmark(tmp_path / "MME.tsv", mme_rows()))
+    report = score(bench, {str(i): "Yes" for i in range(6)})
+    _write_csv(tmp_path / "mme.csv", report)
+    header, overall, *_ = list(csv.reader((tmp_path / "mme.csv").open()))
+    assert {"accuracy", "acc_plus", "mme_score", "mme_perception"} <= set(header)
+    assert overall[header.index("mme_perception")] == f"{report['metrics']['mme_perception']:.4f}"
+    hallusion = read_benchmark(write_benchmark(tmp_path / "HallusionBench.tsv", hallusion_rows()))
+    report = score(hallusion, {item.index: "Yes" for item in hallusion.items})
+    _write_csv(tmp_path / "hb.csv", report)
+    header, overall, *rows = list(csv.reader((tmp_path / "hb.csv").open()))
+    assert {"aAcc", "fAcc", "qAcc"} <= set(header) and overall[header.index("fAcc")] != ""
+    assert [r[0] for r in rows] == ["VD", "VS", "chart", "illusion"]

@@ -219,7 +219,7 @@ def summary_table(reports: Sequence[dict]) -> str:
         metric = main + (f" ({others})" if others else "")
         questions = f"{r['questions']}" + (f" ({r['rotations']} rotations)" if "rotations" in r else "")
         lines.append(f"| {r['benchmark']} | {r['kind']} | {questions} | {metric} | {shown} | "
-                     f"{r['unmatched']} | {r.get('judged', 0)} | {r['errors']} | {r['bad_rows']} |")
+                     f"{r['unmatched']} | {r.get('judged', 0)} | {r.get('errors', 0)} | {r['bad_rows']} |")
         if r.get("incomplete_pictures"):
             notes.append(f"{r['benchmark']}: {r['incomplete_pictures']} picture(s) with a single answered question "
                          "left out of acc_plus")

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from ovis.errors import OvisError
 from ovis.fsutil import atomic_directory
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
@@ -22,7 +23,7 @@ from ovis.processing import OvisProcessor
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(OvisError, RuntimeError):
     """Real weights were asked for but could not be loaded (offline, wrong path...)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import pluggy
 
+from ovis.errors import OvisError
 from ovis.interfaces import hookspecs
 from ovis.interfaces.chat import ChatFormat
 from ovis.interfaces.llm import LLMBackbone
@@ -33,11 +34,11 @@ Kind = Literal["vision", "llm"]
 _HOOKS = ("register_vision_backbones", "register_llms", "register_chat_formats")
 
 
-class PluginError(RuntimeError):
+class PluginError(OvisError, RuntimeError):
     """A plugin failed to load or register (raised only under ``OVIS_STRICT_PLUGINS=1``)."""
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(OvisError, KeyError):
     """A backbone or chat format name that no installed plugin provides."""
 
     def __init__(self, message: str) -> None:

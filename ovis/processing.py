@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from ovis.errors import OvisError
 from ovis.interfaces import (
     IMAGE_MARKER,
     ChatFormat,
@@ -33,7 +34,7 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 ImageInput = Image.Image | str | Path
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(OvisError, ValueError):
     """A sample longer than the context that cannot be shortened without losing what matters."""
 
 

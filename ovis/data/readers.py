@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, load_dataset_info, parse_json
+from ovis.errors import OvisError
 from ovis.interfaces import IMAGE_MARKER, Message
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class Record:
     source: str = ""  # "dataset[row]"
 
 
-class RecordError(ValueError):
+class RecordError(OvisError, ValueError):
     """A malformed record; ``kind`` is the short reason it is counted under."""
 
     def __init__(self, kind: str, detail: str = "") -> None:

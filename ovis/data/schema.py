@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from ovis.errors import OvisError
 from ovis.interfaces import IMAGE_MARKER
 
 META_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -23,7 +24,7 @@ DEFAULT_CAPTION_TEMPLATE = IMAGE_MARKER + "'s caption: "
 _RAISE: Any = object()
 
 
-class DataError(ValueError):
+class DataError(OvisError, ValueError):
     """Training data that cannot be used at all: a bad ``dataset_info.json`` or meta file."""
 
 

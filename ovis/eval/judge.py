@@ -14,11 +14,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from ovis.errors import OvisError
 from ovis.eval.extract import extract_choice, extract_yes_no
 from ovis.eval.tsv import Item
 
 
-class JudgeError(ValueError):
+class JudgeError(OvisError, ValueError):
     """The judge endpoint could not be reached or answered in an unexpected shape."""
 
 

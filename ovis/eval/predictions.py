@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ovis.errors import OvisError
 from ovis.eval.fingerprint import differences
 
 
-class StalePredictionsError(ValueError):
+class StalePredictionsError(OvisError, ValueError):
     """Saved predictions were made by another model or setup than the one asked for now."""
 
 

@@ -30,6 +30,8 @@ from typing import Literal
 
 from PIL import Image
 
+from ovis.errors import OvisError
+
 Kind = Literal["mcq", "yesno", "vqa"]
 KINDS: tuple[Kind, ...] = ("mcq", "yesno", "vqa")
 OPTION_LETTERS = tuple(string.ascii_uppercase[:10])  # A..J
@@ -44,7 +46,7 @@ KNOWN_KINDS: dict[str, Kind] = {
 }
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(OvisError, ValueError):
     """A benchmark file that cannot be used as given."""
 
 

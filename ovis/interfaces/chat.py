@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ovis.errors import OvisError
+
 IMAGE_MARKER = "<image>"
 
 
@@ -30,7 +32,7 @@ class Segment(BaseModel):
     learn: bool = False
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(OvisError, ValueError):
     """A conversation the format cannot render (bad role order, no turn to learn, ...)."""
 
 

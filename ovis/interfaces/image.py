@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ovis.errors import OvisError
 from ovis.interfaces.specs import ImagePreprocessSpec
 
 
-class ImageError(ValueError):
+class ImageError(OvisError, ValueError):
     """An image that cannot be used: missing, unreadable, truncated or of an unsupported mode."""
 
 

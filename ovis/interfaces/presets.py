@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import ValidationError
 
+from ovis.errors import OvisError
 from ovis.interfaces.specs import LLMSpec, VisionSpec
 
 Kind = Literal["vision", "llm"]
@@ -23,7 +24,7 @@ SpecT = TypeVar("SpecT", VisionSpec, LLMSpec)
 _SPEC_TYPES: dict[str, type] = {"vision": VisionSpec, "llm": LLMSpec}
 
 
-class PresetError(ValueError):
+class PresetError(OvisError, ValueError):
     """A preset file that is not valid YAML or does not match its spec."""
 
 

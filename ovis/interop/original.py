@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from ovis.errors import OvisError
 from ovis.fsutil import atomic_directory
 from ovis.interfaces import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, VisionSpec
 from ovis.interop.vit_layouts import ViTLayoutError, clip_vision_config, convert_vit_state_dict, layout_of
@@ -62,7 +63,7 @@ _PAD_CANDIDATES = ("<|end_of_text|>", "<|endoftext|>")
 
 # -- errors ---------------------------------------------------------------------------------------
 
-class ConversionError(ValueError):
+class ConversionError(OvisError, ValueError):
     """A checkpoint that cannot be read or written in the requested format."""
 
 

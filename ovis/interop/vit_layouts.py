@@ -38,6 +38,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ovis.errors import OvisError
+
 Layout = Literal["hf", "open_clip", "timm"]
 LAYOUTS: tuple[Layout, ...] = ("hf", "open_clip", "timm")
 #: the attribute each ovis backbone keeps its encoder under
@@ -48,7 +50,7 @@ BUILDER_LAYOUTS: dict[str, Layout] = {"hf-clip-vision": "hf", "open_clip": "open
 ONLY_IN: dict[str, tuple[str, ...]] = {"open_clip": ("proj",)}
 
 
-class ViTLayoutError(ValueError):
+class ViTLayoutError(OvisError, ValueError):
     """A state dict that is not a plain CLIP ViT in the layout it was said to be in."""
 
 

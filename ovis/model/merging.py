@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from ovis.errors import OvisError
+
 IMAGE_TOKEN_ID = -200
 IGNORE_INDEX = -100
 
 
-class ImageCountError(ValueError):
+class ImageCountError(OvisError, ValueError):
     """The image positions in the tokens do not match the images given."""
 
 

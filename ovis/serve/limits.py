@@ -15,8 +15,10 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from ovis.errors import OvisError
 
-class RequestError(ValueError):
+
+class RequestError(OvisError, ValueError):
     """A request the server refuses; ``status`` is the HTTP status code to answer with."""
 
     def __init__(self, message: str, *, status: int = 400, param: str | None = None) -> None:

@@ -1,0 +1,25 @@
+"""The root of every error a user can cause: ``OvisError``.
+
+The command line prints an ``OvisError`` as one line (``error: ...``) and exits with code 2; any
+other exception is a bug in ovis and is shown with its traceback. So an error that bad input,
+a bad config, a missing file the user named or a refused request can raise derives from
+``OvisError``; a subclass may also derive from the built-in it used to be (``ValueError``,
+``KeyError``, ``FileNotFoundError``) so that ``except ValueError`` in callers keeps working.
+
+This module imports nothing from ovis: every layer may raise these.
+"""
+
+from __future__ import annotations
+
+
+class OvisError(Exception):
+    """Something the user gave ovis (a file, a config, a name, a request) is wrong; the message
+    says what and what was expected."""
+
+
+class ConfigError(OvisError, ValueError):
+    """A configuration (YAML, JSON, command-line override or spec) is invalid."""
+
+
+class InputFileError(OvisError, FileNotFoundError):
+    """A file or directory the user named is missing or not what was expected."""

@@ -1,11 +1,15 @@
-"""Layer 2: finds installed plugins, loads each in isolation, and answers lookups.
+"""The plugin host: finds installed plugins, loads each in isolation, and answers lookups.
 
 Every ``ovis.plugins`` entry point is imported and asked to register on its own, so one broken
 plugin is reported (with its error) while the others keep working. ``OVIS_STRICT_PLUGINS=1`` makes
 any such failure raise, which is what a plugin author wants while developing.
 
-Duplicate names are refused: the first registration stands, and the second plugin gets an error
-naming both (raised under strict mode).
+A registration is refused (the first one stands; the plugin gets an error, raised under strict
+mode) when its name is already taken, naming both plugins, or when its spec's ``plugin`` field
+names another distribution than the one whose entry point registered it.
+
+Importing this module does not import torch or transformers (``ovis plugins`` and ``ovis list``
+start fast); plugins that register backbones import them themselves.
 """
 
 from __future__ import annotations
@@ -13,29 +17,31 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-import os
+import re
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+import ovis.interfaces as interfaces
 from ovis.errors import OvisError
 from ovis.interfaces import hookspecs
 from ovis.interfaces.chat import ChatFormat
-from ovis.interfaces.llm import LLMBackbone
-from ovis.interfaces.presets import PRESET_ERRORS, iter_presets
-from ovis.interfaces.specs import LLMSpec, VisionSpec
-from ovis.interfaces.vision import VisionBackbone
+from ovis.interfaces.presets import iter_presets, recording_preset_errors
+from ovis.interfaces.specs import Kind, LLMSpec, VisionSpec
 
-Kind = Literal["vision", "llm"]
+if TYPE_CHECKING:
+    from ovis.interfaces.vision import VisionBackbone
+
 _HOOKS = ("register_vision_backbones", "register_llms", "register_chat_formats")
 
 
 class PluginError(OvisError, RuntimeError):
-    """A plugin failed to load or register (raised only under ``OVIS_STRICT_PLUGINS=1``)."""
+    """A plugin failed to load or register (raised under ``OVIS_STRICT_PLUGINS=1``), or an object
+    handed to :meth:`PluginHost.add_plugin` cannot be a plugin at all (always raised)."""
 
 
 class UnknownNameError(OvisError, KeyError):
@@ -60,9 +66,17 @@ class Entry:
 
 @dataclass
 class PluginInfo:
+    """What the host knows of one plugin: where it comes from, what it registered, what failed.
+
+    ``name`` is the entry-point name (or the name given to :meth:`PluginHost.add_plugin`);
+    ``distribution`` and ``version`` are those of the pip package that declares the entry point
+    (None for a plugin added in-process without them).
+    """
+
     name: str
     version: str | None = None
     module: str | None = None
+    distribution: str | None = None
     registered: dict[str, list[str]] = field(
         default_factory=lambda: {"vision": [], "llm": [], "chat_format": []}
     )
@@ -71,6 +85,7 @@ class PluginInfo:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "distribution": self.distribution,
             "version": self.version,
             "module": self.module,
             "registered": self.registered,
@@ -78,8 +93,22 @@ class PluginInfo:
         }
 
 
-def _strict() -> bool:
-    return os.environ.get("OVIS_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
+def _canonical(distribution: str) -> str:
+    """A distribution name compared as pip does (PEP 503): case and -_. runs do not matter."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _unregistrable(obj: object) -> str | None:
+    """Why pluggy cannot take ``obj`` as a plugin, or None. It keys plugins by object, so an
+    unhashable one (a dict, a SimpleNamespace, a dataclass with eq) would fail deep inside it."""
+    try:
+        hash(obj)
+    except TypeError:
+        return (
+            f"a {type(obj).__name__} object cannot be a plugin (it is unhashable); register a module, "
+            "or an instance of a class whose methods carry @hookimpl"
+        )
+    return None
 
 
 class PluginHost:
@@ -87,6 +116,10 @@ class PluginHost:
 
     ``extra_plugins`` are ``(name, module_or_object)`` pairs registered after the entry points;
     tests use them to add throwaway plugins. ``entry_points=False`` skips discovery entirely.
+
+    Reading it back: ``plugins`` (name -> :class:`PluginInfo`, with each plugin's ``errors``),
+    :meth:`list` / :meth:`get` / :meth:`vision` / :meth:`llm` (registered backbones as
+    :class:`Entry`), :meth:`chat_format` / :meth:`chat_formats`, and :attr:`preset_errors`.
     """
 
     def __init__(
@@ -96,13 +129,14 @@ class PluginHost:
         extra_plugins: Iterable[tuple[str, object]] = (),
         strict: bool | None = None,
     ) -> None:
-        self.strict = _strict() if strict is None else strict
+        self.strict = hookspecs.strict_from_env() if strict is None else strict
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._entries: dict[Kind, dict[str, Entry]] = {"vision": {}, "llm": {}}
         self._aliases: dict[Kind, dict[str, str]] = {"vision": {}, "llm": {}}
         self._chat_formats: dict[str, tuple[ChatFormat, str]] = {}
+        self._preset_errors: dict[str, str] = {}
         if entry_points:
             for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
                 self._load_entry_point(ep)
@@ -116,9 +150,12 @@ class PluginHost:
             raise PluginError(f"plugin {info.name!r}: {message}") from exc
 
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
-        dist = getattr(ep, "dist", None)
+        dist = ep.dist
         info = PluginInfo(
-            name=ep.name, version=dist.version if dist else None, module=ep.value
+            name=ep.name,
+            version=dist.version if dist else None,
+            module=ep.value,
+            distribution=dist.name if dist else None,
         )
         self.plugins[ep.name] = info
         try:
@@ -128,9 +165,20 @@ class PluginHost:
             return
         self._register_plugin(info, module)
 
-    def add_plugin(self, name: str, obj: object, version: str | None = None) -> PluginInfo:
-        """Register a plugin object directly (tests, notebooks)."""
-        info = PluginInfo(name=name, version=version, module=getattr(obj, "__name__", repr(obj)))
+    def add_plugin(
+        self, name: str, obj: object, version: str | None = None, distribution: str | None = None
+    ) -> PluginInfo:
+        """Register a plugin directly (tests, notebooks): a module, or an instance of a class whose
+        methods carry ``@hookimpl``. Its failures are recorded in the returned info's ``errors``
+        (raised under strict mode), like an entry point's; an object that cannot be a plugin at
+        all raises :class:`PluginError` at once. Give ``distribution`` to have specs' ``plugin``
+        field checked against it."""
+        problem = _unregistrable(obj)
+        if problem:
+            raise PluginError(f"plugin {name!r}: {problem}")
+        info = PluginInfo(
+            name=name, version=version, module=getattr(obj, "__name__", repr(obj)), distribution=distribution
+        )
         self.plugins[name] = info
         self._register_plugin(info, obj)
         return info
@@ -148,6 +196,10 @@ class PluginHost:
         self._chat_formats = {n: v for n, v in self._chat_formats.items() if v[1] != name}
 
     def _register_plugin(self, info: PluginInfo, obj: object) -> None:
+        problem = _unregistrable(obj)  # an entry point may name any object, e.g. `pkg.mod:PLUGIN`
+        if problem:
+            self._fail(info, problem)
+            return
         try:
             self.pm.register(obj, name=info.name)
             # Hooks that match no hookspec (a typo'd name) only surface here.
@@ -162,7 +214,8 @@ class PluginHost:
             caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
             register = functools.partial(self._register_callback(hook), info)
             try:
-                caller(register=register)
+                with recording_preset_errors(self._preset_errors):
+                    caller(register=register)
             except PluginError:
                 raise
             except Exception as exc:
@@ -177,11 +230,20 @@ class PluginHost:
         }[hook]
 
     def _register_backbone(self, kind: Kind, info: PluginInfo, spec: Any, factory: Any) -> None:
-        spec_type, base = (VisionSpec, VisionBackbone) if kind == "vision" else (LLMSpec, LLMBackbone)
+        spec_type = VisionSpec if kind == "vision" else LLMSpec
         if not isinstance(spec, spec_type):
             raise TypeError(f"register expects a {spec_type.__name__}, got {type(spec).__name__}")
+        # The bases import torch: reached through the package's lazy attributes, on first use.
+        base = interfaces.VisionBackbone if kind == "vision" else interfaces.LLMBackbone
         if not (isinstance(factory, type) and issubclass(factory, base)):
             raise TypeError(f"{spec.name}: builder must be a subclass of {base.__name__}, got {factory!r}")
+        if spec.plugin and info.distribution and _canonical(spec.plugin) != _canonical(info.distribution):
+            self._fail(
+                info,
+                f"{kind} {spec.name!r} says plugin {spec.plugin!r}, but distribution {info.distribution!r} "
+                "registers it (rejected); set the spec's 'plugin' to the distribution that registers it",
+            )
+            return
         names = [spec.name, *spec.aliases]
         for name in names:
             owner = self._owner(kind, name)
@@ -224,6 +286,7 @@ class PluginHost:
 
     # -- lookups -------------------------------------------------------------------------------
     def entries(self, kind: Kind) -> list[Entry]:
+        """Every registered backbone of ``kind``, sorted by name."""
         return sorted(self._entries[kind].values(), key=lambda e: e.spec.name)
 
     def list(self, kind: Kind, pattern: str | None = None) -> list[Entry]:
@@ -237,6 +300,7 @@ class PluginHost:
         ]
 
     def get(self, kind: Kind, name: str) -> Entry:
+        """The entry for a name or alias (any case); :class:`UnknownNameError` with suggestions."""
         canonical = self._aliases[kind].get(name.lower(), name.lower())
         entry = self._entries[kind].get(canonical)
         if entry is None:
@@ -259,6 +323,7 @@ class PluginHost:
         raise UnknownNameError(f"no installed plugin builds vision backbones of kind {builder!r}{hint}")
 
     def chat_format(self, name: str) -> ChatFormat:
+        """The registered chat format instance; :class:`UnknownNameError` with suggestions."""
         if name not in self._chat_formats:
             close = difflib.get_close_matches(name, list(self._chat_formats), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -268,16 +333,18 @@ class PluginHost:
         return self._chat_formats[name][0]
 
     def chat_formats(self) -> dict[str, str]:
+        """Chat format name -> the plugin that registered it."""
         return {name: plugin for name, (_, plugin) in sorted(self._chat_formats.items())}
 
     @property
     def preset_errors(self) -> dict[str, str]:
-        """Preset files that plugins skipped because they are invalid (path -> reason)."""
-        return dict(PRESET_ERRORS)
+        """Preset files skipped as invalid while this host loaded its plugins (path -> reason)."""
+        return dict(self._preset_errors)
 
     def _preset_plugins(self, kind: Kind, predicate) -> set[str]:
         try:
-            return {s.plugin for s in iter_presets(kind) if predicate(s) and s.plugin}
+            with recording_preset_errors(self._preset_errors):
+                return {s.plugin for s in iter_presets(kind) if predicate(s) and s.plugin}
         except Exception:
             return set()
 
@@ -314,4 +381,6 @@ def get_host() -> PluginHost:
 
 
 def reset_host() -> None:
+    """Forget the process-wide host (and with it its plugin and preset errors); the next
+    :func:`get_host` discovers the entry points again."""
     get_host.cache_clear()

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
-from ovis.interfaces import ImagePreprocessSpec, VisionSpec, hookimpl
+from ovis.interfaces import ImagePreprocessSpec, VisionSpec, hookimpl, iter_presets
 from ovis.plugin_host import PluginError, PluginHost, UnknownNameError
 
 from .conftest import EXAMPLE_PLUGIN, REPO
@@ -24,12 +25,14 @@ def _spec(name: str, **extra) -> VisionSpec:
     )
 
 
-def _fake_dist(tmp_path, dist: str, entry: str, module_name: str, module_source: str):
-    """A minimal installed distribution on sys.path: dist-info with an ovis.plugins entry point."""
+def _fake_dist(tmp_path, dist: str, entry: str, module_name: str, module_source: str, attr: str = ""):
+    """A minimal installed distribution on sys.path: dist-info with an ovis.plugins entry point
+    naming ``module_name`` (or ``module_name:attr``)."""
     info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[ovis.plugins]\n{entry} = {module_name}\n")
+    target = f"{module_name}:{attr}" if attr else module_name
+    (info / "entry_points.txt").write_text(f"[ovis.plugins]\n{entry} = {target}\n")
     (tmp_path / f"{module_name}.py").write_text(textwrap.dedent(module_source))
 
 
@@ -175,12 +178,9 @@ def test_plugins_command_reports_errors(monkeypatch, capsys, tmp_path):
         get_host()
 
 
-
-
 def test_a_preset_with_a_wrong_field_is_skipped_and_reported_by_file_and_field(tmp_path, monkeypatch, capsys):
     from ovis.cli import main
-    from ovis.interfaces.presets import PRESET_ERRORS
-    from ovis.plugin_host import reset_host
+    from ovis.plugin_host import get_host, reset_host
 
     (tmp_path / "vision").mkdir()
     good = _spec("fine-vit").model_dump(mode="json")
@@ -188,7 +188,6 @@ def test_a_preset_with_a_wrong_field_is_skipped_and_reported_by_file_and_field(t
     (tmp_path / "vision" / "fine-vit.yaml").write_text(json.dumps(good))
     (tmp_path / "vision" / "bad-vit.yaml").write_text(json.dumps(bad))
     monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
-    PRESET_ERRORS.clear()
     reset_host()
     try:
         assert main(["plugins", "--json"]) == 0
@@ -198,11 +197,141 @@ def test_a_preset_with_a_wrong_field_is_skipped_and_reported_by_file_and_field(t
         monkeypatch.setenv("OVIS_STRICT_PLUGINS", "1")
         reset_host()
         with pytest.raises(PluginError, match="bad-vit.yaml: field 'hidden_sise'"):
-            from ovis.plugin_host import get_host
-
             get_host()
     finally:
-        PRESET_ERRORS.clear()
         monkeypatch.delenv("OVIS_REGISTRY_PATH")
         monkeypatch.delenv("OVIS_STRICT_PLUGINS")
         reset_host()
+
+
+class _PresetReader:
+    """A plugin that registers the example-vit presets of the registry, as first-party plugins do."""
+
+    @hookimpl
+    def register_vision_backbones(self, register):
+        from ovis_example_plugin.vit import ExampleViT
+
+        for spec in iter_presets("vision", builders={"example-vit"}):
+            register(spec, ExampleViT)
+
+
+def test_preset_errors_belong_to_the_host_and_go_with_reset(tmp_path, monkeypatch, example_plugin):
+    from ovis.plugin_host import get_host, reset_host
+
+    (tmp_path / "vision").mkdir()
+    bad = tmp_path / "vision" / "bad-vit.yaml"
+    bad.write_text(json.dumps({**_spec("bad-vit").model_dump(mode="json"), "hidden_sise": 3}))
+    monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
+    first = PluginHost(entry_points=False, extra_plugins=[("reader", _PresetReader())])
+    assert list(first.preset_errors) == [str(bad)]
+
+    bad.unlink()
+    assert PluginHost(entry_points=False, extra_plugins=[("reader", _PresetReader())]).preset_errors == {}
+    assert list(first.preset_errors) == [str(bad)]  # each host keeps its own report
+    reset_host()
+    try:
+        assert get_host().preset_errors == {}
+    finally:
+        monkeypatch.delenv("OVIS_REGISTRY_PATH")
+        reset_host()
+
+
+def test_an_invalid_preset_read_outside_a_host_is_warned_about(tmp_path, monkeypatch):
+    (tmp_path / "vision").mkdir()
+    (tmp_path / "vision" / "bad-vit.yaml").write_text("name: [unclosed")
+    monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
+    with pytest.warns(UserWarning, match="bad-vit.yaml: not valid YAML"):
+        names = [spec.name for spec in iter_presets("vision")]
+    assert "clip-tiny" in names
+
+
+def test_an_unhashable_object_as_plugin_is_a_clear_error(tmp_path, monkeypatch):
+    @hookimpl
+    def register_chat_formats(register):
+        raise AssertionError("never called")
+
+    host = PluginHost(entry_points=False)
+    with pytest.raises(PluginError, match=r"'ns'.*SimpleNamespace.*register a module, or an instance of a class"):
+        host.add_plugin("ns", SimpleNamespace(register_chat_formats=register_chat_formats))
+    assert "ns" not in host.plugins
+
+    # An entry point may name such an object too: that plugin's error, the others unaffected.
+    _fake_dist(tmp_path, "ns-plugin", "ns", "ns_plugin_mod", """
+        from types import SimpleNamespace
+        PLUGIN = SimpleNamespace()
+    """, attr="PLUGIN")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (error,) = PluginHost(strict=False).plugins["ns"].errors
+    assert "SimpleNamespace object cannot be a plugin" in error
+    with pytest.raises(PluginError, match="plugin 'ns': a SimpleNamespace object cannot be a plugin"):
+        PluginHost(strict=True)
+
+
+_REGISTERS_WITH_PLUGIN_FIELD = """
+    from ovis.interfaces import hookimpl, VisionSpec, ImagePreprocessSpec
+    from ovis_example_plugin.vit import ExampleViT
+
+    @hookimpl
+    def register_vision_backbones(register):
+        for name, plugin in (("own-vit", "Acme_Plugin.Vision"), ("stolen-vit", "ovis-plugin-other")):
+            register(VisionSpec(name=name, family="toy", builder="example-vit", source="other", plugin=plugin,
+                hidden_size=8, image_size=16, patch_size=8, num_layers=1, num_heads=1,
+                preprocess=ImagePreprocessSpec(image_size=16)), ExampleViT)
+"""
+
+
+def test_plugins_show_their_distribution_and_a_foreign_plugin_field_is_refused(
+    tmp_path, monkeypatch, example_plugin
+):
+    _fake_dist(tmp_path, "acme-plugin-vision", "acme", "acme_plugin_mod", _REGISTERS_WITH_PLUGIN_FIELD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost(strict=False)
+    info = host.plugins["acme"]
+    assert (info.name, info.distribution, info.version) == ("acme", "acme-plugin-vision", "0.1")
+    assert host.vision("own-vit").plugin == "acme"  # names compared as pip does
+    (error,) = info.errors
+    assert "'stolen-vit' says plugin 'ovis-plugin-other', but distribution 'acme-plugin-vision'" in error
+    assert info.registered["vision"] == ["own-vit"]
+    with pytest.raises(PluginError, match="stolen-vit"):
+        PluginHost(strict=True)
+    # In-process plugins are checked when they say which distribution they are.
+    checked = PluginHost(entry_points=False)
+    checked.add_plugin("example", example_plugin, distribution="not-the-example")
+    assert "says plugin 'ovis-plugin-example'" in checked.plugins["example"].errors[0]
+
+
+def test_plugins_command_shows_distribution_and_version(tmp_path, monkeypatch, capsys):
+    from ovis.cli import main
+    from ovis.plugin_host import reset_host
+
+    _fake_dist(tmp_path, "acme-plugin-chat", "acme-chat", "acme_chat_mod", "")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reset_host()
+    try:
+        assert main(["plugins", "--json"]) == 0
+        plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+        assert plugins["acme-chat"]["distribution"] == "acme-plugin-chat"
+        assert plugins["acme-chat"]["version"] == "0.1"
+        assert plugins["ovis-plugin-qwen"]["distribution"] == "ovis-plugin-qwen"
+        assert main(["plugins"]) == 0
+        table = capsys.readouterr().out
+        assert "acme-plugin-chat" in table and "ovis-plugin-qwen" in table and "distribution" in table
+    finally:
+        reset_host()
+
+
+def test_the_plugin_host_and_the_plugins_command_import_neither_torch_nor_transformers():
+    """Listing starts fast: these modules (and what they import) leave torch and transformers alone.
+
+    ``ovis`` and ``ovis.cli`` are stood in for by bare packages, so that only these modules count."""
+    code = textwrap.dedent(f"""
+        import sys, types
+        for name, folder in (("ovis", {str(REPO / "ovis")!r}), ("ovis.cli", {str(REPO / "ovis" / "cli")!r})):
+            package = types.ModuleType(name)
+            package.__path__ = [folder]
+            sys.modules[name] = package
+        import ovis.interfaces, ovis.plugin_host, ovis.cli.plugins_cmd
+        print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,8 @@
-"""``ovis plugins`` and ``ovis list vit|llm [PATTERN]``."""
+"""``ovis plugins`` and ``ovis list vit|llm|chat [PATTERN]``.
+
+Imports neither torch nor transformers itself (nor does the plugin host), so these commands cost
+only what the installed plugins import.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from ovis.plugin_host import get_host
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("plugins", help="list installed plugins, what they register, load errors")
+    p = commands.add_parser(
+        "plugins", help="list installed plugins (distribution, version), what they register, load errors"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run_plugins)
 
@@ -30,12 +36,13 @@ def run_plugins(args: argparse.Namespace) -> int:
         print(json.dumps({"plugins": plugins, "preset_errors": host.preset_errors}, indent=2))
         return 0
     table = Table(title="ovis plugins")
-    for column in ("plugin", "version", "vision", "llm", "chat formats", "errors"):
+    for column in ("plugin", "distribution", "version", "vision", "llm", "chat formats", "errors"):
         table.add_column(column, overflow="fold")
     for info in plugins:
         reg = info["registered"]
         table.add_row(
             info["name"],
+            info["distribution"] or "",
             info["version"] or "",
             ", ".join(reg["vision"]),
             ", ".join(reg["llm"]),

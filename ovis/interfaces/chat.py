@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ovis.errors import OvisError
 
@@ -19,17 +19,30 @@ IMAGE_MARKER = "<image>"
 
 
 class Message(BaseModel):
+    """One turn of a conversation, as a chat format receives it (plain dicts are accepted too)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant"] = Field(
+        description="'system' (first message only), then 'user' and 'assistant' alternating, starting with 'user'"
+    )
+    content: str = Field(description="the text; each '<image>' in it marks where one image's embeddings go")
 
 
 class Segment(BaseModel):
+    """A piece of a rendered prompt, what ``ChatFormat.segments`` returns."""
+
     model_config = ConfigDict(frozen=True)
 
-    text: str
-    learn: bool = False
+    text: str = Field(
+        description="prompt text, special tokens written out; cut so that tokenizing the segments one by one "
+        "equals tokenizing the joined prompt (cut at special tokens)"
+    )
+    learn: bool = Field(
+        default=False,
+        description="True on exactly the assistant replies and their end-of-turn token: their tokens become "
+        "training labels, everything else is masked",
+    )
 
 
 class ChatFormatError(OvisError, ValueError):
@@ -37,13 +50,26 @@ class ChatFormatError(OvisError, ValueError):
 
 
 class ChatFormat(ABC):
-    """Renders messages for one LLM family."""
+    """Renders messages for one LLM family; a plugin registers an instance.
+
+    Set as class or instance attributes:
+
+    - ``name`` (str, required): unique across plugins; an ``LLMSpec.chat_format`` names it, and it
+      is saved with a composed model, so loading looks it up again.
+    - ``default_system`` (str or None): a system message put first when a conversation has none
+      (see :meth:`prepare`).
+    - ``end_of_turn`` (str or None): the special token that closes an assistant turn; generation
+      stops there when the tokenizer has it as one token (:meth:`stop_token_ids`).
+    - ``v1_formatter_class`` (str or None): the Ovis v1 ``conversation_formatter_class`` it
+      matches, for reading and writing v1 checkpoints.
+
+    Implement :meth:`segments`. Test that :meth:`render` equals the tokenizer's own
+    ``apply_chat_template`` and that ``tokenize_segments`` equals tokenizing the rendered text.
+    """
 
     name: str = ""
     default_system: str | None = None
-    #: the Ovis v1 ``conversation_formatter_class`` equivalent, for checkpoint interop
     v1_formatter_class: str | None = None
-    #: the special token that closes an assistant turn; generation stops there
     end_of_turn: str | None = None
 
     @abstractmethod

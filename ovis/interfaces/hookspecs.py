@@ -17,24 +17,34 @@ and is made discoverable with an entry point in its own ``pyproject.toml``::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
-from ovis.interfaces.chat import ChatFormat
-from ovis.interfaces.llm import LLMBackbone
-from ovis.interfaces.specs import LLMSpec, VisionSpec
-from ovis.interfaces.vision import VisionBackbone
+if TYPE_CHECKING:  # annotations only: the backbone bases import torch, which listing must not pay for
+    from ovis.interfaces.chat import ChatFormat
+    from ovis.interfaces.llm import LLMBackbone
+    from ovis.interfaces.specs import LLMSpec, VisionSpec
+    from ovis.interfaces.vision import VisionBackbone
 
 PROJECT = "ovis"
 ENTRY_POINT_GROUP = "ovis.plugins"
+#: set to 1 / true / yes to turn plugin and preset failures into errors with a traceback
+STRICT_ENV = "OVIS_STRICT_PLUGINS"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-RegisterVision = Callable[[VisionSpec, type[VisionBackbone]], None]
-RegisterLLM = Callable[[LLMSpec, type[LLMBackbone]], None]
-RegisterChatFormat = Callable[[ChatFormat], None]
+RegisterVision = Callable[["VisionSpec", "type[VisionBackbone]"], None]
+RegisterLLM = Callable[["LLMSpec", "type[LLMBackbone]"], None]
+RegisterChatFormat = Callable[["ChatFormat"], None]
+
+
+def strict_from_env() -> bool:
+    """Whether ``OVIS_STRICT_PLUGINS`` asks for plugin failures to raise."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
 @hookspec

@@ -8,18 +8,21 @@ be added with ``OVIS_REGISTRY_PATH`` (``os.pathsep``-separated), laid out like `
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from ovis.errors import OvisError
-from ovis.interfaces.specs import LLMSpec, VisionSpec
+from ovis.interfaces.hookspecs import strict_from_env
+from ovis.interfaces.specs import Kind, LLMSpec, VisionSpec
 
-Kind = Literal["vision", "llm"]
 SpecT = TypeVar("SpecT", VisionSpec, LLMSpec)
 _SPEC_TYPES: dict[str, type] = {"vision": VisionSpec, "llm": LLMSpec}
 
@@ -62,8 +65,20 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     return spec
 
 
-#: preset files that failed to load, path -> message; the plugin host reports them
-PRESET_ERRORS: dict[str, str] = {}
+# Where iter_presets records the files it skips: a PluginHost sets its own dict while plugins
+# register, so each host owns its report and nothing outlives it.
+_SKIPPED: ContextVar[dict[str, str] | None] = ContextVar("ovis_skipped_presets", default=None)
+
+
+@contextmanager
+def recording_preset_errors(errors: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Within the block, :func:`iter_presets` records each invalid file it skips in ``errors``
+    (path -> message) instead of warning."""
+    token = _SKIPPED.set(errors)
+    try:
+        yield errors
+    finally:
+        _SKIPPED.reset(token)
 
 
 def iter_presets(
@@ -71,17 +86,22 @@ def iter_presets(
 ) -> Iterator[VisionSpec | LLMSpec]:
     """Specs of every preset of ``kind`` (only those with a builder in ``builders`` if given).
 
-    A bad file is skipped and recorded in ``PRESET_ERRORS`` (so one broken preset does not take
-    down every other preset of the plugin); ``strict=True`` or ``OVIS_STRICT_PLUGINS=1`` raises.
+    A bad file is skipped (so one broken preset does not take down every other preset of the
+    plugin) and recorded by the plugin host that is loading the plugin (``ovis plugins`` lists
+    it), or warned about outside a host; ``strict=True`` or ``OVIS_STRICT_PLUGINS=1`` raises.
     """
-    strict = strict or os.environ.get("OVIS_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
+    strict = strict or strict_from_env()
     for path in preset_files(kind):
         try:
             spec = load_preset_file(path, kind)
         except PresetError as exc:
             if strict:
                 raise
-            PRESET_ERRORS[str(path)] = str(exc)
+            skipped = _SKIPPED.get()
+            if skipped is None:
+                warnings.warn(f"skipped invalid preset {exc}", stacklevel=2)
+            else:
+                skipped[str(path)] = str(exc)
             continue
         if builders is None or spec.builder in builders:
             yield spec

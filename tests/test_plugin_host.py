@@ -153,8 +153,11 @@ def test_the_example_package_installs_and_is_discovered(tmp_path):
         text=True, env=env, cwd=REPO,
     )
     plugins = {p["name"]: p for p in json.loads(out.stdout)["plugins"]}
-    assert plugins["example"]["registered"]["vision"] == ["example-vit"]
-    assert plugins["example"]["errors"] == []
+    assert plugins["example"]["registered"] == {
+        "vision": ["example-vit"], "llm": ["example-llm"], "chat_format": ["example-plain", "example-chat"],
+    }
+    assert (plugins["example"]["distribution"], plugins["example"]["version"]) == ("ovis-plugin-example", "0.1.0")
+    assert plugins["example"]["errors"] == []  # its specs' `plugin` field names this distribution
     listed = subprocess.run(
         [sys.executable, "-m", "ovis.cli", "list", "vit", "example*", "--json"], check=True,
         capture_output=True, text=True, env=env, cwd=REPO,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ovis.interfaces import VisionBackbone, VisionSpec
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only, so 3.10 imports this module too
 
 
 class Block(nn.Module):

@@ -96,7 +96,7 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, tuple[float, float
 
 
 def bench_config(name: str, spec: dict, batches: list[int], new_tokens: int, repeats: int) -> list[dict]:
-    from ovis.compose import compose
+    from ovis.composer import compose
     from ovis.serve.runner import OvisRunner
 
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def build_chatty_model(directory: Path) -> Path:
     larger scale so replies vary with the prompt and the image."""
     import torch
 
-    from ovis.compose import compose, save
+    from ovis.composer import compose, save
 
     torch.manual_seed(0)
     model, processor = compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=256)

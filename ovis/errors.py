@@ -23,3 +23,11 @@ class ConfigError(OvisError, ValueError):
 
 class InputFileError(OvisError, FileNotFoundError):
     """A file or directory the user named is missing or not what was expected."""
+
+
+class UsageError(OvisError, ValueError):
+    """Arguments that do not go together, or a needed one missing (command line or API call)."""
+
+
+class OutputExistsError(OvisError, FileExistsError):
+    """The output directory the user named already holds something that would be overwritten."""

@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from ovis.errors import ConfigError
+
 logger = logging.getLogger("ovis.precision")
 
 Precision = Literal["bf16", "fp32"]
@@ -149,7 +151,7 @@ def _cuda(requested: str) -> PrecisionChoice:
         reason = "requested, on the GPU" if requested == "bf16" else "this GPU supports bf16"
         return PrecisionChoice("bf16", reason, "cuda")
     if requested == "bf16":
-        raise ValueError("precision bf16 was requested but this GPU does not support bf16; use auto or fp32")
+        raise ConfigError("precision bf16 was requested but this GPU does not support bf16; use auto or fp32")
     return PrecisionChoice("fp32", "requested, on the GPU" if requested == "fp32" else "this GPU has no bf16", "cuda")
 
 
@@ -180,7 +182,7 @@ def resolve_precision(requested: str = "auto", device: str | torch.device | None
     """``auto`` / ``bf16`` / ``fp32`` -> what to compute in on ``device`` (default: CUDA if present,
     else the CPU). Logs the choice once per process."""
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
     kind = _device_type(device)
     if kind == "cuda":
         choice = _cuda(requested)

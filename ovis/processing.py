@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ovis.errors import OvisError
+from ovis.errors import ConfigError, InputFileError, OvisError
 from ovis.interfaces import (
     IMAGE_MARKER,
     ChatFormat,
@@ -29,6 +29,16 @@ from ovis.interfaces import (
 )
 from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
 from ovis.model.merging import IGNORE_INDEX, IMAGE_TOKEN_ID
+from ovis.model.v1_format import (
+    ConversionError,
+    NotAnOvisCheckpointError,
+    is_original_checkpoint,
+    is_original_config,
+    read_config,
+    read_preprocessor,
+    translate_config,
+)
+from ovis.plugin_host import get_host
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 ImageInput = Image.Image | str | Path
@@ -216,9 +226,6 @@ class OvisProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> OvisProcessor:
-        from ovis.interop.original import is_original_checkpoint, load_original_processor
-        from ovis.plugin_host import get_host
-
         directory = Path(directory)
         if is_original_checkpoint(directory):  # an original Ovis v1 checkpoint: CLIPImageProcessor config
             return load_original_processor(directory)
@@ -226,9 +233,9 @@ class OvisProcessor:
         try:
             config = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{path}: missing; is {directory} an ovis model directory?") from exc
+            raise InputFileError(f"{path}: missing; is {directory} an ovis model directory?") from exc
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         return cls(
             tokenizer=tokenizer,
@@ -237,3 +244,42 @@ class OvisProcessor:
             num_image_tokens=int(config["num_image_tokens"]),
             max_length=int(config["max_length"]),
         )
+
+
+#: pad tokens to fall back on when a v1 tokenizer has none (Llama 3's v1 training pad, Qwen's)
+_PAD_CANDIDATES = ("<|end_of_text|>", "<|endoftext|>")
+
+
+def _settle_pad_token(tokenizer, notes: list[str]) -> None:
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    choice = next((t for t in _PAD_CANDIDATES if t in vocab), None) or tokenizer.eos_token
+    if choice is None:
+        raise ConversionError("the tokenizer has neither a pad token nor an eos token to pad with")
+    tokenizer.pad_token = choice
+    notes.append(f"tokenizer has no pad token: using {choice!r} (id {tokenizer.pad_token_id})")
+
+
+def load_original_processor(directory: str | Path, notes: list[str] | None = None) -> OvisProcessor:
+    """The ``OvisProcessor`` of a v1 directory: its tokenizer, its CLIPImageProcessor settings as
+    ``pad`` preprocessing, and the chat format mapped from ``conversation_formatter_class``."""
+    directory = Path(directory)
+    notes = [] if notes is None else notes
+    config = read_config(directory)
+    if not is_original_config(config):
+        raise NotAnOvisCheckpointError(f"{directory}: not an original Ovis v1 checkpoint")
+    translation = translate_config(config, read_preprocessor(directory))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{directory}: could not load the tokenizer ({exc})") from exc
+    _settle_pad_token(tokenizer, notes)
+    spec = translation.vision_spec
+    return OvisProcessor(
+        tokenizer=tokenizer,
+        image_processor=ImageProcessor(spec.preprocess),
+        chat_format=get_host().chat_format(translation.chat_format),
+        num_image_tokens=spec.num_patches + (2 if translation.config["use_indicators"] else 0),
+        max_length=translation.config["multimodal_max_length"],
+    )

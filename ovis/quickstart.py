@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovis.data.synth import QUESTION_TYPES, SynthSpec, write_synthetic_dataset
+from ovis.errors import ConfigError, InputFileError, OutputExistsError
 
 VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
 #: The training runs, in order, each a config in ``configs/quickstart/``: text-only pre-training of
@@ -28,7 +29,7 @@ TARGET = (0.9, 10.0)
 def configs_dir() -> Path:
     here = Path(__file__).resolve().parents[1] / "configs" / "quickstart"
     if not here.is_dir():
-        raise FileNotFoundError(
+        raise InputFileError(
             f"{here}: the quick-start stage configs are not there; run from a checkout of the ovis "
             "repository (pip install -e .)"
         )
@@ -115,7 +116,7 @@ def quickstart(
 
     unknown = sorted(set(steps or {}) - set(STAGES))
     if unknown:
-        raise ValueError(f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+        raise ConfigError(f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
     out = Path(out).resolve()
     result = QuickstartResult(out=out)
     clock = Clock()
@@ -221,7 +222,7 @@ def _reusable(done_marker: Path, directory: Path, step: str, key: dict) -> bool:
     if previous == key:
         return True
     changed = sorted(k for k in {*key, *previous} if previous.get(k) != key.get(k)) if previous else []
-    raise ValueError(
+    raise OutputExistsError(
         f"{directory} holds a {step} result made with other settings"
         + (f" ({', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'})" if changed
            else " (it records none)")

@@ -121,7 +121,7 @@ def chatty_model_dir(tmp_path_factory):
     (a freshly initialised toy LLM answers every prompt with the same token). Serving tests."""
     import torch
 
-    from ovis.compose import compose, save
+    from ovis.composer import compose, save
 
     torch.manual_seed(0)
     model, processor = compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=256)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import ovis
 from ovis.cli import main
-from ovis.compose import WeightsUnavailableError
+from ovis.composer import WeightsUnavailableError
 from ovis.plugin_host import UnknownNameError, get_host
 
 TINY_VITS = sorted(e.spec.name for e in get_host().list("vision") if e.spec.tiny and e.plugin.startswith("ovis-plugin"))

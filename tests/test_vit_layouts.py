@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ovis.interop.vit_layouts import (
+from ovis.model.vit_layouts import (
     LAYOUTS,
     ViTLayoutError,
     clip_vision_config,

@@ -1,9 +1,14 @@
-"""Layer 7, the ``ovis`` command line. Thin: each command calls one function of the Python API."""
+"""The ``ovis`` command line, the top layer. Thin: each command calls one function of the Python API.
+
+Every command module imports only argparse (and rich) at the top, and the library inside its
+handler, so that ``ovis --help``, ``ovis list`` and ``ovis plugins`` start without torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ovis.cli import compose_cmd, convert_cmd, data_cmd, eval_cmd, plugins_cmd, quickstart_cmd, serve_cmd, train_cmd
@@ -25,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart_cmd.add_commands(commands)
     serve_cmd.add_commands(commands)
     eval_cmd.add_commands(commands)
+    # One --debug for every command, accepted before or after the command's name.
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
+    for sub in commands.choices.values():
+        if "--debug" not in sub._option_string_actions:
+            sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of any error")
     return parser
 
 
@@ -35,20 +46,28 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: an ``OvisError`` (the user's input is wrong) prints one line and exits 2;
+    any other exception is a bug in ovis and prints its traceback (exit 1). ``--debug`` re-raises."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from ovis.cli.errors import is_user_error
-
-        if not is_user_error(exc) or getattr(args, "debug", False):
+        if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from ovis.errors import OvisError
+
+        if isinstance(exc, OvisError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"\novis {_version().split()[-1]}: this is a bug in ovis, not a problem with your input; please "
+              "report it with the traceback above.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from ovis.errors import UsageError
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
@@ -40,15 +42,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="build on the meta device (nothing downloaded or allocated); print parts")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--json", action="store_true", help="print the parameter report as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovis.compose import compose
+    from ovis.composer import compose
 
     if not args.out and not args.dry_run:
-        raise ValueError("give --out DIR to save the model, or --dry-run to inspect it")
+        raise UsageError("give --out DIR to save the model, or --dry-run to inspect it")
     model, _ = compose(
         args.vit,
         args.llm,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ovis.errors import UsageError
+
 DESCRIPTION = """\
 Convert between ovis model directories and the original Ovis v1 checkpoint format
 (AIDC-AI/Ovis-Clip-Llama3-8B, Ovis-Clip-Qwen1_5-7B, Ovis-Clip-Qwen1_5-14B).
@@ -57,7 +59,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    "DST, for loaders that use trust_remote_code")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=run)
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     to_original = args.to_format == "original"
     if not to_original and (args.safetensors or args.code_from or args.max_shard_size != "5GB"):
-        raise ValueError("--safetensors, --code-from and --max-shard-size apply to --to original only")
+        raise UsageError("--safetensors, --code-from and --max-shard-size apply to --to original only")
     report = convert(
         args.src,
         args.out,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ovis.errors import InputFileError, UsageError
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (0 or less would run nothing, or silently differ)."""
@@ -47,7 +49,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-model", help="the judge endpoint's model name (with --judge-url)")
     p.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=run)
 
 
@@ -58,16 +59,16 @@ def run(args: argparse.Namespace) -> int:
     from ovis.serve.runner import DTYPE_NAMES, OvisRunner, RunnerArguments, pick_device, pick_dtype
 
     if bool(args.judge_url) != bool(args.judge_model):
-        raise ValueError("--judge-url and --judge-model go together: give both, or neither")
+        raise UsageError("--judge-url and --judge-model go together: give both, or neither")
     judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
     files = [Path(f) for f in args.data]
     if args.synth:
         files += write_synth_benchmarks(Path(args.out) / "synth-data")
     if not files:
-        raise ValueError("nothing to evaluate: give --data FILE.tsv (repeatable) and/or --synth")
+        raise UsageError("nothing to evaluate: give --data FILE.tsv (repeatable) and/or --synth")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"benchmark file(s) not found: {', '.join(missing)}")
+        raise InputFileError(f"benchmark file(s) not found: {', '.join(missing)}")
     kind = None if args.kind == "auto" else args.kind
     # Resolve the dtype now so that the fingerprint checked before loading is the one recorded after.
     dtype = pick_dtype(pick_device(args.device), args.dtype)

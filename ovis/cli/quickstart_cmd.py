@@ -34,7 +34,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    "(report.json, curve.png)")
     p.add_argument("--curve-questions", type=int, default=300, help="held-out questions per curve point")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=run)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ovis.errors import ConfigError
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -129,7 +131,7 @@ def caption(scene: list[Thing], style: str = "ordered", rng: random.Random | Non
     """The scene in words in one of :data:`CAPTION_STYLES`; "ordered" is "a red circle at the top
     left, a blue cross at the bottom right." (``rng`` shuffles the other styles)."""
     if style not in CAPTION_STYLES:
-        raise ValueError(f"unknown caption style {style!r}; expected one of {', '.join(CAPTION_STYLES)}")
+        raise ConfigError(f"unknown caption style {style!r}; expected one of {', '.join(CAPTION_STYLES)}")
     things = sorted(scene, key=lambda t: t.cell)
     if style != "ordered":
         (rng or random.Random()).shuffle(things)
@@ -169,7 +171,7 @@ def question(kind: str, scene: list[Thing], rng: random.Random, *, thing: Thing 
             colour, shape = rng.choice(near or absent)
         answer = "yes" if (colour, shape) in present else "no"
         return QA(kind, f"Is there a {colour} {shape}?", answer)
-    raise ValueError(f"unknown question type {kind!r}; expected one of {', '.join(QUESTION_TYPES)}")
+    raise ConfigError(f"unknown question type {kind!r}; expected one of {', '.join(QUESTION_TYPES)}")
 
 
 @dataclass
@@ -191,16 +193,16 @@ class SynthSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.questions_per_image <= len(QUESTION_TYPES):
-            raise ValueError(f"questions_per_image must be 1-{len(QUESTION_TYPES)}, got {self.questions_per_image}")
+            raise ConfigError(f"questions_per_image must be 1-{len(QUESTION_TYPES)}, got {self.questions_per_image}")
         unknown = [p for p in self.held_out_pairs if p[0] not in COLOURS or p[1] not in SHAPES]
         if unknown:
-            raise ValueError(f"held_out_pairs {unknown}: not (colour, shape) pairs of the task")
+            raise ConfigError(f"held_out_pairs {unknown}: not (colour, shape) pairs of the task")
         if self.compositional_images and not self.held_out_pairs:
-            raise ValueError("compositional_images needs held_out_pairs (set it to 0 for no compositional split)")
+            raise ConfigError("compositional_images needs held_out_pairs (set it to 0 for no compositional split)")
         self.held_out_pairs = tuple(tuple(p) for p in self.held_out_pairs)
         self.curriculum = tuple(sorted(set(self.curriculum)))
         if any(not 1 <= n < 4 for n in self.curriculum):
-            raise ValueError(f"curriculum levels must be 1-3 objects, got {self.curriculum}")
+            raise ConfigError(f"curriculum levels must be 1-3 objects, got {self.curriculum}")
 
 
 def qa_turns(scene: list[Thing], kinds: Sequence[str], rng: random.Random, exclude: Iterable[Pair]) -> list[QA]:

@@ -1,9 +1,11 @@
 """Interoperability with other checkpoint layouts.
 
-* :mod:`ovis.interop.original`: the original Ovis v1 format (``AIDC-AI/Ovis-Clip-*``): detect,
-  load (also directly through ``OvisForCausalLM.from_pretrained`` / ``ovis.load``), convert, write.
-* :mod:`ovis.interop.vit_layouts`: one CLIP ViT's weights in the transformers, open_clip and timm
-  layouts, converted between each other.
+* :mod:`ovis.interop.original`: the original Ovis v1 format (``AIDC-AI/Ovis-Clip-*``): load, convert
+  (:mod:`ovis.interop.v1_writer` writes it). Detecting and reading it is the model layer's
+  (:mod:`ovis.model.v1_format`, :mod:`ovis.model.v1_weights`), so that
+  ``OvisForCausalLM.from_pretrained`` / ``ovis.load`` read v1 directories directly.
+* One CLIP ViT's weights in the transformers, open_clip and timm layouts, converted between each
+  other: :mod:`ovis.model.vit_layouts`, re-exported here.
 """
 
 from ovis.interop.original import (
@@ -20,7 +22,7 @@ from ovis.interop.original import (
     load_original,
     save_original,
 )
-from ovis.interop.vit_layouts import (
+from ovis.model.vit_layouts import (
     LAYOUTS,
     ViTLayoutError,
     clip_vision_config,

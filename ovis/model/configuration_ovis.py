@@ -7,10 +7,13 @@ from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
 
-TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+from ovis.errors import ConfigError
+from ovis.model.v1_format import translate_config
+from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
+
 ADAPTERS = ("structural", "mlp")
 
-logger = logging.getLogger("ovis.interop")
+logger = logging.getLogger("ovis.model")
 VISUAL_PATHS = ("fused", "naive")
 
 
@@ -67,9 +70,7 @@ class OvisConfig(PretrainedConfig):
     ) -> None:
         visual_tokenizer_config = kwargs.pop("visual_tokenizer_config", None)
         if visual_tokenizer_config is not None and not vision_spec:
-            # An original Ovis v1 config.json: translate it (ovis.interop.original).
-            from ovis.interop.original import translate_config
-
+            # An original Ovis v1 config.json: translate it (ovis.model.v1_format).
             translated = translate_config({
                 "llm_config": llm_config,
                 "visual_tokenizer_config": visual_tokenizer_config,
@@ -95,13 +96,13 @@ class OvisConfig(PretrainedConfig):
         self.vision_spec = vision_spec
         self.llm_spec = llm_spec
         if tokenize_function not in TOKENIZE_FUNCTIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenize_function must be one of {', '.join(TOKENIZE_FUNCTIONS)}, got {tokenize_function!r}"
             )
         if adapter not in ADAPTERS:
-            raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+            raise ConfigError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
         if visual_vocab_size < (3 if use_indicators else 1):
-            raise ValueError(f"visual_vocab_size {visual_vocab_size} is too small")
+            raise ConfigError(f"visual_vocab_size {visual_vocab_size} is too small")
         self.visual_vocab_size = visual_vocab_size
         self.tokenize_function = tokenize_function
         self.tau = tau
@@ -112,10 +113,10 @@ class OvisConfig(PretrainedConfig):
         self.chat_format = chat_format
         self.conversation_formatter_class = conversation_formatter_class
         if visual_path not in VISUAL_PATHS:
-            raise ValueError(f"visual_path must be one of {', '.join(VISUAL_PATHS)}, got {visual_path!r}")
+            raise ConfigError(f"visual_path must be one of {', '.join(VISUAL_PATHS)}, got {visual_path!r}")
         for name, value in (("visual_chunk_rows", visual_chunk_rows), ("visual_topk", visual_topk)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
         self.visual_path = visual_path
         self.visual_chunk_rows = visual_chunk_rows
         self.visual_topk = visual_topk
@@ -128,7 +129,7 @@ class OvisConfig(PretrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         if not self.vision_spec:
-            raise ValueError("OvisConfig has no vision_spec")
+            raise ConfigError("OvisConfig has no vision_spec")
         arch = self.vision_spec
         patches = (arch["image_size"] // arch["patch_size"]) ** 2
         return patches + (2 if self.use_indicators else 0)

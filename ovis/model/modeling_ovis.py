@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,17 +13,25 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ovis.interfaces import VisionBackbone, VisionSpec
 from ovis.model.configuration_ovis import OvisConfig
 from ovis.model.merging import IMAGE_TOKEN_ID, merge_image_embeddings
+from ovis.model.v1_format import (
+    ConversionError,
+    checkpoint_format,
+    is_original_checkpoint,
+    read_config,
+    read_preprocessor,
+    translate_config,
+)
+from ovis.model.v1_weights import OriginalCheckpoint, check_state_dict, read_state_dict, state_dtype
 from ovis.model.visual_embedding import VisualEmbedding, wrap_with_indicators
 from ovis.model.visual_path import fused_visual_embed, topk_visual_embed
 from ovis.model.visual_tokenizer import VisualTokenizer
+from ovis.plugin_host import get_host
 
-logger = logging.getLogger("ovis.interop")
+logger = logging.getLogger("ovis.model")
 
 
 def build_backbone(spec: dict[str, Any] | VisionSpec) -> VisionBackbone:
     """Rebuild a saved model's encoder (random init) through the plugin that provides its builder."""
-    from ovis.plugin_host import get_host  # the model needs a builder, not a plugin name
-
     spec = spec if isinstance(spec, VisionSpec) else VisionSpec.model_validate(spec)
     return get_host().vision_factory(spec.builder).from_spec(spec, pretrained=False)
 
@@ -80,8 +89,6 @@ class OvisForCausalLM(OvisPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
         """Load an ovis model directory, or an original Ovis v1 checkpoint directory (its config is
         translated and its weights checked on load; a warning lists what was mapped)."""
-        from ovis.interop.original import is_original_checkpoint, read_original
-
         if not is_original_checkpoint(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         checkpoint = read_original(pretrained_model_name_or_path)
@@ -215,3 +222,21 @@ class OvisForCausalLM(OvisPreTrainedModel):
             "llm": count(self.llm),
             "total": count(self),
         }
+
+
+def read_original(directory: str | Path) -> OriginalCheckpoint:
+    """Read a v1 directory into an ``OvisConfig`` and a state dict checked against it."""
+    directory = Path(directory)
+    if checkpoint_format(directory) != "original":
+        raise ConversionError(f"{directory} is already in ovis format, not the original Ovis v1 format")
+    translation = translate_config(read_config(directory), read_preprocessor(directory))
+    config = OvisConfig(**translation.config)
+    state, files = read_state_dict(directory)
+    with torch.device("meta"):
+        skeleton = OvisForCausalLM(config)
+    state, notes = check_state_dict(state, skeleton, str(directory))
+    dtype = state_dtype(state)
+    if dtype is not None:
+        config.dtype = dtype
+    notes = [*translation.notes, f"weights: {len(state)} tensors from {files.describe()}, key names unchanged", *notes]
+    return OriginalCheckpoint(config, state, translation, notes)

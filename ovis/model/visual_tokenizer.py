@@ -9,6 +9,9 @@ from torch import nn
 
 from ovis.interfaces import VisionBackbone
 
+#: how head logits become a distribution over visual words (the paper's three choices)
+TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+
 
 def st_argmax(logits: torch.Tensor) -> torch.Tensor:
     """One-hot of the argmax in the forward pass, softmax gradient in the backward pass."""

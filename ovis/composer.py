@@ -1,4 +1,4 @@
-"""Layer 5, the composer: backbone names -> specs -> built backbones -> an Ovis model (-> a directory).
+"""The composer: backbone names -> specs -> built backbones -> an Ovis model (-> a directory).
 
 ``compose(vit="clip", llm="llama3-8b")`` in Python and ``ovis compose --vit clip --llm llama3-8b``
 on the command line are the same call.
@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from ovis.errors import OvisError
-from ovis.fsutil import atomic_directory
+from ovis.errors import ConfigError, OvisError
+from ovis.fsutil import atomic_directory, check_output_dir
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
 from ovis.plugin_host import PluginHost, get_host
@@ -88,7 +88,7 @@ def compose(
     """
     host = host or get_host()
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     vision_entry, llm_entry = host.vision(vit), host.llm(llm)
     vision_spec, llm_spec = vision_entry.spec, llm_entry.spec
     if vit_weights:
@@ -149,8 +149,7 @@ def compose(
 def save(model: OvisForCausalLM, processor: OvisProcessor, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write model + processor to ``out`` atomically (temporary sibling directory, then rename)."""
     out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite=overwrite)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)

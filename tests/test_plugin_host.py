@@ -129,7 +129,7 @@ def test_list_with_wildcards_matches_names_and_aliases(example_plugin):
     assert [e.spec.name for e in host.list("vision", "*vit")] == ["example-vit"]
     assert [e.spec.name for e in host.list("vision", "EXAMPLE")] == ["example-vit"]  # alias, any case
     assert host.list("vision", "*siglip*") == []
-    assert host.list("llm", "*") == []
+    assert [e.spec.name for e in host.list("llm", "*-lm")] == ["example-llm"]  # by its alias
 
 
 def test_remove_plugin_forgets_what_it_registered(example_plugin):
@@ -165,17 +165,23 @@ def test_the_example_package_installs_and_is_discovered(tmp_path):
     assert [r["name"] for r in json.loads(listed.stdout)] == ["example-vit"]
 
 
-def test_plugins_command_reports_errors(monkeypatch, capsys, tmp_path):
+def test_plugins_command_reports_distribution_version_and_errors(monkeypatch, capsys, tmp_path):
     from ovis.cli import main
     from ovis.plugin_host import get_host, reset_host
 
     _fake_dist(tmp_path, "broken-plugin", "broken", "broken_plugin_mod2", "raise ImportError('missing dep')\n")
+    _fake_dist(tmp_path, "acme-plugin-chat", "acme-chat", "acme_chat_mod", "")
     monkeypatch.syspath_prepend(str(tmp_path))
     reset_host()
     try:
         assert main(["plugins", "--json"]) == 0
         plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
         assert "missing dep" in plugins["broken"]["errors"][0]
+        assert (plugins["acme-chat"]["distribution"], plugins["acme-chat"]["version"]) == ("acme-plugin-chat", "0.1")
+        assert plugins["ovis-plugin-qwen"]["distribution"] == "ovis-plugin-qwen"
+        assert main(["plugins"]) == 0
+        table = capsys.readouterr().out
+        assert "distribution" in table and "acme-plugin-chat" in table and "missing dep" in table
     finally:
         reset_host()
         get_host()
@@ -301,26 +307,6 @@ def test_plugins_show_their_distribution_and_a_foreign_plugin_field_is_refused(
     checked = PluginHost(entry_points=False)
     checked.add_plugin("example", example_plugin, distribution="not-the-example")
     assert "says plugin 'ovis-plugin-example'" in checked.plugins["example"].errors[0]
-
-
-def test_plugins_command_shows_distribution_and_version(tmp_path, monkeypatch, capsys):
-    from ovis.cli import main
-    from ovis.plugin_host import reset_host
-
-    _fake_dist(tmp_path, "acme-plugin-chat", "acme-chat", "acme_chat_mod", "")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    reset_host()
-    try:
-        assert main(["plugins", "--json"]) == 0
-        plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
-        assert plugins["acme-chat"]["distribution"] == "acme-plugin-chat"
-        assert plugins["acme-chat"]["version"] == "0.1"
-        assert plugins["ovis-plugin-qwen"]["distribution"] == "ovis-plugin-qwen"
-        assert main(["plugins"]) == 0
-        table = capsys.readouterr().out
-        assert "acme-plugin-chat" in table and "ovis-plugin-qwen" in table and "distribution" in table
-    finally:
-        reset_host()
 
 
 def test_the_plugin_host_and_the_plugins_command_import_neither_torch_nor_transformers():

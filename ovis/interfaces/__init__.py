@@ -26,7 +26,7 @@ from ovis.interfaces.presets import PresetError, iter_presets, load_preset_file
 from ovis.interfaces.specs import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, LLMSpec, VisionSpec
 
 if TYPE_CHECKING:
-    from ovis.interfaces.image import ImageError, ImageProcessor, load_image
+    from ovis.interfaces.image import ImageError, ImageInput, ImageProcessor, load_image
     from ovis.interfaces.llm import HFCausalLM, LLMBackbone
     from ovis.interfaces.vision import VisionBackbone
 
@@ -36,6 +36,7 @@ _LAZY = {
     "LLMBackbone": "ovis.interfaces.llm",
     "VisionBackbone": "ovis.interfaces.vision",
     "ImageError": "ovis.interfaces.image",
+    "ImageInput": "ovis.interfaces.image",
     "ImageProcessor": "ovis.interfaces.image",
     "load_image": "ovis.interfaces.image",
 }
@@ -64,6 +65,7 @@ __all__ = [
     "ChatFormatError",
     "HFCausalLM",
     "ImageError",
+    "ImageInput",
     "ImagePreprocessSpec",
     "ImageProcessor",
     "LLMBackbone",

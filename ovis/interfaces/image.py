@@ -16,12 +16,15 @@ from PIL import Image, UnidentifiedImageError
 from ovis.errors import OvisError
 from ovis.interfaces.specs import ImagePreprocessSpec
 
+#: what every image-taking API accepts: a path, or an image already opened
+ImageInput = str | Path | Image.Image
+
 
 class ImageError(OvisError, ValueError):
     """An image that cannot be used: missing, unreadable, truncated or of an unsupported mode."""
 
 
-def load_image(source: str | Path | Image.Image, *, what: str | None = None) -> Image.Image:
+def load_image(source: ImageInput, *, what: str | None = None) -> Image.Image:
     """Open an image fully (so truncation is caught here, not later) and convert it to RGB.
 
     ``what`` names the image in error messages (a file path, a dataset row...).
@@ -86,7 +89,7 @@ class ImageProcessor:
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         return data.view(image.height, image.width, 3).permute(2, 0, 1).float().div_(255.0)
 
-    def preprocess_one(self, image: Image.Image | str | Path) -> torch.Tensor:
+    def preprocess_one(self, image: ImageInput) -> torch.Tensor:
         image = load_image(image)
         size = self.spec.image_size
         width, height = image.size
@@ -108,7 +111,7 @@ class ImageProcessor:
             pixels = F.pad(pixels, (left, size - w - left, top, size - h - top), value=0.0)
         return pixels
 
-    def __call__(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+    def __call__(self, images: Sequence[ImageInput]) -> torch.Tensor:
         if not images:
             size = self.spec.image_size
             return torch.zeros(0, 3, size, size)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ovis.data.synth import QUESTION_TYPES, SynthSpec, write_synthetic_dataset
 from ovis.errors import ConfigError, InputFileError, OutputExistsError
 
 VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
@@ -107,9 +106,12 @@ def quickstart(
     (the time spent evaluating is left out of the clock), for an accuracy-versus-time curve:
     ``report["curve"]`` and a chart in ``out/curve.png``.
     """
+    # Lazy, like every heavy import of this module: the command line imports it to build its
+    # parser (STAGES), and `ovis --help` must not import torch.
     import torch
 
     import ovis
+    from ovis.data.synth import SynthSpec, write_synthetic_dataset
     from ovis.eval.synth import evaluate_synth
     from ovis.precision import resolve_precision
     from ovis.train import Trainer, load_train_config
@@ -254,6 +256,7 @@ def _curve_hook(trainer, name: str, every: int, curve: list[dict], clock: Clock,
 
 def _draw(curve: list[dict], spans, path: Path, questions: int, text_report) -> Path:
     from ovis.charts import accuracy_curve
+    from ovis.data.synth import QUESTION_TYPES
     from ovis.eval.synth import CHANCE
 
     return accuracy_curve(

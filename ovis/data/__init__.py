@@ -8,9 +8,10 @@ Malformed records and unusable images are skipped, counted and named (``SkipLog`
 on as empty samples; a meta file that cannot be read at all fails at once (``DataError``).
 """
 
-from ovis.data.dataset import DataCollator, SkipLog, SupervisedDataset, build_dataset
+from ovis.data.dataset import DataCollator, SupervisedDataset, build_dataset
 from ovis.data.readers import Record, read_records
 from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, UnknownDatasetError, load_dataset_info
+from ovis.data.skips import SkipLog
 
 __all__ = [
     "DataCollator",

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ovis.data.schema import DataError, DatasetEntry, DatasetInfo, load_dataset_info, parse_json
+from ovis.data.skips import SkipLog
 from ovis.errors import OvisError
 from ovis.interfaces import IMAGE_MARKER, Message
-
-if TYPE_CHECKING:
-    from ovis.data.dataset import SkipLog
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -46,8 +44,6 @@ def read_records(
 ) -> list[Record]:
     """The usable records of dataset ``name``; malformed ones are counted in ``skip_log``."""
     if skip_log is None:
-        from ovis.data.dataset import SkipLog
-
         skip_log = SkipLog()
     if not isinstance(info, DatasetInfo):
         info = load_dataset_info(info)

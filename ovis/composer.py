@@ -7,13 +7,11 @@ on the command line are the same call.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from ovis.errors import ConfigError, OvisError
+from ovis.errors import ConfigError, OvisError, UsageError
 from ovis.fsutil import atomic_directory, check_output_dir
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
@@ -27,18 +25,14 @@ class WeightsUnavailableError(OvisError, RuntimeError):
     """Real weights were asked for but could not be loaded (offline, wrong path...)."""
 
 
-@dataclass
-class ComposeOptions:
-    visual_vocab_size: int = 131072
-    tokenize_function: Literal["softmax", "gumbel_argmax", "st_argmax"] = "softmax"
-    use_indicators: bool = True
-    adapter: Literal["structural", "mlp"] = "structural"
-    multimodal_max_length: int | None = None  # default: min(2048, the LLM's context)
-    dtype: str = "float32"
-
-
-def _pretrained(flag: bool | None, spec) -> bool:
-    # Default: real weights where the preset names some, random init for tiny/weightless presets.
+def _pretrained(flag: bool | None, spec, override: str | None, option: str) -> bool:
+    """Whether to load real weights: yes where the user named some (``override``); else as asked;
+    by default where the preset names weights and is not a tiny random-init preset."""
+    if override:
+        if flag is False:
+            raise UsageError(f"{option} {override!r} names weights to load, but random weights were asked for "
+                             "(--random-init / pretrained=False): give one or the other")
+        return True
     return bool(spec.weights) and not spec.tiny if flag is None else flag
 
 
@@ -91,6 +85,8 @@ def compose(
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     vision_entry, llm_entry = host.vision(vit), host.llm(llm)
     vision_spec, llm_spec = vision_entry.spec, llm_entry.spec
+    load_vit = _pretrained(pretrained, vision_spec, vit_weights, "--vit-weights") and not dry_run
+    load_llm = _pretrained(pretrained, llm_spec, llm_weights, "--llm-weights") and not dry_run
     if vit_weights:
         vision_spec = vision_spec.model_copy(update={"weights": vit_weights})
     if llm_weights:
@@ -99,18 +95,12 @@ def compose(
     chat_format = host.chat_format(llm_spec.chat_format)
     max_length = multimodal_max_length or min(2048, llm_spec.context_length)
 
-    device = torch.device("meta") if dry_run else contextlib.nullcontext()
-    with device:
-        load_vit = _pretrained(pretrained, vision_spec) and not dry_run
-        load_llm = _pretrained(pretrained, llm_spec) and not dry_run
+    with torch.device("meta") if dry_run else contextlib.nullcontext():
         backbone: VisionBackbone = _load(
             "vision", vision_spec.name, vision_spec.weights,
             lambda: vision_entry.factory.from_spec(vision_spec, pretrained=load_vit),
         )
-        llm_model = _load(
-            "LLM", llm_spec.name, llm_spec.weights,
-            lambda: llm_provider.build_model(pretrained=load_llm),
-        )
+        llm_model = _load("LLM", llm_spec.name, llm_spec.weights, lambda: llm_provider.build_model(pretrained=load_llm))
         config = OvisConfig(
             llm_config=llm_model.config.to_dict(),
             vision_spec=vision_spec.model_dump(mode="json"),
@@ -121,14 +111,21 @@ def compose(
             adapter=adapter,
             multimodal_max_length=max_length,
             chat_format=chat_format.name,
-            conversation_formatter_class=llm_spec.conversation_formatter_class
-            or chat_format.v1_formatter_class,
+            conversation_formatter_class=llm_spec.conversation_formatter_class or chat_format.v1_formatter_class,
         )
         model = OvisForCausalLM(config, llm=llm_model, backbone=backbone)
     if dry_run:
         return model, None
-
     model = model.to(DTYPES[dtype])
+    processor = _processor(model, llm_provider, backbone, chat_format, max_length)
+    if out is not None:
+        save(model, processor, out, overwrite=overwrite)
+    return model, processor
+
+
+def _processor(model: OvisForCausalLM, llm_provider: LLMBackbone, backbone: VisionBackbone, chat_format,
+               max_length: int) -> OvisProcessor:
+    """The processor of a freshly composed model; the LLM's generation config learns its pad and eos."""
     tokenizer = llm_provider.build_tokenizer()
     processor = OvisProcessor(
         tokenizer=tokenizer,
@@ -141,9 +138,7 @@ def compose(
     generation.pad_token_id = tokenizer.pad_token_id
     if tokenizer.eos_token_id is not None:
         generation.eos_token_id = tokenizer.eos_token_id
-    if out is not None:
-        save(model, processor, out, overwrite=overwrite)
-    return model, processor
+    return processor
 
 
 def save(model: OvisForCausalLM, processor: OvisProcessor, out: str | Path, *, overwrite: bool = False) -> Path:

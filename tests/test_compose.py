@@ -11,6 +11,7 @@ from PIL import Image
 import ovis
 from ovis.cli import main
 from ovis.composer import WeightsUnavailableError
+from ovis.errors import UsageError
 from ovis.plugin_host import UnknownNameError, get_host
 
 TINY_VITS = sorted(e.spec.name for e in get_host().list("vision") if e.spec.tiny and e.plugin.startswith("ovis-plugin"))
@@ -141,3 +142,35 @@ def test_a_backbone_whose_width_disagrees_with_its_spec_is_named():
     model.backbone.forward = lambda pixels: original(pixels)[..., :-1]
     with pytest.raises(ValueError, match="'clip-tiny' returned features of width 63.*expect 64"):
         model.encode_images(torch.zeros(1, 3, 64, 64))
+
+
+def test_weights_named_for_a_weightless_preset_are_loaded(tmp_path):
+    # clip-tiny names no weights (a random-init preset): --vit-weights DIR must load DIR, not be
+    # recorded in config.json while random weights are built.
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    spec = ovis.get_host().vision("clip-tiny").spec
+    torch.manual_seed(123)
+    saved = CLIPVisionModel(CLIPVisionConfig(**spec.architecture))
+    saved.save_pretrained(tmp_path / "vit")
+    model, _ = ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", vit_weights=str(tmp_path / "vit"),
+                            visual_vocab_size=64)
+    loaded = dict(model.visual_tokenizer.backbone.named_parameters())
+    suffix = "encoder.layers.0.self_attn.q_proj.weight"
+    got = next(v for k, v in loaded.items() if k.endswith(suffix))
+    expected = next(v for k, v in saved.state_dict().items() if k.endswith(suffix))
+    assert torch.equal(got, expected)
+    with pytest.raises(UsageError, match="--vit-weights .* random weights"):
+        ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", vit_weights=str(tmp_path / "vit"), pretrained=False)
+
+
+def test_written_directories_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "model"
+        ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", out=out, visual_vocab_size=64)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755

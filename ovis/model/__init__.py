@@ -1,4 +1,4 @@
-"""Layer 4: the Ovis model (config, visual tokenizer, visual embedding table, merging).
+"""The Ovis model (config, visual tokenizer, visual embedding table, merging).
 
 Importing this registers ``OvisConfig`` / ``OvisForCausalLM`` with transformers' Auto classes,
 so ``AutoModelForCausalLM.from_pretrained(dir)`` works without ``trust_remote_code``.

@@ -111,7 +111,7 @@ def test_history_component_forms_markers_system_and_unanswered_turns(tmp_path):
 
 
 def test_history_errors_are_request_errors():
-    from ovis.serve.limits import RequestError
+    from ovis.serve.errors import RequestError
 
     with pytest.raises(RequestError, match="empty"):
         conversation_from_history([], {"text": "", "files": []})
@@ -163,9 +163,9 @@ def new_client(server):
 
 
 def test_page_api_name_and_localhost_binding(server):
-    import argparse
-
-    from ovis.serve.server import ServerThread, add_server_arguments
+    from ovis.cli import build_parser
+    from ovis.serve.options import ServeOptions
+    from ovis.serve.server import ServerThread
 
     with urllib.request.urlopen(server.url + "/", timeout=30) as response:
         assert response.status == 200
@@ -175,9 +175,8 @@ def test_page_api_name_and_localhost_binding(server):
     # Only this machine can connect unless --host says otherwise.
     assert server.host == "127.0.0.1"
     assert ServerThread.__init__.__kwdefaults__["host"] == "127.0.0.1"
-    parser = argparse.ArgumentParser()
-    add_server_arguments(parser, model_flags=["--model_path"])
-    assert parser.parse_args(["--model_path", "m"]).host == "127.0.0.1"
+    assert build_parser().parse_args(["serve", "--model_path", "m"]).host == "127.0.0.1"
+    assert ServeOptions(model_path="m").host == "127.0.0.1"
 
 
 def test_image_question_then_history_with_more_images(server, service, pictures):

@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ovis.serve.options import ServeOptions
 
 CHAT_HELP = """commands:
   /image PATH [PATH...]  attach image(s) to your next message
@@ -51,17 +55,39 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _generation_flags(p)
     p.set_defaults(handler=chat_cmd)
 
-    from ovis.serve.server import add_server_arguments
-
     p = commands.add_parser("serve", help="web chat UI and OpenAI-compatible API for a model",
                             description="Serve a model: a Gradio chat at / and an OpenAI-compatible API at "
                             "/v1 (chat/completions, models). Binds 127.0.0.1 unless --host says otherwise.")
-    add_server_arguments(p, model_flags=["--model", "--model_path", "--model-path"])
+    add_server_arguments(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=serve_cmd)
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``ovis serve`` (``--model_path`` too: ``python ovis/serve/server.py`` is this command)."""
+    parser.add_argument("--model", "--model_path", "--model-path", dest="model_path", required=True,
+                        help="model directory (from `ovis compose`, `ovis train` or `ovis quickstart`)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--model-name", help="the model id the API reports (default: the directory name)")
+    parser.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
+    parser.add_argument("--no-api", action="store_true", help="serve the web UI only")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when present)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="requests generated together")
+    parser.add_argument("--batch-window-ms", type=float, default=10.0,
+                        help="how long the first request waits for others to join its batch")
+    parser.add_argument("--max-images", type=int, help="images per request (default 8)")
+    parser.add_argument("--max-image-pixels", type=int, help="pixels per image (default 4096x4096)")
+    parser.add_argument("--max-image-bytes", type=int, help="encoded bytes per image (default 10 MiB)")
+    parser.add_argument("--max-new-tokens", type=int, help="ceiling for max_tokens (default 1024)")
+    parser.add_argument("--flagging_dir", "--flagging-dir", dest="flagging_dir",
+                        help="where the UI stores flagged conversations (default: flagging off)")
+
+
 def _runner(args: argparse.Namespace):
+    # lazy: `ovis --help` must not load the model code
     from transformers.utils import logging as hf_logging
 
     from ovis.serve.runner import OvisRunner, RunnerArguments
@@ -105,6 +131,7 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None) -> int:
+    # lazy: `ovis --help` must not load the model code
     from ovis.interfaces import ImageError
     from ovis.serve.runner import ChatSession
 
@@ -150,7 +177,24 @@ def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None)
         attached = []
 
 
-def serve_cmd(args: argparse.Namespace) -> int:
-    from ovis.serve.server import serve
+LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens")
 
-    return serve(args)
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The parsed flags of ``ovis serve`` as :class:`~ovis.serve.options.ServeOptions` (limits not
+    given keep their defaults)."""
+    from ovis.serve.options import ServeOptions  # lazy: `ovis --help` must not load the serving stack
+
+    return ServeOptions(
+        model_path=args.model_path, host=args.host, port=args.port, model_name=args.model_name,
+        ui=not args.no_ui, api=not args.no_api, device=args.device, dtype=args.dtype,
+        max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
+        limits={name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None},
+        flagging_dir=args.flagging_dir,
+    )
+
+
+def serve_cmd(args: argparse.Namespace) -> int:
+    from ovis.serve.server import serve  # lazy: `ovis --help` must not load the serving stack
+
+    return serve(serve_options(args))

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from ovis.serve.generation import Completion
-from ovis.serve.runner import OvisRunner, Request
+from ovis.serve.runner import OvisRunner, PreparedRequest
 
 _DONE = object()
 
@@ -111,13 +111,13 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.window_s = window_s
         self.stats = BatchStats()
-        self._pending: deque[tuple[Request, Handle]] = deque()
+        self._pending: deque[tuple[PreparedRequest, Handle]] = deque()
         self._wake = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="ovis-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, request: Request, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+    def submit(self, request: PreparedRequest, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
         """Queue an encoded request; returns at once. Raises if the batcher was closed."""
         handle = Handle(loop)
         request.on_text = handle._text
@@ -136,7 +136,7 @@ class Batcher:
         self._worker.join(timeout)
 
     # -- the worker --------------------------------------------------------------------------------
-    def _take_batch(self) -> list[tuple[Request, Handle]]:
+    def _take_batch(self) -> list[tuple[PreparedRequest, Handle]]:
         with self._wake:
             while not self._pending and not self._closed:
                 self._wake.wait()

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import StoppingCriteria
+
+from ovis.serve.errors import GenerationSettingsError
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -34,6 +36,18 @@ class GenerationParams(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> GenerationParams:
+        """Settings a user gave (flags, a request, the UI) -> params, or a
+        :class:`~ovis.serve.errors.GenerationSettingsError` naming each bad one."""
+        try:
+            return cls(**settings)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise GenerationSettingsError(f"invalid generation settings: {problems}") from exc
 
     @model_validator(mode="after")
     def _sampling_knobs_need_sampling(self) -> GenerationParams:

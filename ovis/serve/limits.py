@@ -1,7 +1,8 @@
 """Input limits for the servers: what a request may carry, checked before any work is queued.
 
-Every violation raises :class:`RequestError` with the HTTP status to answer (400 for a malformed
-request, 413 for one that is too large) and a message naming the field, the value and the limit.
+Every violation raises :class:`~ovis.serve.errors.RequestError` with the HTTP status to answer
+(400 for a malformed request, 413 for one that is too large) and a message naming the field, the
+value and the limit.
 Images are checked from their header before decoding, so a decompression bomb costs nothing.
 """
 
@@ -15,16 +16,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
-from ovis.errors import OvisError
-
-
-class RequestError(OvisError, ValueError):
-    """A request the server refuses; ``status`` is the HTTP status code to answer with."""
-
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
+from ovis.serve.errors import RequestError
 
 
 class ServeLimits(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ovis.interfaces import Message
+from ovis.composer import load
+from ovis.errors import ConfigError, InputFileError
+from ovis.interfaces import IMAGE_MARKER, ChatFormatError, Message
 from ovis.interfaces.image import load_image
 from ovis.precision import resolve_precision
 from ovis.processing import EncodedSample, OvisProcessor, with_image_markers
@@ -41,7 +44,7 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     ``ovis.precision`` picks: bf16 only with native bf16 that measures faster, else float32."""
     if dtype and dtype != "auto":
         if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+            raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
         if device.type == "cpu" and dtype == "bfloat16":
             resolve_precision("bf16", device)  # warns where the CPU only emulates bf16
         return DTYPE_NAMES[dtype]
@@ -78,11 +81,11 @@ class RunnerArguments:
                 f"expected some of {', '.join(GenerationParams.model_fields)}"
             )
         fields.update(overrides)
-        return GenerationParams(**fields)
+        return GenerationParams.from_settings(**fields)
 
 
 @dataclass
-class Request:
+class PreparedRequest:
     """One prompt ready to generate from: the encoded sample plus its settings and callbacks."""
 
     sample: EncodedSample
@@ -118,14 +121,13 @@ class OvisRunner:
 
     @staticmethod
     def _load(args: RunnerArguments):
-        from ovis.compose import load
-
         path = Path(args.model_path).expanduser()
+        written_by = "give a directory written by `ovis compose`, `ovis train` or `ovis quickstart`"
         if not path.is_dir():
-            raise FileNotFoundError(
-                f"model_path {args.model_path!r} is not a directory; give a directory written by "
-                "`ovis compose`, `ovis train` or `ovis quickstart`"
-            )
+            raise InputFileError(f"model_path {args.model_path!r} is not a directory; {written_by}")
+        if not (path / "config.json").is_file():
+            raise InputFileError(f"model_path {args.model_path!r} has no config.json, so it holds no model; "
+                                 f"{written_by}")
         device = pick_device(args.device)
         dtype = pick_dtype(device, args.dtype)
         dtype_name = next(name for name, value in DTYPE_NAMES.items() if value == dtype)
@@ -149,8 +151,8 @@ class OvisRunner:
         images: Sequence[ImageInput] | ImageInput | None = None,
         params: GenerationParams | None = None,
         **callbacks: Any,
-    ) -> Request:
-        """A conversation (or a single question) and its images -> a :class:`Request`.
+    ) -> PreparedRequest:
+        """A conversation (or a single question) and its images -> a :class:`PreparedRequest`.
 
         Without ``<image>`` markers the images go first in the first user message, as the v1
         runner did (``"<image> " + text``).
@@ -167,10 +169,11 @@ class OvisRunner:
         prompt = self.processor.chat_format.render(
             self.processor.chat_format.prepare(messages, add_generation_prompt=True), add_generation_prompt=True
         )
-        return Request(sample=sample, prompt=prompt, params=params or self.args.generation_params(), **callbacks)
+        params = params or self.args.generation_params()
+        return PreparedRequest(sample=sample, prompt=prompt, params=params, **callbacks)
 
     # -- generating -------------------------------------------------------------------------------
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+    def generate(self, requests: Sequence[PreparedRequest]) -> list[Completion]:
         """Generate for many requests, batching those whose sampling settings agree; results in order."""
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -184,7 +187,7 @@ class OvisRunner:
                     results[i] = completion
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, requests: Sequence[Request]) -> list[Completion]:
+    def _generate_batch(self, requests: Sequence[PreparedRequest]) -> list[Completion]:
         params = requests[0].params
         batch = self.processor.collate([r.sample for r in requests], padding_side="left")
         rows = [
@@ -204,7 +207,7 @@ class OvisRunner:
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            started = _now()
+            started = time.perf_counter()
             output = self.model.generate(
                 batch["input_ids"], pixel_values if pixel_values.numel() else None, batch["attention_mask"], **kwargs
             )
@@ -299,11 +302,7 @@ class ChatSession:
 
     def _user_turn(self, text: str, images: Sequence[ImageInput]) -> None:
         loaded = [load_image(image, what=_label(image, len(self.images) + i)) for i, image in enumerate(images)]
-        markers = text.count("<image>")
-        if markers and markers != len(loaded):
-            raise ValueError(f"the message has {markers} <image> marker(s) but {len(loaded)} image(s) came with it")
-        content = text if markers else "<image>\n" * len(loaded) + text
-        self.messages.append({"role": "user", "content": content})
+        self.messages.append({"role": "user", "content": user_turn_content(text, len(loaded))})
         self.images.extend(loaded)
 
     def ask(self, text: str, images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
@@ -330,19 +329,26 @@ class ChatSession:
 
     def _undo(self) -> None:
         last = self.messages.pop()
-        self.images = self.images[: len(self.images) - last["content"].count("<image>")]
+        self.images = self.images[: len(self.images) - last["content"].count(IMAGE_MARKER)]
 
     def reset(self) -> None:
         self.messages = [m for m in self.messages if m["role"] == "system"]
         self.images = []
 
 
+def user_turn_content(text: str, num_images: int) -> str:
+    """A new user message's content with one ``<image>`` per image that comes with it: the text's
+    own markers when their count matches, else one marker per image before the text (raises
+    ``ChatFormatError`` when the text has markers but not as many as images)."""
+    markers = text.count(IMAGE_MARKER)
+    if markers and markers != num_images:
+        raise ChatFormatError(
+            f"the message has {markers} {IMAGE_MARKER} marker(s) but {num_images} image(s) came with it; "
+            "leave the markers out to put the images before the text"
+        )
+    return with_image_markers([Message(role="user", content=text)], num_images)[0].content
+
+
 def _label(image: ImageInput, index: int) -> str:
     """How an image is named in errors: its path when it has one."""
     return f"image {index + 1}" if isinstance(image, Image.Image) else f"image {index + 1} ({image})"
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()

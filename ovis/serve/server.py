@@ -1,34 +1,67 @@
 """The ovis server: a Gradio chat UI at ``/`` and an OpenAI-compatible API at ``/v1``, one model.
 
 Both front ends share one :class:`~ovis.serve.service.Service`, so requests from the browser and
-from API clients are batched together. Run it as the v1 seed did or through the CLI::
+from API clients are batched together. Start it from Python, through the CLI, or as the v1 seed
+did (that command is ``ovis serve`` under its old name)::
 
-    python ovis/serve/server.py --model_path runs/quickstart/stage3/final --port 7860
+    serve(ServeOptions(model_path="runs/quickstart/stage3/final", port=7860))
     ovis serve --model runs/quickstart/stage3/final --port 7860
+    python ovis/serve/server.py --model_path runs/quickstart/stage3/final --port 7860
 
-It binds 127.0.0.1 unless ``--host`` says otherwise.
+It binds 127.0.0.1 unless told otherwise (``host``).
+
+FastAPI, Gradio and uvicorn (the ``serve`` extra) and the model code are imported when a server is
+built, not with this module: for start-up speed, and so that the v1 command hands over to the CLI
+before loading anything.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ovis.serve.options import ServeOptions
+    from ovis.serve.service import Service
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def build_app(service, *, ui: bool = True, api: bool = True, flagging_dir: str | None = None):
+def serve(options: ServeOptions) -> int:
+    """Load the model and serve until interrupted."""
+    import uvicorn  # lazy: for start-up speed (see the module docstring)
+
+    from ovis.serve.service import Service  # lazy: for start-up speed (see the module docstring)
+
+    service = Service.load(
+        options.model_path, limits=options.limits, model_name=options.model_name,
+        max_batch_size=options.max_batch_size, window_s=options.batch_window_ms / 1000,
+        device=options.device, dtype=options.dtype,
+    )
+    try:
+        app = build_app(service, ui=options.ui, api=options.api, flagging_dir=options.flagging_dir)
+        where = f"http://{options.host}:{options.port}"
+        parts = ([f"web UI {where}/"] if options.ui else []) + ([f"API {where}/v1"] if options.api else [])
+        print(f"serving {service.model_name!r} on {service.runner.device}: {', '.join(parts)}", flush=True)
+        uvicorn.run(app, host=options.host, port=options.port, log_level="info")
+    finally:
+        service.close()
+    return 0
+
+
+def build_app(service: Service, *, ui: bool = True, api: bool = True, flagging_dir: str | None = None) -> FastAPI:
     """A FastAPI app with the API routes and, mounted last so ``/v1`` wins, the web UI at ``/``."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI  # lazy: for start-up speed (see the module docstring)
 
     app = FastAPI(title="ovis", description=f"Ovis model {service.model_name!r}")
     if api:
-        from ovis.serve.openai_api import add_api_routes
+        from ovis.serve.openai_api import add_api_routes  # lazy: imports FastAPI's routing
 
         add_api_routes(app, service)
 
@@ -37,9 +70,9 @@ def build_app(service, *, ui: bool = True, api: bool = True, flagging_dir: str |
         return {"status": "ok", "model": service.model_name, "batching": service.batcher.stats.as_dict()}
 
     if ui:
-        import gradio as gr
+        import gradio as gr  # lazy: for start-up speed (see the module docstring)
 
-        from ovis.serve.web import build_ui
+        from ovis.serve.web import build_ui  # lazy: imports Gradio
 
         # max_file_size: Gradio refuses bigger uploads before writing them to disk.
         app = gr.mount_gradio_app(app, build_ui(service, flagging_dir=flagging_dir), path="/",
@@ -50,8 +83,8 @@ def build_app(service, *, ui: bool = True, api: bool = True, flagging_dir: str |
 class ServerThread:
     """Run an app with uvicorn in a background thread (tests, benchmarks, notebooks)."""
 
-    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn  # lazy: for start-up speed (see the module docstring)
 
         self.host = host
         self.port = port or free_port(host)
@@ -67,7 +100,7 @@ class ServerThread:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self, timeout: float = 30.0) -> None:
@@ -89,67 +122,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def add_server_arguments(parser: argparse.ArgumentParser, *, model_flags: Sequence[str]) -> None:
-    parser.add_argument(*model_flags, dest="model_path", required=True,
-                        help="model directory (from `ovis compose`, `ovis train` or `ovis quickstart`)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--model-name", help="the model id the API reports (default: the directory name)")
-    parser.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
-    parser.add_argument("--no-api", action="store_true", help="serve the web UI only")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when present)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="requests generated together")
-    parser.add_argument("--batch-window-ms", type=float, default=10.0,
-                        help="how long the first request waits for others to join its batch")
-    parser.add_argument("--max-images", type=int, help="images per request (default 8)")
-    parser.add_argument("--max-image-pixels", type=int, help="pixels per image (default 4096x4096)")
-    parser.add_argument("--max-image-bytes", type=int, help="encoded bytes per image (default 10 MiB)")
-    parser.add_argument("--max-new-tokens", type=int, help="ceiling for max_tokens (default 1024)")
-    parser.add_argument("--flagging_dir", "--flagging-dir", dest="flagging_dir",
-                        help="where the UI stores flagged conversations (default: flagging off)")
-
-
-def limits_from_args(args: argparse.Namespace):
-    from ovis.serve.limits import ServeLimits
-
-    given = {
-        "max_images": args.max_images, "max_image_pixels": args.max_image_pixels,
-        "max_image_bytes": args.max_image_bytes, "max_new_tokens": args.max_new_tokens,
-    }
-    return ServeLimits(**{k: v for k, v in given.items() if v is not None})
-
-
-def serve(args: argparse.Namespace) -> int:
-    """Load the model and serve until interrupted."""
-    import uvicorn
-
-    from ovis.serve.service import Service
-
-    if args.no_ui and args.no_api:
-        raise ValueError("--no-ui and --no-api together leave nothing to serve")
-    service = Service.load(
-        args.model_path, limits=limits_from_args(args), model_name=args.model_name,
-        max_batch_size=args.max_batch_size, window_s=args.batch_window_ms / 1000,
-        device=args.device, dtype=args.dtype,
-    )
-    app = build_app(service, ui=not args.no_ui, api=not args.no_api, flagging_dir=args.flagging_dir)
-    where = f"http://{args.host}:{args.port}"
-    parts = ([f"web UI {where}/"] if not args.no_ui else []) + ([f"API {where}/v1"] if not args.no_api else [])
-    print(f"serving {service.model_name!r} on {service.runner.device}: {', '.join(parts)}", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    finally:
-        service.close()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve an ovis model: web UI and OpenAI-compatible API.")
-    add_server_arguments(parser, model_flags=["--model_path", "--model-path", "--model"])
-    return serve(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The v1 seed's command is `ovis serve` under its old name (the CLI's flags accept --model_path).
+    # This process becomes `python -m ovis serve ...`, so the library never imports the CLI.
+    os.execv(sys.executable, [sys.executable, "-m", "ovis", "serve", *sys.argv[1:]])

@@ -1,8 +1,9 @@
 """What the web UI and the HTTP API share: one loaded model, one batcher, one set of limits.
 
 ``Service.request`` turns a conversation, its images and generation settings into a queued-ready
-:class:`~ovis.serve.runner.Request`, enforcing the limits and turning every way the input can be
-wrong into a :class:`~ovis.serve.limits.RequestError` (a 4xx), so nothing bad reaches the worker.
+:class:`~ovis.serve.runner.PreparedRequest`, enforcing the limits and turning every way the input
+can be wrong into a :class:`~ovis.serve.errors.RequestError` (a 4xx), so nothing bad reaches the
+worker.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from ovis.interfaces import ChatFormatError, Message
 from ovis.interfaces.image import ImageError
 from ovis.processing import SequenceTooLongError
 from ovis.serve.batcher import Batcher, Handle
+from ovis.serve.errors import GenerationSettingsError, RequestError
 from ovis.serve.generation import GenerationParams
-from ovis.serve.limits import RequestError, ServeLimits, check_image_count, check_max_new_tokens, check_prompt_tokens
-from ovis.serve.runner import OvisRunner, Request, RunnerArguments
+from ovis.serve.limits import ServeLimits, check_image_count, check_max_new_tokens, check_prompt_tokens
+from ovis.serve.runner import OvisRunner, PreparedRequest, RunnerArguments
 
 
 @dataclass
 class Service:
+    """One model behind a batcher, with the limits every front end enforces and the id it reports."""
+
     runner: OvisRunner
     batcher: Batcher
     limits: ServeLimits
@@ -74,16 +78,13 @@ class Service:
             raise RequestError(f"stop has {len(settings['stop'])} strings; the limit is {self.limits.max_stop}",
                                param="stop")
         try:
-            return GenerationParams(**settings)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise RequestError(f"invalid generation settings: {problems}") from exc
+            return GenerationParams.from_settings(**settings)
+        except GenerationSettingsError as exc:
+            raise RequestError(str(exc)) from exc
 
     def request(
         self, messages: Sequence[Message | dict], images: Sequence[Image.Image], params: GenerationParams
-    ) -> Request:
+    ) -> PreparedRequest:
         check_image_count(len(images), self.limits)
         check_max_new_tokens(params.max_new_tokens, self.limits, param="max_new_tokens")
         self._refuse_special_tokens(messages)
@@ -109,7 +110,7 @@ class Service:
                     "message text", param=f"messages[{i}].content",
                 )
 
-    def submit(self, request: Request, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+    def submit(self, request: PreparedRequest, *, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
         return self.batcher.submit(request, loop=loop)
 
     def close(self) -> None:

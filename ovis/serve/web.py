@@ -34,18 +34,22 @@ from __future__ import annotations
 import asyncio
 import html
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import gradio as gr
+from PIL import Image
 
-from ovis.serve.limits import RequestError, open_image
+from ovis.interfaces import ChatFormatError
+from ovis.serve.errors import RequestError
+from ovis.serve.limits import ServeLimits, open_image
+from ovis.serve.runner import PreparedRequest, user_turn_content
+from ovis.serve.service import Service
 
 API_NAME = "chat"
-IMAGE_MARKER = "<image>"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -87,13 +91,10 @@ def conversation_from_history(
         if turn.role == "assistant":
             messages.append({"role": "assistant", "content": turn.text})
             continue
-        markers = turn.text.count(IMAGE_MARKER)
-        if markers and markers != len(turn.files):
-            raise RequestError(
-                f"a message has {markers} {IMAGE_MARKER} marker(s) but {len(turn.files)} image(s); "
-                f"leave the markers out to put the images before the text"
-            )
-        content = turn.text if markers else (IMAGE_MARKER + "\n") * len(turn.files) + turn.text
+        try:
+            content = user_turn_content(turn.text, len(turn.files))
+        except ChatFormatError as exc:
+            raise RequestError(str(exc)) from exc
         messages.append({"role": "user", "content": content})
         images.extend(turn.files)
     return messages, images
@@ -168,7 +169,7 @@ def _add_file(file: Any, turn: Turn) -> None:
         turn.files.append(str(path))
 
 
-def load_images(paths: Sequence[str], limits) -> list:
+def load_images(paths: Sequence[str], limits: ServeLimits) -> list[Image.Image]:
     """Open uploaded files as images under the server's limits (RequestError names the bad one)."""
     images = []
     for i, path in enumerate(paths):
@@ -188,35 +189,93 @@ def _display_name(path: str) -> str:
     return Path(path).name or str(path)
 
 
-def build_ui(service, *, flagging_dir: str | None = None):
-    """The chat UI for ``service`` (a :class:`~ovis.serve.service.Service`) as a ``gr.Blocks``."""
+def build_ui(service: Service, *, flagging_dir: str | None = None) -> gr.ChatInterface:
+    """The chat UI for ``service`` as a ``gr.ChatInterface`` (a ``gr.Blocks``)."""
+    name = html.escape(service.model_name)
     limits = service.limits
-    runner_args = service.runner.args
-    default_new_tokens = min(runner_args.max_new_tokens, limits.max_new_tokens)
+    description = (
+        f"Model <code>{name}</code> on <code>{html.escape(str(service.runner.device))}</code>. "
+        f"Attach images with the clip button (up to {limits.max_images} per conversation, "
+        f"{limits.max_image_pixels / 1e6:.3g} megapixels and {limits.max_image_bytes / 2**20:.3g} MiB each); "
+        "earlier images stay part of the conversation."
+    )
+    textbox = gr.MultimodalTextbox(
+        file_types=["image", *IMAGE_SUFFIXES], file_count="multiple", sources=["upload"],
+        placeholder="Ask about an image, or just ask…", show_label=False,
+    )
+    chatbot = gr.Chatbot(label=service.model_name, height=520, buttons=["copy"], placeholder=(
+        f"<strong>{name}</strong><br>Attach an image and ask about it."))
+    demo = OvisChatInterface(
+        _responder(service),
+        multimodal=True,
+        chatbot=chatbot,
+        textbox=textbox,
+        additional_inputs=_settings_inputs(service),
+        additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
+        title=f"Ovis · {name}",
+        description=description,
+        api_name=API_NAME,
+        api_description="Answer a message (text and image files) in this session's conversation; "
+                        "returns the reply.",
+        concurrency_limit=None,  # the batcher, not Gradio's queue, decides what runs together
+        flagging_mode="manual" if flagging_dir else "never",
+        flagging_dir=flagging_dir or ".gradio/flagged",
+        autofocus=True,
+        fill_height=True,
+    )
+    demo.title = f"Ovis · {service.model_name}"
+    return demo
 
-    def prepare(message, history, max_new_tokens, do_sample, temperature, top_p, seed, system):
-        settings: dict[str, Any] = {"max_new_tokens": int(max_new_tokens) if max_new_tokens else None,
-                                    "do_sample": bool(do_sample)}
-        if do_sample:
-            settings["temperature"] = float(temperature) if temperature is not None else None
-            settings["top_p"] = float(top_p) if top_p is not None and float(top_p) < 1.0 else None
-            settings["seed"] = int(seed) if seed is not None and int(seed) >= 0 else None
-        params = service.params(**settings)
-        messages, paths = conversation_from_history(history, message, system=system)
-        if len(paths) > limits.max_images:
-            raise RequestError(
-                f"the conversation has {len(paths)} images; the limit is {limits.max_images}. "
-                "Clear the chat to start a new one"
-            )
-        return service.request(messages, load_images(paths, limits), params)
+
+def _default_new_tokens(service: Service) -> int:
+    return min(service.runner.args.max_new_tokens, service.limits.max_new_tokens)
+
+
+def _settings_inputs(service: Service) -> list[gr.components.Component]:
+    """The generation settings under the chat, in the order of the responder's parameters after the history."""
+    return [
+        gr.Slider(1, service.limits.max_new_tokens, value=_default_new_tokens(service), step=1,
+                  label="Max new tokens"),
+        gr.Checkbox(value=False, label="Sample (off: greedy decoding)"),
+        gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature (sampling only)"),
+        gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (sampling only)"),
+        gr.Number(value=-1, precision=0, label="Seed (sampling only; -1: random)"),
+        gr.Textbox("", label="System prompt", placeholder="(the chat format's default)", lines=2),
+    ]
+
+
+def _prepare(
+    service: Service, message: Any, history: Sequence[Any] | None, max_new_tokens: float | None, do_sample: bool,
+    temperature: float | None, top_p: float | None, seed: float | None, system: str | None,
+) -> PreparedRequest:
+    """The UI's message, history and settings as a request for the batcher (raises RequestError)."""
+    settings: dict[str, Any] = {"max_new_tokens": int(max_new_tokens) if max_new_tokens else None,
+                                "do_sample": bool(do_sample)}
+    if do_sample:
+        settings["temperature"] = float(temperature) if temperature is not None else None
+        settings["top_p"] = float(top_p) if top_p is not None and float(top_p) < 1.0 else None
+        settings["seed"] = int(seed) if seed is not None and int(seed) >= 0 else None
+    params = service.params(**settings)
+    messages, paths = conversation_from_history(history, message, system=system)
+    if len(paths) > service.limits.max_images:
+        raise RequestError(
+            f"the conversation has {len(paths)} images; the limit is {service.limits.max_images}. "
+            "Clear the chat to start a new one"
+        )
+    return service.request(messages, load_images(paths, service.limits), params)
+
+
+def _responder(service: Service) -> Callable[..., AsyncIterator[str]]:
+    """The chat function: the reply so far, growing as it streams from the shared batcher."""
+    default_new_tokens = _default_new_tokens(service)
 
     async def respond(
-        message, history, max_new_tokens=default_new_tokens, do_sample=False, temperature=1.0, top_p=1.0,
-        seed=-1, system="",
+        message, history, max_new_tokens=default_new_tokens, do_sample=False, temperature=1.0,
+        top_p=1.0, seed=-1, system="",
     ) -> AsyncIterator[str]:
         try:
             request = await anyio.to_thread.run_sync(
-                prepare, message, history, max_new_tokens, do_sample, temperature, top_p, seed, system
+                _prepare, service, message, history, max_new_tokens, do_sample, temperature, top_p, seed, system
             )
         except RequestError as exc:
             raise gr.Error(str(exc), title="Request refused") from exc
@@ -239,47 +298,7 @@ def build_ui(service, *, flagging_dir: str | None = None):
             if handle.completion is None and handle.error is None:
                 handle.cancel()  # stopped, tab closed or closed early: the batcher drops the row at its next step
 
-    name = html.escape(service.model_name)
-    description = (
-        f"Model <code>{name}</code> on <code>{html.escape(str(service.runner.device))}</code>. "
-        f"Attach images with the clip button (up to {limits.max_images} per conversation, "
-        f"{limits.max_image_pixels / 1e6:.3g} megapixels and {limits.max_image_bytes / 2**20:.3g} MiB each); "
-        "earlier images stay part of the conversation."
-    )
-    textbox = gr.MultimodalTextbox(
-        file_types=["image", *IMAGE_SUFFIXES], file_count="multiple", sources=["upload"],
-        placeholder="Ask about an image, or just ask…", show_label=False,
-    )
-    chatbot = gr.Chatbot(label=service.model_name, height=520, buttons=["copy"], placeholder=(
-        f"<strong>{name}</strong><br>Attach an image and ask about it."))
-    settings = [  # the order of respond's parameters after the history
-        gr.Slider(1, limits.max_new_tokens, value=default_new_tokens, step=1, label="Max new tokens"),
-        gr.Checkbox(value=False, label="Sample (off: greedy decoding)"),
-        gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature (sampling only)"),
-        gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (sampling only)"),
-        gr.Number(value=-1, precision=0, label="Seed (sampling only; -1: random)"),
-        gr.Textbox("", label="System prompt", placeholder="(the chat format's default)", lines=2),
-    ]
-    demo = OvisChatInterface(
-        respond,
-        multimodal=True,
-        chatbot=chatbot,
-        textbox=textbox,
-        additional_inputs=settings,
-        additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
-        title=f"Ovis · {name}",
-        description=description,
-        api_name=API_NAME,
-        api_description="Answer a message (text and image files) in this session's conversation; "
-                        "returns the reply.",
-        concurrency_limit=None,  # the batcher, not Gradio's queue, decides what runs together
-        flagging_mode="manual" if flagging_dir else "never",
-        flagging_dir=flagging_dir or ".gradio/flagged",
-        autofocus=True,
-        fill_height=True,
-    )
-    demo.title = f"Ovis · {service.model_name}"
-    return demo
+    return respond
 
 
 class OvisChatInterface(gr.ChatInterface):

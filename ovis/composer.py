@@ -112,6 +112,7 @@ def compose(
             multimodal_max_length=max_length,
             chat_format=chat_format.name,
             conversation_formatter_class=llm_spec.conversation_formatter_class or chat_format.v1_formatter_class,
+            visual_embedding_scale=1.0 if dry_run else llm_provider.embedding_scale(llm_model),
         )
         model = OvisForCausalLM(config, llm=llm_model, backbone=backbone)
     if dry_run:

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from ovis.interfaces import HFCausalLM, LLMSpec
+import ovis
+from ovis.interfaces import HFCausalLM, LLMSpec, hookimpl
 from ovis.interfaces.chat import IGNORE_INDEX, tokenize_segments
 from ovis.plugin_host import get_host
 
@@ -334,3 +335,44 @@ def test_folder_tokenizer_without_pad_or_template_is_settled(name, tmp_path):
     messages = [{"role": "user", "content": "Hi"}]
     rendered = loaded.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class _GemmaToy:
+    """A throwaway LLM family: Gemma 2 (which scales its token embeddings by sqrt(hidden_size))
+    with the toy Qwen tokenizer and ChatML."""
+
+    @hookimpl
+    def register_llms(self, register):
+        from ovis_qwen.tokenizer import load_tokenizer
+
+        class GemmaToy(HFCausalLM):
+            model_types = ("gemma2",)
+
+            def build_tokenizer(self):
+                return load_tokenizer("offline:qwen-toy")
+
+        arch = {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512,
+                "pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1}
+        register(LLMSpec(name="gemma-toy", family="gemma", builder="gemma-toy", hidden_size=64, num_layers=2,
+                         vocab_size=512, context_length=512, chat_format="chatml", tokenizer="offline:qwen-toy",
+                         tiny=True, architecture=arch), GemmaToy)
+
+
+def test_visual_rows_are_scaled_as_the_llm_scales_its_text_rows(register_plugin):
+    register_plugin("gemma-toy", _GemmaToy())
+    model, _ = ovis.compose(vit="clip-toy", llm="gemma-toy", visual_vocab_size=64)
+    assert model.config.visual_embedding_scale == pytest.approx(64**0.5)
+    text = model.get_input_embeddings()
+    ids = torch.tensor([[5, 6, 7]])
+    # The LLM's own rows are its table's rows times sqrt(hidden) ...
+    torch.testing.assert_close(text(ids), text.weight[ids] * 64**0.5)
+    # ... and the visual rows get the same factor, saved with the model.
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        scaled = model.encode_images(pixels)
+        model.config.visual_embedding_scale = 1.0
+        plain = model.encode_images(pixels)
+    torch.testing.assert_close(scaled, plain * 64**0.5)
+    qwen, _ = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=64)
+    assert qwen.config.visual_embedding_scale == 1.0

@@ -38,6 +38,22 @@ class LLMBackbone(ABC):
     def build_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer with ``pad_token`` set and the family's chat template attached."""
 
+    def embedding_scale(self, model: PreTrainedModel) -> float:
+        """The factor the LLM multiplies its token embeddings by between the table lookup and its
+        first layer (Gemma: sqrt(hidden_size); most LLMs: 1). Ovis multiplies its visual embeddings
+        by the same factor, so that visual and text rows reach the first layer on the same footing
+        (as with transformers 4, where Gemma scaled every ``inputs_embeds`` row, the released Ovis-Gemma
+        models were trained that way).
+
+        The default reads the scale a transformers embedding module carries (``embed_scale``, as
+        Gemma's scaled word embedding has); a plugin whose LLM scales elsewhere overrides this.
+        """
+        embeddings = model.get_input_embeddings()
+        scale = getattr(embeddings, "scalar_embed_scale", None)
+        if scale is None:
+            scale = getattr(embeddings, "embed_scale", 1.0)
+        return float(scale)
+
     def special_tokens(self) -> dict[str, str | None]:
         tok = self.build_tokenizer()
         return {"bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token}

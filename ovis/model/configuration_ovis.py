@@ -44,6 +44,9 @@ class OvisConfig(PretrainedConfig):
         visual_topk: inference only, approximate: embed each patch from its ``k`` most probable
             visual words (renormalised). ``None`` (default) is the exact dense path. Used only in
             eval mode with gradients disabled (as in ``generate``); training ignores it.
+        visual_embedding_scale: every visual row (indicators included) is multiplied by this
+            before the LLM, as the LLM multiplies its token embeddings (Gemma: sqrt(hidden_size));
+            the composer takes it from the LLM plugin (``LLMBackbone.embedding_scale``).
     """
 
     model_type = "ovis"
@@ -66,6 +69,7 @@ class OvisConfig(PretrainedConfig):
         visual_path: str = "fused",
         visual_chunk_rows: int | None = None,
         visual_topk: int | None = None,
+        visual_embedding_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         visual_tokenizer_config = kwargs.pop("visual_tokenizer_config", None)
@@ -120,6 +124,9 @@ class OvisConfig(PretrainedConfig):
         self.visual_path = visual_path
         self.visual_chunk_rows = visual_chunk_rows
         self.visual_topk = visual_topk
+        if not isinstance(visual_embedding_scale, (int, float)) or not visual_embedding_scale > 0:
+            raise ConfigError(f"visual_embedding_scale must be a positive number, got {visual_embedding_scale!r}")
+        self.visual_embedding_scale = float(visual_embedding_scale)
         kwargs.setdefault("architectures", ["OvisForCausalLM"])
         super().__init__(**kwargs)
         if llm_config is not None:

@@ -137,13 +137,18 @@ class OvisForCausalLM(OvisPreTrainedModel):
         """``[num_images, 3, S, S]`` -> ``[num_images, num_image_tokens, hidden]``."""
         pixel_values = pixel_values.to(device=self.vte.weight.device, dtype=self._vision_dtype())
         if self._lean_visual_path():
-            return self._embed_patches(self.visual_tokenizer.features(pixel_values))
-        tokens = self.visual_tokenizer(pixel_values)
-        if self.config.adapter == "structural":
-            return self.vte.embed_distributions(tokens, self.config.use_indicators)
-        if self.config.use_indicators:
-            return wrap_with_indicators(tokens, self.vte.weight[0], self.vte.weight[1])
-        return tokens
+            embeds = self._embed_patches(self.visual_tokenizer.features(pixel_values))
+        else:
+            tokens = self.visual_tokenizer(pixel_values)
+            if self.config.adapter == "structural":
+                embeds = self.vte.embed_distributions(tokens, self.config.use_indicators)
+            elif self.config.use_indicators:
+                embeds = wrap_with_indicators(tokens, self.vte.weight[0], self.vte.weight[1])
+            else:
+                embeds = tokens
+        # The LLM scales its text rows inside its embedding module (Gemma); visual rows get the same.
+        scale = getattr(self.config, "visual_embedding_scale", 1.0)
+        return embeds if scale == 1.0 else embeds * scale
 
     def _lean_visual_path(self) -> bool:
         config = self.config

@@ -33,14 +33,9 @@ import pytest
 import yaml
 
 from ovis.data.schema import DatasetEntry, load_dataset_info
-from ovis.train.config import (
-    BUILTIN_DEEPSPEED,
-    TrainConfig,
-    build_deepspeed_config,
-    load_train_config,
-    read_deepspeed_config,
-)
-from ovis.train.modules import TRAIN_MODULE_TOKENS
+from ovis.train.config import TRAIN_MODULE_TOKENS, TrainConfig
+from ovis.train.deepspeed_config import BUILTIN_DEEPSPEED, build_deepspeed_config, read_deepspeed_config
+from ovis.train.loading import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -105,7 +105,7 @@ def test_the_probe_measures_this_cpu():
 
 @pytest.mark.parametrize("path", QUICKSTART_CONFIGS, ids=lambda p: p.name)
 def test_quickstart_configs_resolve_to_what_this_machine_runs_fast(path):
-    from ovis.train.config import load_train_config
+    from ovis.train.loading import load_train_config
 
     config = load_train_config(path)
     assert config.precision == "auto"

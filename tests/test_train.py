@@ -1,5 +1,6 @@
-"""ovis.train: config, module selection, schedules, checkpoints, and DeepSpeed runs on the CPU
-(ZeRO-2, ZeRO-3, LoRA, resume, a killed run, two processes) on the toy model pair."""
+"""ovis.train: module selection, schedules, checkpoints, DeepSpeed runs on the CPU (ZeRO-2, ZeRO-3,
+LoRA, resume, a killed run, two processes) and plain PyTorch runs (``deepspeed: null``) on the toy
+model pair. The config itself: tests/test_train_config.py."""
 
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import ovis
-from ovis.cli import main
-from ovis.train import TrainConfig, Trainer, apply_train_modules, build_deepspeed_config, load_train_config
+from ovis.errors import ConfigError, InputFileError, OvisError
+from ovis.train import TrainConfig, Trainer, apply_train_modules, load_train_config
 from ovis.train import checkpoint as ckpt
-from ovis.train.config import builtin_deepspeed_config
 from ovis.train.modules import lr_groups
 from ovis.train.schedule import DataOrder, lr_multiplier, tau_at
 
@@ -116,84 +116,6 @@ def _logits(model, batch) -> torch.Tensor:
         return model.eval()(**batch).logits
 
 
-# -- config ---------------------------------------------------------------------------------------
-def test_yaml_paths_stage_defaults_and_overrides(tmp_path, monkeypatch):
-    cfg_dir = tmp_path / "configs"
-    cfg_dir.mkdir()
-    (cfg_dir / "s1.yaml").write_text(yaml.safe_dump({
-        "stage": 1, "model": "../models/composed", "output_dir": "runs/s1",
-        "data": {"dataset_info": "../data/dataset_info.json", "datasets": ["a"]},
-    }))
-    monkeypatch.chdir(tmp_path)
-    config = load_train_config(cfg_dir / "s1.yaml", ["lr=5e-5", "data.datasets=[a, b]", "tau.end=0.1",
-                                                     "deepspeed=zero3", "output_dir=elsewhere"])
-    assert config.model == (tmp_path / "models" / "composed").resolve()  # against the YAML's directory
-    assert config.data.dataset_info == (tmp_path / "data" / "dataset_info.json").resolve()
-    assert config.output_dir == (tmp_path / "elsewhere").resolve()  # --set paths: against the CWD
-    assert config.data.datasets == ["a", "b"] and config.lr == 5e-5 and config.tau.end == 0.1
-    assert config.deepspeed == "zero3"
-    # Stage-1 defaults (Ovis v1 recipe) unless set.
-    assert config.train_modules == ["visual_tokenizer.head", "vte", "visual_tokenizer.re_init_layers"]
-    assert config.reinit_last_block is True and config.warmup_ratio == 0.1
-    stage3 = load_train_config(None, ["stage=3", "model=m", "output_dir=o"])
-    assert stage3.train_modules == ["all"] and stage3.lr == 2e-5 and stage3.reinit_last_block is False
-    # Stage 0 (not the paper's): the LLM alone, pre-trained on text.
-    stage0 = load_train_config(None, ["stage=0", "model=m", "output_dir=o"])
-    assert stage0.train_modules == ["llm"] and stage0.reinit_last_block is False
-    with pytest.raises(ValueError, match="stage"):
-        load_train_config(None, ["stage=4", "model=m", "output_dir=o"])
-
-
-def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"model": "m", "output_dir": "o", "data": {"datasetz": ["a"]}}))
-    with pytest.raises(ValueError, match=r"'data\.datasetz'.*dataset_info, datasets, max_length"):
-        load_train_config(path)
-    with pytest.raises(ValueError, match=r"unknown config key 'learning_rate'; valid keys: .*\blr\b"):
-        load_train_config(None, ["model=m", "output_dir=o", "learning_rate=1"])
-    with pytest.raises(ValueError, match="has no sub-keys"):
-        load_train_config(None, ["model=m", "output_dir=o", "lr.x=1"])
-    with pytest.raises(ValueError, match="key=value"):
-        load_train_config(None, ["lr"])
-
-
-def test_bad_train_modules_token_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"'vision'.*valid: all, llm, visual_tokenizer"):
-        load_train_config(None, ["model=m", "output_dir=o", "train_modules=[llm, vision]"])
-
-
-def test_print_config(tmp_path, capsys):
-    assert main(["train", "--set", "model=m", "--set", "output_dir=o", "--set", "lr=0.5", "--print-config"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["lr"] == 0.5 and printed["model"] == str(Path("m").resolve())
-
-
-def test_deepspeed_auto_values_filled_and_conflicts_refused(tmp_path):
-    config = load_train_config(None, ["model=m", "output_dir=o", "per_device_batch_size=4",
-                                      "gradient_accumulation_steps=2", "lr=1e-3", "precision=fp32"])
-    ds = build_deepspeed_config(config, world_size=2, hidden_size=256, on_cuda=False)
-    assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 4
-    assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 1.0
-    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == 1e-3
-    assert ds["bf16"]["enabled"] is False and ds["zero_optimization"]["stage"] == 2
-    assert "auto" not in json.dumps(ds)
-    cuda = build_deepspeed_config(config, world_size=1, hidden_size=256, on_cuda=True)["optimizer"]["params"]
-    assert cuda["torch_adam"] is True and cuda["fused"] is True  # torch's fused CUDA AdamW: nothing to build
-    # The JSON files in configs/deepspeed are the built-ins.
-    for name in ("zero2", "zero3"):
-        assert json.loads((REPO / "configs" / "deepspeed" / f"{name}.json").read_text()) == \
-            builtin_deepspeed_config(name)
-    explicit = builtin_deepspeed_config("zero2") | {"train_micro_batch_size_per_gpu": 8}
-    (tmp_path / "ds.json").write_text(json.dumps(explicit))
-    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu is 8 but the training config gives 4"):
-        build_deepspeed_config(config.model_copy(update={"deepspeed": str(tmp_path / "ds.json")}),
-                               world_size=1, hidden_size=256, on_cuda=False)
-    (tmp_path / "sched.json").write_text(json.dumps(builtin_deepspeed_config("zero2") | {"scheduler": {}}))
-    with pytest.raises(ValueError, match="scheduler"):
-        build_deepspeed_config(config.model_copy(update={"deepspeed": str(tmp_path / "sched.json")}),
-                               world_size=1, hidden_size=256, on_cuda=False)
-
-
 # -- modules --------------------------------------------------------------------------------------
 def _trainable(model) -> set[str]:
     return {name for name, p in model.named_parameters() if p.requires_grad}
@@ -272,7 +194,7 @@ def test_reinit_changes_the_last_block_only(toy_dir):
 
 def test_loss_wrapper_keeps_visual_params_in_the_graph_for_text_only_batches(toy_dir):
     from ovis.data import DataCollator
-    from ovis.train.trainer import TrainStep
+    from ovis.train.step import TrainStep
 
     model, processor = ovis.load(toy_dir)
     apply_train_modules(model, ["visual_tokenizer", "vte"])
@@ -330,6 +252,17 @@ def test_only_complete_checkpoints_count(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["step-4"]
 
 
+def test_a_bad_checkpoint_state_is_an_input_error(tmp_path):
+    path = tmp_path / "step-2"
+    path.mkdir()
+    with pytest.raises(InputFileError, match="step-2 is not a complete checkpoint"):
+        ckpt.read_state(path)
+    (path / ckpt.COMPLETE).write_text("")
+    (path / ckpt.STATE_FILE).write_text("{truncated")
+    with pytest.raises(InputFileError, match=r"trainer_state.json is not valid JSON"):
+        ckpt.read_state(path)
+
+
 # -- training runs (DeepSpeed, single process) ---------------------------------------------------
 def test_zero2_run_learns_logs_checkpoints_and_exports(toy_dir, data_info, tmp_path, one_thread):
     config = _config(toy_dir, data_info, tmp_path / "run", max_steps=40, save_steps=15, logging_steps=10)
@@ -348,18 +281,21 @@ def test_zero2_run_learns_logs_checkpoints_and_exports(toy_dir, data_info, tmp_p
     batch = _probe(processor)
     torch.testing.assert_close(_logits(loaded, batch), _logits(trainer.model, batch), rtol=1e-5, atol=1e-5)
     # Not resuming into a directory with checkpoints is refused rather than overwriting them.
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="--resume") as caught:
         Trainer(config, progress=False).setup()
+    assert isinstance(caught.value, OvisError)
 
 
-def test_resume_continues_with_the_same_data_and_losses(gumbel_dir, data_info, tmp_path, one_thread):
+@pytest.mark.parametrize("engine", ["zero2", None], ids=["deepspeed", "pytorch"])
+def test_resume_continues_with_the_same_data_and_losses(engine, gumbel_dir, data_info, tmp_path, one_thread):
     # Gumbel sampling draws random numbers every step: equal losses mean the RNG was restored too.
-    reference = _run(_config(gumbel_dir, data_info, tmp_path / "a", gradient_accumulation_steps=2))
+    config = _config(gumbel_dir, data_info, tmp_path / "a", gradient_accumulation_steps=2, deepspeed=engine)
+    reference = _run(config)
     # A run that stopped after step 3: only its step-3 checkpoint (and a half-written step-6) exist.
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-3", tmp_path / "b" / "checkpoints" / "step-3")
     (tmp_path / "b" / "checkpoints" / "step-6.tmp").mkdir()
-    resumed = _run(_config(gumbel_dir, data_info, tmp_path / "b", gradient_accumulation_steps=2), resume=True)
+    resumed = _run(config.model_copy(update={"output_dir": tmp_path / "b"}), resume=True)
     assert [r["step"] for r in resumed.records] == [4, 5, 6]
     for ours, theirs in zip(resumed.records, reference.records[3:], strict=True):
         assert ours["sample_ids"] == theirs["sample_ids"]
@@ -368,6 +304,11 @@ def test_resume_continues_with_the_same_data_and_losses(gumbel_dir, data_info, t
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "b" / "checkpoints" / "step-6.tmp").exists()
+    # A checkpoint of one engine cannot continue under the other.
+    other = None if engine else "zero2"
+    written, now = ("deepspeed", "torch") if engine else ("torch", "deepspeed")
+    with pytest.raises(ConfigError, match=f"written by the {written} engine and this run uses the {now} engine"):
+        Trainer(config.model_copy(update={"deepspeed": other}), resume=True, progress=False).setup()
 
 
 def test_stage1_trains_only_its_parts_and_anneals_tau(gumbel_dir, data_info, tmp_path, one_thread):
@@ -416,6 +357,53 @@ def test_lora_trains_adapters_only_and_merges_on_export(toy_dir, data_info, tmp_
     assert (tmp_path / "unmerged" / "final" / "lora_adapter" / "adapter_config.json").is_file()
     base = _weights(tmp_path / "unmerged" / "final")
     assert all(torch.equal(before[k], base[k]) for k in before)
+
+
+# -- training runs without DeepSpeed (deepspeed: null) --------------------------------------------
+def test_plain_pytorch_run_learns_like_zero2_and_exports(toy_dir, data_info, tmp_path, one_thread):
+    """Same optimizer, groups, accumulation, clipping and schedule as DeepSpeed: the same numbers."""
+    fields = dict(max_steps=12, save_steps=6, gradient_accumulation_steps=2, weight_decay=0.1)
+    zero2 = _run(_config(toy_dir, data_info, tmp_path / "z2", **fields))
+    plain = _run(_config(toy_dir, data_info, tmp_path / "plain", deepspeed=None, **fields))
+    assert plain.engine.kind == "torch" and plain.zero_stage == 0
+    losses = [r["loss"] for r in plain.records]
+    assert losses == pytest.approx([r["loss"] for r in zero2.records], rel=1e-4)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses
+    assert [r["grad_norm"] for r in plain.records] == pytest.approx([r["grad_norm"] for r in zero2.records], rel=1e-3)
+    assert [r["lr"] for r in plain.records] == pytest.approx([r["lr"] for r in zero2.records])
+    a, b = _weights(tmp_path / "z2" / "final"), _weights(tmp_path / "plain" / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+    kept = [p.name for _, p in ckpt.complete_checkpoints(tmp_path / "plain" / "checkpoints")]
+    assert kept == ["step-6", "step-12"]
+    assert len((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()) == 12
+    loaded, processor = ovis.load(tmp_path / "plain" / "final")
+    batch = _probe(processor)
+    torch.testing.assert_close(_logits(loaded, batch), _logits(plain.model, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_plain_pytorch_bf16_computes_in_bf16_and_exports_bf16(toy_dir, data_info, tmp_path, one_thread):
+    zero2 = _run(_config(toy_dir, data_info, tmp_path / "z2", max_steps=3, save_steps=3, precision="bf16"))
+    plain = _run(_config(toy_dir, data_info, tmp_path / "plain", max_steps=3, save_steps=3, precision="bf16",
+                         deepspeed=None))
+    assert [r["loss"] for r in plain.records] == pytest.approx([r["loss"] for r in zero2.records], rel=1e-2)
+    assert {v.dtype for v in _weights(tmp_path / "plain" / "final").values()} == {torch.bfloat16}
+
+
+def test_user_errors_of_a_run_are_ovis_errors(toy_dir, data_info, tmp_path, monkeypatch):
+    config = _config(toy_dir, data_info, tmp_path / "run", deepspeed=None)
+    with pytest.raises(InputFileError, match=r"model directory .*nowhere \(the config's `model`\) not found"):
+        Trainer(config.model_copy(update={"model": tmp_path / "nowhere"}), progress=False).setup()
+    missing = config.data.model_copy(update={"dataset_info": tmp_path / "nowhere.json"})
+    with pytest.raises(OvisError, match="nowhere.json"):
+        Trainer(config.model_copy(update={"data": missing}), progress=False).setup()
+    with pytest.raises(ConfigError, match="set data.dataset_info and data.datasets"):
+        Trainer(config.model_copy(update={"data": missing.model_copy(update={"dataset_info": None})}),
+                progress=False).setup()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="deepspeed is null .* a launcher started 2 processes"):
+        Trainer(config, progress=False).setup()
 
 
 # -- subprocess runs (slow) ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``ovis train --config FILE.yaml [--set key=value ...] [--resume] [--print-config]``.
 
-Single process: ``ovis train --config stage1.yaml``. Several processes: ``torchrun
+Single process: ``ovis train --config stage1.yaml`` (with ``deepspeed: null`` in the config, a plain
+PyTorch loop without DeepSpeed). Several processes: ``torchrun
 --nproc_per_node N $(which ovis) train --config ...`` or ``deepspeed --num_gpus N $(which ovis)
 train --config ...`` (the launcher's ``--local_rank`` argument is accepted and ignored: the rank
 comes from the environment).
@@ -11,13 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ovis.errors import UsageError
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
-        help="run a training stage (DeepSpeed) and export the trained model",
+        help="run a training stage (DeepSpeed or plain PyTorch) and export the trained model",
         description="Train an Ovis model for one stage as described by a YAML config, save resumable "
-        "checkpoints in OUTPUT_DIR/checkpoints and export OUTPUT_DIR/final (loadable with ovis.load).",
+        "checkpoints in OUTPUT_DIR/checkpoints and export OUTPUT_DIR/final (loadable with ovis.load). "
+        "Every config key: docs/training-config.md.",
     )
     p.add_argument("--config", help="training config (YAML); relative paths in it resolve against its directory")
     p.add_argument(
@@ -27,22 +31,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovis.train.config import dump_config, load_train_config
+    # Imported here, not at the top: ``ovis --help`` must not import torch.
+    from ovis.train.loading import dump_config, load_train_config
 
     if not args.config and not args.overrides:
-        raise ValueError("give --config FILE.yaml (and/or --set key=value overrides)")
+        raise UsageError("give --config FILE.yaml (and/or --set key=value overrides)")
     config = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(config), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ovis.train.trainer import train
+    from ovis.train.trainer import train  # torch, transformers and DeepSpeed: only to train
 
     out = train(config, resume=args.resume, progress=args.progress)
     print(f"exported {out}")

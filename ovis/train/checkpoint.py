@@ -1,26 +1,31 @@
-"""Crash-safe training checkpoints: ``output_dir/checkpoints/step-N``.
+"""Crash-safe training checkpoints: ``output_dir/checkpoints/step-N``, and which one a run resumes.
 
-A checkpoint is written as ``step-N.tmp`` (DeepSpeed's engine state from every rank, each rank's
-RNG state, then ``trainer_state.json``), renamed to ``step-N`` when every rank is done, and only
-then marked with a ``COMPLETE`` file. Resuming only ever considers directories holding that
-marker, so a crash at any point of a save cannot leave something that looks complete.
+A checkpoint is written as ``step-N.tmp`` (the engine's state from every rank, each rank's RNG
+state, then ``trainer_state.json``), renamed to ``step-N`` when every rank is done, and only then
+marked with a ``COMPLETE`` file. Resuming only ever considers directories holding that marker, so
+a crash at any point of a save cannot leave something that looks complete.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ovis.errors import ConfigError, InputFileError, OutputExistsError
+from ovis.train.engines import Engine
+
+logger = logging.getLogger("ovis.train")
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
-ENGINE_TAG = "engine"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -98,7 +103,7 @@ def _fsync_dir(path: Path) -> None:
 
 # -- save / load --------------------------------------------------------------------------------
 def save_checkpoint(
-    engine: Any, root: Path, step: int, state: dict[str, Any], *, rank: int, barrier
+    engine: Engine, root: Path, step: int, state: dict[str, Any], *, rank: int, barrier: Callable[[], None]
 ) -> Path:
     """Write the checkpoint of ``step`` (call on every rank). Returns its final directory."""
     final = step_dir(root, step)
@@ -109,7 +114,7 @@ def save_checkpoint(
             if stale.exists():
                 shutil.rmtree(stale)
     barrier()
-    engine.save_checkpoint(str(tmp), tag=ENGINE_TAG)
+    engine.save(tmp)
     torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
     barrier()
     if rank == 0:
@@ -122,19 +127,53 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(engine: Any, path: Path, *, rank: int) -> dict[str, Any]:
-    """Restore engine (model, optimizer, lr scheduler) and this rank's RNG; the trainer state."""
+def read_state(path: Path) -> dict[str, Any]:
+    """The trainer state of the complete checkpoint ``path``."""
     if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
-    load_path, _ = engine.load_checkpoint(
-        str(path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+        raise InputFileError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path / STATE_FILE} is not valid JSON ({exc}); resume from another checkpoint") from exc
+
+
+def load_checkpoint(engine: Engine, path: Path, *, rank: int) -> None:
+    """Restore the engine (model, optimizer, lr scheduler) and this rank's RNG from ``path``."""
+    engine.load(path)
     rng_file = path / f"rng_state_{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())
+
+
+def resume_point(output_dir: Path, *, resume: bool) -> Path | None:
+    """The checkpoint a run writing to ``output_dir`` continues from: the newest complete one when
+    ``resume``; none otherwise, and then ``output_dir`` must hold none (rather than overwriting)."""
+    root = checkpoint_root(output_dir)
+    latest = latest_checkpoint(root)
+    if not resume and latest is not None:
+        raise OutputExistsError(
+            f"{output_dir} already holds checkpoints (newest: {latest.name}); pass --resume "
+            "to continue that run, or choose another output_dir"
+        )
+    if resume and latest is None:
+        logger.warning("resume: no complete checkpoint in %s; starting from step 0", root)
+    return latest
+
+
+def check_resumable(path: Path, state: dict[str, Any], *, data_order: dict[str, int], engine: str) -> None:
+    """Refuse to resume from ``path`` into a run that would read other data or use another engine."""
+    if state["data_order"] != data_order:
+        raise ConfigError(
+            f"cannot resume from {path}: the data order would differ (checkpoint "
+            f"{state['data_order']}, now {data_order}); keep the seed, batch size, "
+            "number of processes and datasets of the interrupted run"
+        )
+    written_by = state.get("engine", "deepspeed")  # checkpoints from before the PyTorch engine
+    if written_by != engine:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by the {written_by} engine and this run uses "
+            f"the {engine} engine; keep the interrupted run's deepspeed setting (null: the torch engine)"
+        )
 
 
 def prune_checkpoints(root: Path, keep: int | None, *, current: int) -> list[Path]:

@@ -1,7 +1,6 @@
 """Export the trained model as a Hugging Face directory that ``ovis.load`` reads.
 
-Under ZeRO-3 each rank holds a slice of every parameter: the full weights are gathered to rank 0
-module by module first (DeepSpeed's consolidated state dict, the ``save_16bit_model`` path).
+The weights come from the engine (``Engine.final_state_dict``, which gathers them under ZeRO-3).
 LoRA adapters are folded into the LLM's weights (``merge_on_export``) or written beside the base
 weights in ``lora_adapter/``. The directory is written under a temporary name and renamed.
 """
@@ -9,35 +8,17 @@ weights in ``lora_adapter/``. The directory is written under a temporary name an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ovis.fsutil import atomic_directory
+from ovis.train.config import LoraOptions
 from ovis.train.modules import is_lora, merge_lora_state_dict
 
 if TYPE_CHECKING:
     from ovis.model import OvisForCausalLM
     from ovis.processing import OvisProcessor
-    from ovis.train.config import LoraOptions
-
-WRAPPER_PREFIX = "model."  # the trainer's loss wrapper holds the Ovis model as ``.model``
-
-
-def gather_state_dict(engine: Any, prefix: str = WRAPPER_PREFIX) -> dict[str, torch.Tensor] | None:
-    """The full state dict of the engine's Ovis model on rank 0 (``None`` on other ranks).
-
-    Call on every rank: under ZeRO-3 this is a collective.
-    """
-    import torch.distributed as dist
-
-    if engine.zero_optimization_partition_weights():
-        full = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        full = engine.module.state_dict() if dist.get_rank() == 0 else None
-    if full is None:
-        return None
-    return {k[len(prefix):]: v.detach().cpu() for k, v in full.items() if k.startswith(prefix)}
 
 
 def export_model(

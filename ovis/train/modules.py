@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ovis.errors import ConfigError
+from ovis.train.config import TRAIN_MODULE_TOKENS, LoraOptions
+
 if TYPE_CHECKING:
     from ovis.model import OvisForCausalLM
-    from ovis.train.config import LoraOptions
 
-TRAIN_MODULE_TOKENS = (
-    "all",
-    "llm",
-    "visual_tokenizer",
-    "visual_tokenizer.backbone",
-    "visual_tokenizer.re_init_layers",
-    "visual_tokenizer.head",
-    "vte",
-)
 #: Parts reported in the summary (disjoint; together they cover the model).
 PARTS = ("visual_tokenizer.backbone", "visual_tokenizer.head", "vte", "llm")
 
@@ -67,7 +60,7 @@ def part_modules(model: OvisForCausalLM) -> dict[str, nn.Module]:
 def token_modules(model: OvisForCausalLM, token: str) -> list[nn.Module]:
     """The modules a ``train_modules`` token selects."""
     if token not in TRAIN_MODULE_TOKENS:
-        raise ValueError(f"unknown train_modules token {token!r}; valid: {', '.join(TRAIN_MODULE_TOKENS)}")
+        raise ConfigError(f"unknown train_modules token {token!r}; valid: {', '.join(TRAIN_MODULE_TOKENS)}")
     return {
         "all": lambda: [model],
         "llm": lambda: [model.llm],
@@ -132,10 +125,10 @@ def visual_params_trainable(model: OvisForCausalLM) -> bool:
 def apply_lora(model: OvisForCausalLM, options: LoraOptions) -> int:
     """Wrap ``model.llm`` with peft LoRA adapters; the LLM's own weights are frozen, the adapters
     train. Returns the number of adapter parameters."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # optional (ovis[train]); slow to import
 
     if not any(p.requires_grad for p in model.llm.parameters()):
-        raise ValueError("lora.enabled needs the LLM among train_modules ('llm' or 'all')")
+        raise ConfigError("lora.enabled needs the LLM among train_modules ('llm' or 'all')")
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,

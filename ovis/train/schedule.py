@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ovis.data.schema import DataError
+
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
     return math.ceil(total_steps * warmup_ratio)
@@ -70,7 +72,7 @@ class DataOrder:
 
     def __init__(self, num_samples: int, *, batch_size: int, world_size: int = 1, seed: int = 0) -> None:
         if num_samples <= 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset to train on is empty (no samples)")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.world_size = world_size

@@ -1,0 +1,159 @@
+"""``docs/training-config.md``, generated from the :class:`~ovis.train.config.TrainConfig` schema.
+
+Every key (dotted for the nested ones), its type, default (per stage where the stage sets it) and
+``Field(description=...)``, so the reference cannot drift from the code::
+
+    python -m ovis.train.docs                # print it
+    python -m ovis.train.docs --write        # rewrite docs/training-config.md
+    python -m ovis.train.docs --check        # exit 1 if the file differs (tests/test_train_config.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from ovis.train.config import STAGE_DEFAULTS, TrainConfig
+
+#: Where the generated file lives in the repository.
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "training-config.md"
+
+_INTRO = """\
+# Training configuration
+
+<!-- Generated from ovis/train/config.py by `python -m ovis.train.docs --write`; edit the Field
+descriptions there, not this file: tests/test_train_config.py fails when the two differ. -->
+
+Every key `ovis train --config FILE.yaml` accepts, with its type, default and meaning. A key can
+also be given (or replaced) on the command line with `--set key=value` (`--set data.datasets=[a,b]`,
+the value read as YAML), and `ovis train --config FILE.yaml --print-config` shows the resolved
+config. An unknown key, or a value of the wrong type or range, stops `ovis train` with one line
+naming the file and the key.
+
+Paths (`model`, `output_dir`, `data.dataset_info`, `deepspeed`) written in the YAML file resolve
+against the YAML file's directory; paths given with `--set` resolve against the current directory.
+
+`deepspeed: null` trains in one process without DeepSpeed: a plain PyTorch loop with the same
+optimizer (torch's AdamW), parameter groups, learning-rate schedule, clipping, precision (bf16 under
+`torch.autocast`, fp32 master weights) and resumable checkpoints. A checkpoint resumes only with the
+engine that wrote it.
+"""
+
+
+def render() -> str:
+    """The whole Markdown reference."""
+    sections = [_INTRO, *_sections(TrainConfig, "")]
+    return "\n".join(sections)
+
+
+def _sections(model: type[BaseModel], prefix: str) -> list[str]:
+    title = f"`{prefix[:-1]}`" if prefix else "Top level"
+    lines = [f"## {title}", "", _doc(model), "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
+    nested: list[str] = []
+    for name, field in model.model_fields.items():
+        if field.description is None:
+            raise ValueError(f"{model.__name__}.{name} has no Field(description=...)")
+        sub = _submodel(field.annotation)
+        key = f"{prefix}{name}"
+        default = "see below" if sub else _default(field, name if not prefix else None)
+        lines.append(f"| `{key}` | {_type(field)} | {default} | {_cell(field.description)} |")
+        if sub is not None:
+            nested += _sections(sub, f"{key}.")
+    return ["\n".join(lines) + "\n", *nested]
+
+
+def _doc(model: type[BaseModel]) -> str:
+    """The model's docstring on one line, its ``literals`` as Markdown code spans."""
+    return " ".join((model.__doc__ or "").split()).replace("``", "`")
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _type(field: FieldInfo) -> str:
+    text = _annotation(field.annotation)
+    bounds = {annotated_types.Gt: ("gt", ">"), annotated_types.Ge: ("ge", ">="),
+              annotated_types.Lt: ("lt", "<"), annotated_types.Le: ("le", "<=")}
+    for item in field.metadata:
+        for kind, (attribute, sign) in bounds.items():
+            if isinstance(item, kind):
+                text += f", {sign} {getattr(item, attribute)}"
+    return _cell(text)
+
+
+def _annotation(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(f"`{value}`" for value in args)
+    if origin in (Union, types.UnionType):
+        parts = [_annotation(arg) for arg in args if arg is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_annotation(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(_annotation(arg) for arg in args) + "]"
+    if origin is dict:
+        return f"mapping of {_annotation(args[0])} to {_annotation(args[1])}"
+    if _submodel(annotation) is not None:
+        return "mapping"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default(field: FieldInfo, top_level_name: str | None) -> str:
+    per_stage = {stage: values[top_level_name] for stage, values in STAGE_DEFAULTS.items()
+                 if top_level_name in values}
+    if per_stage:
+        return "by stage: " + ", ".join(f"{stage}: {_yaml(value)}" for stage, value in per_stage.items())
+    if field.is_required():
+        return "required"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    return _yaml(value)
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return f"`{text.removesuffix('...').strip()}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ovis.train.docs", description="Render the training config reference."
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", metavar="PATH", type=Path, nargs="?", const=DOC_PATH,
+                       help=f"write the reference to PATH (default {DOC_PATH})")
+    group.add_argument("--check", metavar="PATH", type=Path, nargs="?", const=DOC_PATH,
+                       help="exit 1 if PATH (default: the same) differs from the reference")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.write:
+        args.write.write_text(text)
+    elif args.check:
+        if not args.check.is_file() or args.check.read_text() != text:
+            print(f"{args.check} is out of date; regenerate it: python -m ovis.train.docs --write", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

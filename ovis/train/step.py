@@ -1,0 +1,83 @@
+"""The loss of one micro-batch: :class:`TrainStep`, the module an engine trains.
+
+It wraps the Ovis model so that a forward pass returns the loss itself (computing the LM head only
+where there are labels) and keeps every trainable parameter in the graph when a batch has no image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovis.model.merging import IGNORE_INDEX
+
+#: The batch entries a forward pass takes (a collated batch may hold more, e.g. ``num_skipped``).
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+#: :class:`TrainStep` holds the Ovis model as ``.model``: its state-dict keys start with this.
+WRAPPER_PREFIX = "model."
+
+
+def causal_lm(llm: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM inside ``llm`` (unwrapping a peft model)."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+class TrainStep(nn.Module):
+    """What an engine wraps: the Ovis model plus the loss.
+
+    ``forward`` returns ``(mean loss over labelled tokens, number of labelled tokens)``. The LM
+    head runs only at labelled positions (the full ``[B, L, vocab]`` logits are never built).
+    When the batch has no image but visual parameters train, a zero-weighted pass over a blank
+    image keeps every trainable parameter in the graph, as ZeRO / DDP need on every rank.
+    """
+
+    def __init__(self, model: nn.Module, *, image_size: int, dummy_visual: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.dummy_visual = dummy_visual
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        embeds = model.embed_inputs(input_ids, pixel_values)
+        if self.dummy_visual and (pixel_values is None or pixel_values.shape[0] == 0):
+            blank = torch.zeros(1, 3, self.image_size, self.image_size, device=embeds.device)
+            embeds = embeds + 0.0 * model.encode_images(blank).sum().to(embeds.dtype)
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        lm = causal_lm(model.llm)
+        if _plain_head(lm):
+            hidden = lm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
+            logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
+        else:  # heads with soft-capping / scaling: let the model compute its logits
+            logits = model.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
+            logits = logits[:, :-1][mask]
+        count = mask.sum()
+        loss = F.cross_entropy(logits.float(), targets[mask], reduction="sum") / count.clamp(min=1)
+        return loss, count
+
+
+def _plain_head(lm: nn.Module) -> bool:
+    config = getattr(lm, "config", None)
+    odd = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
+    return not odd and hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
+
+
+def empty_batch(pad_token_id: int, image_size: int) -> dict[str, torch.Tensor]:
+    """A one-token batch with no label and no image: what a micro-batch whose samples were all
+    skipped becomes, so every rank still makes its (zero-loss) pass."""
+    return {
+        "input_ids": torch.tensor([[pad_token_id]]),
+        "attention_mask": torch.ones(1, 1, dtype=torch.long),
+        "labels": torch.tensor([[IGNORE_INDEX]]),
+        "pixel_values": torch.zeros(0, 3, image_size, image_size),
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
 import re
 import traceback
 from collections.abc import Iterable
@@ -57,11 +58,42 @@ class UnknownNameError(OvisError, KeyError):
 
 @dataclass
 class Entry:
-    """One registered backbone: its spec, the class that builds it, and who registered it."""
+    """One registered backbone: its spec, the class that builds it, and who registered it.
+
+    A plugin may register the class itself or its import path (``"package.module:Class"``): then
+    the module, and torch with it, is imported only when the class is first needed, so listing
+    what is installed (``ovis list``, ``ovis plugins``) stays fast.
+    """
 
     spec: VisionSpec | LLMSpec
-    factory: type
+    target: type | str
     plugin: str
+    kind: Kind = "vision"
+
+    @property
+    def factory(self) -> type:
+        if isinstance(self.target, str):
+            self.target = _resolve_factory(self.target, self.kind, self.spec.name, self.plugin)
+        return self.target
+
+
+def _factory_base(kind: Kind) -> type:
+    # The bases import torch: reached through the package's lazy attributes, on first use.
+    return interfaces.VisionBackbone if kind == "vision" else interfaces.LLMBackbone
+
+
+def _resolve_factory(path: str, kind: Kind, name: str, plugin: str) -> type:
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"plugin {plugin!r}: the builder of {kind} {name!r}, {path!r}, cannot be imported: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    base = _factory_base(kind)
+    if not (isinstance(factory, type) and issubclass(factory, base)):
+        raise PluginError(f"plugin {plugin!r}: the builder of {kind} {name!r}, {path!r}, is not a subclass of "
+                          f"{base.__name__}")
+    return factory
 
 
 @dataclass
@@ -233,10 +265,14 @@ class PluginHost:
         spec_type = VisionSpec if kind == "vision" else LLMSpec
         if not isinstance(spec, spec_type):
             raise TypeError(f"register expects a {spec_type.__name__}, got {type(spec).__name__}")
-        # The bases import torch: reached through the package's lazy attributes, on first use.
-        base = interfaces.VisionBackbone if kind == "vision" else interfaces.LLMBackbone
-        if not (isinstance(factory, type) and issubclass(factory, base)):
-            raise TypeError(f"{spec.name}: builder must be a subclass of {base.__name__}, got {factory!r}")
+        if isinstance(factory, str):
+            if not re.fullmatch(r"[\w.]+:\w+", factory):
+                raise TypeError(f"{spec.name}: a builder given by name must be 'package.module:Class', got {factory!r}")
+        else:
+            base = _factory_base(kind)
+            if not (isinstance(factory, type) and issubclass(factory, base)):
+                raise TypeError(f"{spec.name}: builder must be a subclass of {base.__name__} or its import path "
+                                f"'package.module:Class', got {factory!r}")
         if spec.plugin and info.distribution and _canonical(spec.plugin) != _canonical(info.distribution):
             self._fail(
                 info,
@@ -254,7 +290,7 @@ class PluginHost:
                     f"plugin {info.name!r} tried to register it again (rejected)",
                 )
                 return
-        self._entries[kind][spec.name] = Entry(spec=spec, factory=factory, plugin=info.name)
+        self._entries[kind][spec.name] = Entry(spec=spec, target=factory, plugin=info.name, kind=kind)
         for alias in spec.aliases:
             self._aliases[kind][alias] = spec.name
         info.registered[kind].append(spec.name)

@@ -324,3 +324,21 @@ def test_the_plugin_host_and_the_plugins_command_import_neither_torch_nor_transf
     """)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_builder_registered_by_import_path_is_imported_on_first_use(example_plugin):
+    spec = PluginHost(entry_points=False, extra_plugins=[("example", example_plugin)]).vision("example-vit").spec
+
+    class ByPath:
+        @hookimpl
+        def register_vision_backbones(self, register):
+            register(spec.model_copy(update={"name": "lazy-vit", "aliases": [], "plugin": None}),
+                     "ovis_example_plugin.vit:ExampleViT")
+            register(spec.model_copy(update={"name": "missing-vit", "aliases": [], "plugin": None}),
+                     "no_such_module_anywhere:Nothing")
+
+    host = PluginHost(entry_points=False, extra_plugins=[("by-path", ByPath())])
+    assert [e.spec.name for e in host.entries("vision")] == ["lazy-vit", "missing-vit"]
+    assert host.vision("lazy-vit").factory.__name__ == "ExampleViT"
+    with pytest.raises(PluginError, match="by-path.*missing-vit.*no_such_module_anywhere:Nothing.*cannot be imported"):
+        _ = host.vision("missing-vit").factory

@@ -1,6 +1,7 @@
-"""Ovis plugin: CLIP and SigLIP vision towers from Hugging Face transformers."""
+"""Ovis plugin: CLIP and SigLIP vision towers from Hugging Face transformers.
 
-from ovis_hf_vision.clip import HFCLIPVision
-from ovis_hf_vision.siglip import HFSiglipVision
+The entry point is :mod:`ovis_hf_vision.plugin`; the backbone classes live in their own modules and are
+imported only when a model is built (so that listing plugins does not import torch).
+"""
 
-__all__ = ["HFCLIPVision", "HFSiglipVision"]
+__version__ = "0.1.0"

@@ -1,10 +1,13 @@
 """Entry point of the hf-vision plugin: registers one backbone per matching preset file."""
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_hf_vision.clip import HFCLIPVision
-from ovis_hf_vision.siglip import HFSiglipVision
 
-BUILDERS = {"hf-clip-vision": HFCLIPVision, "hf-siglip-vision": HFSiglipVision}
+#: builder -> the class that builds it, imported when a model is built, not when the plugin is
+#: listed (torch stays out of `ovis list`)
+BUILDERS = {
+    "hf-clip-vision": "ovis_hf_vision.clip:HFCLIPVision",
+    "hf-siglip-vision": "ovis_hf_vision.siglip:HFSiglipVision",
+}
 
 
 @hookimpl

@@ -12,7 +12,6 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from ovis.interfaces import HFCausalLM
 from ovis_llama.tokenizer import BOS, EOT, PAD, load_tokenizer
 
-BUILDER = "llama3"
 MODEL_TYPES = ("llama",)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ovis.interfaces import ChatFormat, Message, Segment
-from ovis_llama.tokenizer import BOS, END_HEADER, EOT, START_HEADER
+from ovis_llama.tokens import BOS, END_HEADER, EOT, START_HEADER
 
 V1_DEFAULT_SYSTEM = "You are a helpful and honest multimodal assistant."
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_llama.backbone import BUILDER, Llama3LLM
 from ovis_llama.chat_format import LLAMA3
+
+BUILDER = "llama3"
+#: imported when a model is built, not when the plugin is listed (torch stays out of `ovis list`)
+FACTORY = "ovis_llama.backbone:Llama3LLM"
 
 
 @hookimpl
 def register_llms(register) -> None:
     for spec in iter_presets("llm", builders={BUILDER}):
-        register(spec, Llama3LLM)
+        register(spec, FACTORY)
 
 
 @hookimpl

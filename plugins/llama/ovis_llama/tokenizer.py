@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from ovis.interfaces.cache import cached_tokenizer_file
+from ovis_llama.tokens import BOS, END_HEADER, EOS_TEXT, EOT, PAD, START_HEADER
 
 #: Llama 3's pre-tokenizer split pattern (tiktoken's cl100k style, digits in groups of 1-3).
 LLAMA3_PATTERN = (
@@ -31,9 +32,6 @@ LLAMA3_PATTERN = (
 )
 NUM_BPE_RANKS = 128_000
 VOCAB_SIZE = 128_256
-BOS, EOS_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
-START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
-PAD = EOS_TEXT  # Ovis v1 padded Llama 3 with id 128001
 CONTEXT_LENGTH = 8192
 #: bump when the recipe changes, so stale cache entries are not reused
 RECIPE_VERSION = 1

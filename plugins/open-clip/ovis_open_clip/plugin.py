@@ -1,9 +1,10 @@
 """Entry point of the open-clip plugin: registers one backbone per matching preset file."""
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_open_clip.vit import OpenCLIPVision
 
-BUILDERS = {"open_clip": OpenCLIPVision}
+#: builder -> the class that builds it, imported when a model is built, not when the plugin is
+#: listed (torch stays out of `ovis list`)
+BUILDERS = {"open_clip": "ovis_open_clip.vit:OpenCLIPVision"}
 
 
 @hookimpl

@@ -12,7 +12,6 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from ovis.interfaces import HFCausalLM
 from ovis_qwen.tokenizer import IM_END, PAD, QWEN25_SYSTEM, QWEN_SYSTEM, load_tokenizer
 
-BUILDER = "qwen"
 MODEL_TYPES = ("qwen2",)
 
 

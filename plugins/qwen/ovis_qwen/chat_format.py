@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ovis.interfaces import ChatFormat, Message, Segment
-from ovis_qwen.tokenizer import IM_END, IM_START, QWEN25_SYSTEM, QWEN_SYSTEM
+from ovis_qwen.tokens import IM_END, IM_START, QWEN25_SYSTEM, QWEN_SYSTEM
 
 _NOT_REGEX_SPACE = "\x1c\x1d\x1e\x1f"  # str.isspace() but not Unicode White_Space (the regex \s)
 

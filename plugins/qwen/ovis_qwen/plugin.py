@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_qwen.backbone import BUILDER, QwenLLM
 from ovis_qwen.chat_format import CHATML, QWEN25
+
+BUILDER = "qwen"
+#: imported when a model is built, not when the plugin is listed (torch stays out of `ovis list`)
+FACTORY = "ovis_qwen.backbone:QwenLLM"
 
 
 @hookimpl
 def register_llms(register) -> None:
     for spec in iter_presets("llm", builders={BUILDER}):
-        register(spec, QwenLLM)
+        register(spec, FACTORY)
 
 
 @hookimpl

@@ -33,6 +33,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from ovis.interfaces.cache import cached_tokenizer_file
+from ovis_qwen.tokens import (  # noqa: F401  (re-exported: the tokenizer's facts)
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    PAD,
+    QWEN25_EXTRA_TOKENS,
+    QWEN25_SYSTEM,
+    QWEN_SYSTEM,
+    SPECIAL_TOKENS,
+)
 
 #: Qwen2's pre-tokenizer split pattern (single digits, unlike cl100k's groups of three).
 QWEN2_PATTERN = (
@@ -40,20 +50,6 @@ QWEN2_PATTERN = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_BPE_RANKS = 151_643
-ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # ids 151643, 151644, 151645
-#: Qwen2.5's added tokens from 151646 on, with whether each is "special" (skipped on decode)
-QWEN25_EXTRA_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
-)
-PAD = ENDOFTEXT
-QWEN_SYSTEM = "You are a helpful assistant."
-QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 #: bump when the recipe changes, so stale cache entries are not reused
 RECIPE_VERSION = 1
 #: how the last offline backend load went: seconds, whether it was built (vs cached), path

@@ -1,5 +1,7 @@
-"""Ovis plugin: timm Vision Transformers as Ovis vision backbones."""
+"""Ovis plugin: timm Vision Transformers as Ovis vision backbones.
 
-from ovis_timm.vit import TimmViT
+The entry point is :mod:`ovis_timm.plugin`; the backbone classes live in their own modules and are
+imported only when a model is built (so that listing plugins does not import torch).
+"""
 
-__all__ = ["TimmViT"]
+__version__ = "0.1.0"

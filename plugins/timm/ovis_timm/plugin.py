@@ -1,9 +1,10 @@
 """Entry point of the timm plugin: registers one backbone per matching preset file."""
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_timm.vit import TimmViT
 
-BUILDERS = {"timm-vit": TimmViT}
+#: builder -> the class that builds it, imported when a model is built, not when the plugin is
+#: listed (torch stays out of `ovis list`)
+BUILDERS = {"timm-vit": "ovis_timm.vit:TimmViT"}
 
 
 @hookimpl

@@ -277,7 +277,7 @@ def test_stopping_a_reply_cancels_its_generation(server, service, monkeypatch):
 # -- the v1 seed's command -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_seed_command_serves_the_page_and_health(chatty_model_dir):
-    from ovis.serve.server import free_port
+    from ovis.ports import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

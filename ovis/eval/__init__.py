@@ -1,4 +1,6 @@
-"""Evaluation: scoring models on held-out questions."""
+"""Evaluation: VLMEvalKit-format benchmark files (read and checked, predictions fingerprinted and
+resumable, answers extracted by VLMEvalKit's rules, scored per kind, an optional judge) and the
+synthetic task's held-out questions."""
 
 from ovis.eval.synth import SynthReport, evaluate_synth
 

@@ -18,11 +18,12 @@ before loading anything.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING
+
+from ovis.ports import free_port
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -114,12 +115,6 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ovis.errors import ConfigError
+from ovis.ports import free_port
 from ovis.train.config import TrainConfig
 
 
@@ -51,12 +51,6 @@ class Processes:
         return box[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def join_deepspeed_group() -> Processes:
     """Join (or, with no launcher, create) DeepSpeed's process group."""
     import deepspeed  # optional (ovis[train]) and slow to import
@@ -65,7 +59,7 @@ def join_deepspeed_group() -> Processes:
     if not dist.is_initialized():
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     accelerator = get_accelerator()
     kind = accelerator.device_name()

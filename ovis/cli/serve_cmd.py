@@ -32,7 +32,6 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="default (auto): bf16 on CUDA; on a CPU bf16 only where it is native and measured "
                    "faster, else float32")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -59,7 +58,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             description="Serve a model: a Gradio chat at / and an OpenAI-compatible API at "
                             "/v1 (chat/completions, models). Binds 127.0.0.1 unless --host says otherwise.")
     add_server_arguments(p)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=serve_cmd)
 
 

@@ -11,18 +11,16 @@ docstrings, so the document cannot drift from the code (``tests/test_spec_docs.p
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import re
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from ovis.generated_docs import reference_main
 from ovis.interfaces import hookspecs
 from ovis.interfaces.chat import ChatFormat, Message, Segment
 from ovis.interfaces.specs import ImagePreprocessSpec, LLMSpec, VisionSpec
@@ -127,23 +125,8 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ovis.interfaces.spec_reference", description="Render the plugin spec reference."
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", metavar="PATH", type=Path, help="write the reference to PATH")
-    group.add_argument("--check", metavar="PATH", type=Path, help="exit 1 if PATH differs from the reference")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        args.write.write_text(text)
-    elif args.check:
-        if not args.check.is_file() or args.check.read_text() != text:
-            print(f"{args.check} is out of date; regenerate it with: {REGENERATE}", file=sys.stderr)
-            return 1
-    else:
-        sys.stdout.write(text)
-    return 0
+    return reference_main(argv, prog="python -m ovis.interfaces.spec_reference", what="plugin spec reference",
+                          render=render, regenerate=REGENERATE)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Every key (dotted for the nested ones), its type, default (per stage where the s
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from ovis.generated_docs import reference_main
 from ovis.train.config import STAGE_DEFAULTS, TrainConfig
 
 #: Where the generated file lives in the repository.
@@ -134,25 +134,8 @@ def _cell(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ovis.train.docs", description="Render the training config reference."
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", metavar="PATH", type=Path, nargs="?", const=DOC_PATH,
-                       help=f"write the reference to PATH (default {DOC_PATH})")
-    group.add_argument("--check", metavar="PATH", type=Path, nargs="?", const=DOC_PATH,
-                       help="exit 1 if PATH (default: the same) differs from the reference")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        args.write.write_text(text)
-    elif args.check:
-        if not args.check.is_file() or args.check.read_text() != text:
-            print(f"{args.check} is out of date; regenerate it: python -m ovis.train.docs --write", file=sys.stderr)
-            return 1
-    else:
-        sys.stdout.write(text)
-    return 0
+    return reference_main(argv, prog="python -m ovis.train.docs", what="training config reference", render=render,
+                          regenerate="python -m ovis.train.docs --write", default_path=DOC_PATH)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ on text, train the Ovis stages, and report held-out accuracy per question type. 
 It runs exactly what a user would run by hand (``ovis data synth``, ``ovis compose``, ``ovis train``
 with each of :data:`STAGES` from ``configs/quickstart/``), with the paths moved under ``out``.
 Everything is trained here from random initialisation; nothing pretrained is loaded.
+
+The command line imports this module to build its parser (:data:`STAGES`), and ``ovis --help``
+must not import torch: so every import of torch, the data, training and evaluation code is inside
+the function that needs it (for start-up speed, not to dodge a cycle).
 """
 
 from __future__ import annotations
@@ -106,82 +110,21 @@ def quickstart(
     (the time spent evaluating is left out of the clock), for an accuracy-versus-time curve:
     ``report["curve"]`` and a chart in ``out/curve.png``.
     """
-    # Lazy, like every heavy import of this module: the command line imports it to build its
-    # parser (STAGES), and `ovis --help` must not import torch.
-    import torch
-
-    import ovis
-    from ovis.data.synth import SynthSpec, write_synthetic_dataset
-    from ovis.eval.synth import evaluate_synth
+    from ovis.data.synth import SynthSpec
     from ovis.precision import resolve_precision
-    from ovis.train import Trainer, load_train_config
 
     unknown = sorted(set(steps or {}) - set(STAGES))
     if unknown:
         raise ConfigError(f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
-    out = Path(out).resolve()
-    result = QuickstartResult(out=out)
-    clock = Clock()
-    curve: list[dict] = []
-    spans: list[tuple[str, float, float]] = []
+    run = _Run(Path(out).resolve(), blind=blind, seed=seed, progress=progress, log=log)
     chosen = resolve_precision(precision)
     log(str(chosen))
-
-    def lap(name: str) -> None:
-        ended = clock.now()
-        result.stage_seconds[name] = clock.lap()
-        spans.append((name, ended - result.stage_seconds[name], ended))
-        log(f"[quickstart] {name}: {result.stage_seconds[name]:.0f} s")
-
-    data = out / "data"
-    spec = SynthSpec(train_images=train_images, eval_images=eval_images, seed=seed, blank=blind,
-                     compositional_images=compositional_images)
-    if not _reusable(data / "dataset_info.json", data, "data", asdict(spec)):
-        write_synthetic_dataset(data, spec, progress=progress)
-        _record_key(data, asdict(spec))
-    lap("data")
-
-    composed = out / "composed"
-    compose_key = {"vit": VIT, "llm": LLM, "visual_vocab_size": VISUAL_VOCAB, "adapter": adapter, "seed": seed}
-    if not _reusable(composed / "config.json", composed, "compose", compose_key):
-        torch.manual_seed(seed)  # the random initial weights, so that seeds differ in them too
-        ovis.compose(vit=VIT, llm=LLM, visual_vocab_size=VISUAL_VOCAB, adapter=adapter, out=composed)
-        _record_key(composed, compose_key)
-    lap("compose")
-
-    def evaluate(model, processor, eval_file: str, *, mode: str = "image", limit: int | None = None):
-        return evaluate_synth(model, processor, data / eval_file, limit=limit, progress=progress and limit is None,
-                              mode="blind" if blind and mode == "image" else mode)
-
-    previous, text_report = composed, None
-    for name in STAGES:
-        overrides = [f"model={previous}", f"output_dir={out / name}",
-                     f"data.dataset_info={data / 'dataset_info.json'}", f"seed={seed}", f"precision={precision}"]
-        if steps and name in steps:
-            overrides.append(f"max_steps={steps[name]}")
-        config = load_train_config(configs_dir() / f"{name}.yaml", overrides)
-        final = Path(config.output_dir) / "final"
-        # The stage's config names its input (the previous stage), so a changed earlier stage changes it too.
-        key = {"config": config.model_dump(mode="json")}
-        if not _reusable(final / "config.json", final, name, key):
-            trainer = Trainer(config, progress=progress)
-            if curve_every and config.stage > 0:
-                trainer.on_step_end = _curve_hook(trainer, name, curve_every, curve, clock, log,
-                                                  lambda m, p: evaluate(m, p, "eval.json", limit=curve_questions))
-            trainer.run()
-            _record_key(final, key)
-        previous = final
-        if config.stage == 0:  # the pre-trained toy LLM, asked with the scene told in words
-            model, processor = ovis.load(final)
-            text_report = evaluate(model, processor, "eval.json", mode="text")
-            log(f"[quickstart] text-only accuracy after {name} (scene in words): {text_report.accuracy:.1%}")
-        lap(name)
-
-    model, processor = ovis.load(previous)
-    report = evaluate(model, processor, "eval.json")
-    compositional = (evaluate(model, processor, "eval-compositional.json")
-                     if (data / "eval-compositional.json").is_file() else None)
-    lap("evaluate")
+    run.make_data(SynthSpec(train_images=train_images, eval_images=eval_images, seed=seed, blank=blind,
+                            compositional_images=compositional_images))
+    run.compose(adapter)
+    model_dir, text_report = run.train(precision, steps or {}, curve_every, curve_questions)
+    report, compositional = run.evaluate_final(model_dir)
+    result = run.result
     result.report = {
         **report.to_dict(),
         "compositional": compositional.to_dict() if compositional else None,
@@ -189,13 +132,109 @@ def quickstart(
         "seconds": result.stage_seconds,
         "minutes": round(result.total_seconds / 60, 2),
         "target": {"accuracy": TARGET[0], "minutes": TARGET[1]},
-        "blind": blind, "adapter": adapter, "model": str(previous),
+        "blind": blind, "adapter": adapter, "model": str(model_dir),
         "precision": str(chosen), "machine": machine(),
     }
-    if curve:
-        result.report["curve"] = curve
-        _draw(curve, spans, out / "curve.png", curve_questions, text_report)
-    (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    if run.curve:
+        result.report["curve"] = run.curve
+        _draw(run.curve, run.spans, run.out / "curve.png", curve_questions, text_report)
+    (run.out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    _summarise(log, report, compositional, text_report, blind)
+    log(f"\ntotal {result.total_seconds / 60:.1f} min; model in {model_dir}; report in {run.out / 'report.json'}")
+    return result
+
+
+class _Run:
+    """One quick-start run: its directory, clock and curve, and its steps in order; every step is
+    skipped when its directory holds a result made from the same key (see :func:`_reusable`)."""
+
+    def __init__(self, out: Path, *, blind: bool, seed: int, progress: bool, log: Callable[[str], None]) -> None:
+        self.out, self.blind, self.seed, self.progress, self.log = out, blind, seed, progress, log
+        self.data = out / "data"
+        self.composed = out / "composed"
+        self.result = QuickstartResult(out=out)
+        self.clock = Clock()
+        self.curve: list[dict] = []
+        self.spans: list[tuple[str, float, float]] = []
+
+    def lap(self, name: str) -> None:
+        ended = self.clock.now()
+        seconds = self.result.stage_seconds[name] = self.clock.lap()
+        self.spans.append((name, ended - seconds, ended))
+        self.log(f"[quickstart] {name}: {seconds:.0f} s")
+
+    def make_data(self, spec) -> None:
+        from ovis.data.synth import write_synthetic_dataset
+
+        if not _reusable(self.data / "dataset_info.json", self.data, "data", asdict(spec)):
+            write_synthetic_dataset(self.data, spec, progress=self.progress)
+            _record_key(self.data, asdict(spec))
+        self.lap("data")
+
+    def compose(self, adapter: str) -> None:
+        import torch
+
+        import ovis
+
+        key = {"vit": VIT, "llm": LLM, "visual_vocab_size": VISUAL_VOCAB, "adapter": adapter, "seed": self.seed}
+        if not _reusable(self.composed / "config.json", self.composed, "compose", key):
+            torch.manual_seed(self.seed)  # the random initial weights, so that seeds differ in them too
+            ovis.compose(vit=VIT, llm=LLM, visual_vocab_size=VISUAL_VOCAB, adapter=adapter, out=self.composed)
+            _record_key(self.composed, key)
+        self.lap("compose")
+
+    def evaluate(self, model, processor, eval_file: str, *, mode: str = "image", limit: int | None = None):
+        from ovis.eval.synth import evaluate_synth
+
+        return evaluate_synth(model, processor, self.data / eval_file, limit=limit,
+                              progress=self.progress and limit is None,
+                              mode="blind" if self.blind and mode == "image" else mode)
+
+    def train(self, precision: str, steps: dict[str, int], curve_every: int | None, curve_questions: int):
+        """Every stage of :data:`STAGES`, each from the previous one's export; returns the last
+        export and the text-only report of the pre-trained toy LLM."""
+        import ovis
+        from ovis.train import Trainer, load_train_config
+
+        previous, text_report = self.composed, None
+        for name in STAGES:
+            overrides = [f"model={previous}", f"output_dir={self.out / name}",
+                         f"data.dataset_info={self.data / 'dataset_info.json'}", f"seed={self.seed}",
+                         f"precision={precision}"]
+            if name in steps:
+                overrides.append(f"max_steps={steps[name]}")
+            config = load_train_config(configs_dir() / f"{name}.yaml", overrides)
+            final = Path(config.output_dir) / "final"
+            # The stage's config names its input (the previous stage), so a changed earlier stage changes it too.
+            key = {"config": config.model_dump(mode="json")}
+            if not _reusable(final / "config.json", final, name, key):
+                trainer = Trainer(config, progress=self.progress)
+                if curve_every and config.stage > 0:
+                    trainer.on_step_end = _curve_hook(
+                        trainer, name, curve_every, self.curve, self.clock, self.log,
+                        lambda m, p: self.evaluate(m, p, "eval.json", limit=curve_questions),
+                    )
+                trainer.run()
+                _record_key(final, key)
+            previous = final
+            if config.stage == 0:  # the pre-trained toy LLM, asked with the scene told in words
+                text_report = self.evaluate(*ovis.load(final), "eval.json", mode="text")
+                self.log(f"[quickstart] text-only accuracy after {name} (scene in words): {text_report.accuracy:.1%}")
+            self.lap(name)
+        return previous, text_report
+
+    def evaluate_final(self, model_dir: Path):
+        import ovis
+
+        model, processor = ovis.load(model_dir)
+        report = self.evaluate(model, processor, "eval.json")
+        compositional = (self.evaluate(model, processor, "eval-compositional.json")
+                         if (self.data / "eval-compositional.json").is_file() else None)
+        self.lap("evaluate")
+        return report, compositional
+
+
+def _summarise(log: Callable[[str], None], report, compositional, text_report, blind: bool) -> None:
     log("\nheld-out accuracy (" + ("blind: images blanked" if blind else "images shown") + "):")
     log(report.table())
     if compositional:
@@ -203,8 +242,6 @@ def quickstart(
         log(compositional.table())
     if text_report:
         log(f"\nthe pre-trained toy LLM with the scene told in words: {text_report.accuracy:.1%}")
-    log(f"\ntotal {result.total_seconds / 60:.1f} min; model in {previous}; report in {out / 'report.json'}")
-    return result
 
 
 KEY_FILE = "quickstart-key.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -138,3 +139,26 @@ def chatty_runner(chatty_model_dir):
     from ovis.serve.runner import OvisRunner, RunnerArguments
 
     return OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=8))
+
+
+@contextlib.contextmanager
+def _served(model_dir, *, runner: dict | None = None, build: dict | None = None, **service_options):
+    """``(service, server)``: ``model_dir`` behind a batching Service (``service_options``) and an HTTP
+    server on a free port (``build``: ``build_app`` options); both closed on exit."""
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+    from ovis.serve.server import ServerThread, build_app
+    from ovis.serve.service import Service
+
+    service = Service.wrap(OvisRunner(RunnerArguments(model_path=str(model_dir), **(runner or {}))),
+                           **service_options)
+    try:
+        with ServerThread(build_app(service, **(build or {"ui": False}))) as server:
+            yield service, server
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="session")
+def served():
+    """The context manager that serves a model directory (see ``_served``), for module fixtures."""
+    return _served

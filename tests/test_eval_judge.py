@@ -21,22 +21,19 @@ MODEL = "chatty"
 
 
 @pytest.fixture(scope="module")
-def service(chatty_model_dir):
-    from ovis.serve.runner import OvisRunner, RunnerArguments
-    from ovis.serve.service import Service
-
-    runner = OvisRunner(RunnerArguments(model_path=str(chatty_model_dir)))
-    service = Service.wrap(runner, model_name=MODEL, max_batch_size=4, window_s=0.01)
-    yield service
-    service.close()
+def serving(chatty_model_dir, served):
+    with served(chatty_model_dir, model_name=MODEL, max_batch_size=4, window_s=0.01) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def server(service):
-    from ovis.serve.server import ServerThread, build_app
+def service(serving):
+    return serving[0]
 
-    with ServerThread(build_app(service, ui=False)) as server:
-        yield server
+
+@pytest.fixture(scope="module")
+def server(serving):
+    return serving[1]
 
 
 def test_the_judge_asks_the_served_model_and_reads_its_reply(server, service, tmp_path):

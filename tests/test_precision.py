@@ -30,6 +30,8 @@ def fake_cpu(monkeypatch, native: str | None, fp32: float = 50.0, bf16: float = 
         return {"fp32": fp32, "bf16": bf16}
 
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: native)
+    # Each decision is logged once per process: forget what earlier tests logged.
+    monkeypatch.setattr(precision, "_said", set())
     monkeypatch.setattr(precision, "cpu_matmul_rates", rates)
     return calls
 

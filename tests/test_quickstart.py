@@ -22,6 +22,7 @@ from ovis.data.synth import (
     random_scene,
     write_synthetic_dataset,
 )
+from ovis.errors import OutputExistsError
 
 
 def test_every_question_has_one_right_answer_that_depends_on_the_scene():
@@ -239,10 +240,10 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     again = quickstart(tmp_path, steps=SMALL, train_images=1500, eval_images=200, compositional_images=40,
                        progress=False, log=lambda *_: None)
     assert again.stage_seconds["stage3"] < result.stage_seconds["stage3"] / 3
-    with pytest.raises(ValueError, match=r"compose result made with other settings \(adapter differs\)"):
+    with pytest.raises(OutputExistsError, match=r"compose result made with other settings \(adapter differs\)"):
         quickstart(tmp_path, adapter="mlp", steps=SMALL, train_images=1500, eval_images=200,
                    compositional_images=40, progress=False, log=lambda *_: None)
-    with pytest.raises(ValueError, match=r"data result made with other settings \(blank differs\)"):
+    with pytest.raises(OutputExistsError, match=r"data result made with other settings \(blank differs\)"):
         quickstart(tmp_path, blind=True, steps=SMALL, train_images=1500, eval_images=200,
                    compositional_images=40, progress=False, log=lambda *_: None)
 

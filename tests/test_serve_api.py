@@ -28,23 +28,22 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def service(chatty_model_dir):
+def serving(chatty_model_dir, served):
     from ovis.serve.limits import ServeLimits
-    from ovis.serve.runner import OvisRunner, RunnerArguments
-    from ovis.serve.service import Service
 
-    runner = OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=6))
-    service = Service.wrap(runner, limits=ServeLimits(**LIMITS), model_name=MODEL, max_batch_size=8, window_s=0.05)
-    yield service
-    service.close()
+    with served(chatty_model_dir, runner={"max_new_tokens": 6}, limits=ServeLimits(**LIMITS), model_name=MODEL,
+                max_batch_size=8, window_s=0.05) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def server(service):
-    from ovis.serve.server import ServerThread, build_app
+def service(serving):
+    return serving[0]
 
-    with ServerThread(build_app(service, ui=False)) as server:
-        yield server
+
+@pytest.fixture(scope="module")
+def server(serving):
+    return serving[1]
 
 
 @pytest.fixture(scope="module")

@@ -74,39 +74,24 @@ class OvisConfig(PretrainedConfig):
     ) -> None:
         visual_tokenizer_config = kwargs.pop("visual_tokenizer_config", None)
         if visual_tokenizer_config is not None and not vision_spec:
-            # An original Ovis v1 config.json: translate it (ovis.model.v1_format).
-            translated = translate_config({
-                "llm_config": llm_config,
-                "visual_tokenizer_config": visual_tokenizer_config,
-                "multimodal_max_length": multimodal_max_length,
-                "conversation_formatter_class": conversation_formatter_class,
-                "hidden_size": kwargs.get("hidden_size"),
-            })
-            logger.info("OvisConfig: translated an Ovis v1 config:\n  %s", "\n  ".join(translated.notes))
-            t = translated.config
-            llm_config, vision_spec, chat_format = t["llm_config"], t["vision_spec"], t["chat_format"]
-            visual_vocab_size, tokenize_function, tau = t["visual_vocab_size"], t["tokenize_function"], t["tau"]
-            use_indicators, adapter = t["use_indicators"], t["adapter"]
-            kwargs.pop("auto_map", None)
-            if kwargs.get("architectures") == ["Ovis"]:
-                kwargs["architectures"] = ["OvisForCausalLM"]
+            # An original Ovis v1 config.json: its fields become ours (ovis.model.v1_format).
+            v1 = _from_v1_config(llm_config, visual_tokenizer_config, multimodal_max_length,
+                                 conversation_formatter_class, kwargs)
+            llm_config, vision_spec, chat_format = v1["llm_config"], v1["vision_spec"], v1["chat_format"]
+            visual_vocab_size, tokenize_function, tau = v1["visual_vocab_size"], v1["tokenize_function"], v1["tau"]
+            use_indicators, adapter = v1["use_indicators"], v1["adapter"]
         elif visual_tokenizer_config is not None:
             kwargs["visual_tokenizer_config"] = visual_tokenizer_config
         if isinstance(llm_config, dict):
             llm_config = dict(llm_config)
             model_type = llm_config.pop("model_type", None)
             llm_config = AutoConfig.for_model(model_type, **llm_config) if model_type else None
+        _check(tokenize_function=tokenize_function, adapter=adapter, visual_vocab_size=visual_vocab_size,
+               use_indicators=use_indicators, visual_path=visual_path, visual_chunk_rows=visual_chunk_rows,
+               visual_topk=visual_topk, visual_embedding_scale=visual_embedding_scale)
         self.llm_config = llm_config
         self.vision_spec = vision_spec
         self.llm_spec = llm_spec
-        if tokenize_function not in TOKENIZE_FUNCTIONS:
-            raise ConfigError(
-                f"tokenize_function must be one of {', '.join(TOKENIZE_FUNCTIONS)}, got {tokenize_function!r}"
-            )
-        if adapter not in ADAPTERS:
-            raise ConfigError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
-        if visual_vocab_size < (3 if use_indicators else 1):
-            raise ConfigError(f"visual_vocab_size {visual_vocab_size} is too small")
         self.visual_vocab_size = visual_vocab_size
         self.tokenize_function = tokenize_function
         self.tau = tau
@@ -116,16 +101,9 @@ class OvisConfig(PretrainedConfig):
         self.multimodal_max_length = multimodal_max_length
         self.chat_format = chat_format
         self.conversation_formatter_class = conversation_formatter_class
-        if visual_path not in VISUAL_PATHS:
-            raise ConfigError(f"visual_path must be one of {', '.join(VISUAL_PATHS)}, got {visual_path!r}")
-        for name, value in (("visual_chunk_rows", visual_chunk_rows), ("visual_topk", visual_topk)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
         self.visual_path = visual_path
         self.visual_chunk_rows = visual_chunk_rows
         self.visual_topk = visual_topk
-        if not isinstance(visual_embedding_scale, (int, float)) or not visual_embedding_scale > 0:
-            raise ConfigError(f"visual_embedding_scale must be a positive number, got {visual_embedding_scale!r}")
         self.visual_embedding_scale = float(visual_embedding_scale)
         kwargs.setdefault("architectures", ["OvisForCausalLM"])
         super().__init__(**kwargs)
@@ -143,3 +121,41 @@ class OvisConfig(PretrainedConfig):
 
     def get_text_config(self, *args: Any, **kwargs: Any) -> PretrainedConfig:
         return self.llm_config if self.llm_config is not None else self
+
+
+def _from_v1_config(llm_config: Any, visual_tokenizer_config: Any, multimodal_max_length: int,
+                    conversation_formatter_class: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``OvisConfig`` arguments a v1 config's fields translate to; ``kwargs`` lose v1's
+    ``auto_map`` (remote code ovis does not need) and its ``Ovis`` architecture name."""
+    translated = translate_config({
+        "llm_config": llm_config,
+        "visual_tokenizer_config": visual_tokenizer_config,
+        "multimodal_max_length": multimodal_max_length,
+        "conversation_formatter_class": conversation_formatter_class,
+        "hidden_size": kwargs.get("hidden_size"),
+    })
+    logger.info("OvisConfig: translated an Ovis v1 config:\n  %s", "\n  ".join(translated.notes))
+    kwargs.pop("auto_map", None)
+    if kwargs.get("architectures") == ["Ovis"]:
+        kwargs["architectures"] = ["OvisForCausalLM"]
+    return translated.config
+
+
+def _check(*, tokenize_function: str, adapter: str, visual_vocab_size: int, use_indicators: bool, visual_path: str,
+           visual_chunk_rows: int | None, visual_topk: int | None, visual_embedding_scale: float) -> None:
+    """Refuse values no model can be built from, naming the field."""
+    if tokenize_function not in TOKENIZE_FUNCTIONS:
+        raise ConfigError(
+            f"tokenize_function must be one of {', '.join(TOKENIZE_FUNCTIONS)}, got {tokenize_function!r}"
+        )
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+    if visual_vocab_size < (3 if use_indicators else 1):
+        raise ConfigError(f"visual_vocab_size {visual_vocab_size} is too small")
+    if visual_path not in VISUAL_PATHS:
+        raise ConfigError(f"visual_path must be one of {', '.join(VISUAL_PATHS)}, got {visual_path!r}")
+    for name, value in (("visual_chunk_rows", visual_chunk_rows), ("visual_topk", visual_topk)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    if not isinstance(visual_embedding_scale, (int, float)) or not visual_embedding_scale > 0:
+        raise ConfigError(f"visual_embedding_scale must be a positive number, got {visual_embedding_scale!r}")

@@ -276,13 +276,9 @@ def vision_spec_from_backbone_config(backbone: Mapping[str, Any], preprocess: Im
     )
 
 
-def translate_config(
-    config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
-) -> OriginalTranslation:
-    """A v1 ``config.json`` (+ its ``preprocessor_config.json``) -> ``OvisConfig`` arguments."""
-    if config.get("model_type", "ovis") != "ovis":
-        raise NotAnOvisCheckpointError(f"config model_type {config.get('model_type')!r} is not 'ovis'")
-    vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
+def _visual_tokenizer_fields(vt: dict[str, Any]) -> tuple[dict, str, int, bool]:
+    """``(backbone_config, tokenize_function, vocab_size, use_indicators)`` of a v1
+    ``visual_tokenizer_config``, refusing what v1 checkpoints never hold."""
     if vt.get("model_type") != VISUAL_TOKENIZER_TYPE:
         raise UnsupportedError(
             f"visual_tokenizer_config.model_type {vt.get('model_type')!r} is not supported: Ovis v1 checkpoints use "
@@ -307,6 +303,17 @@ def translate_config(
         raise ConversionError("visual_tokenizer_config has no vocab_size")
     vocab = int(vt["vocab_size"])
     use_indicators = bool(vt.get("use_indicators", False))
+    return backbone, tokenize_function, vocab, use_indicators
+
+
+def translate_config(
+    config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
+) -> OriginalTranslation:
+    """A v1 ``config.json`` (+ its ``preprocessor_config.json``) -> ``OvisConfig`` arguments."""
+    if config.get("model_type", "ovis") != "ovis":
+        raise NotAnOvisCheckpointError(f"config model_type {config.get('model_type')!r} is not 'ovis'")
+    vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
+    backbone, tokenize_function, vocab, use_indicators = _visual_tokenizer_fields(vt)
 
     llm = _as_dict(config.get("llm_config"), "llm_config")
     if not llm.get("model_type"):

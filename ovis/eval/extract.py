@@ -8,7 +8,7 @@ Multiple choice follows the order and guards of VLMEvalKit's ``can_infer`` (vlme
 3. the text of exactly one option, in a reply at most twice as long as all option texts together.
 
 ovis differs on purpose where VLMEvalKit's rules misread (each case is in the agreement table,
-tests/data/extraction_agreement.tsv, and docs/evaluation.md): a capital ``A`` used as an article
+tests/eval_agreement_table.py, and docs/evaluation.md): a capital ``A`` used as an article
 ("A square.") or ``I`` as a pronoun is not an option letter; a letter that opens the reply in
 answer form (``B.``, ``(B)``, ``B\\n...``) counts; explicit markers count (``option b``,
 ``Answer: c``, ``<answer>B</answer>``, ``答案是B``), and a reply that is only a lowercase letter;

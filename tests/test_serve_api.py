@@ -207,6 +207,25 @@ def test_text_only(client, service):
 
 
 @pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`")
+@pytest.mark.parametrize("content, param", [
+    ("caf\ud800", "messages[0].content"), ([{"type": "text", "text": "\udfff"}], "messages[0].content[0].text"),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(http, content, param):
+    # JSON may escape one (\ud800); httpx would refuse to encode it, so the body is sent as ASCII JSON.
+    raw = json.dumps(chat_body(content)).encode("ascii")
+    response = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "unpaired surrogate" in error["message"] and error["param"] == param, error
+
+
+def test_every_64_bit_seed_is_accepted(http):
+    for seed in (2**63 - 1, 2**63, 2**64 - 1, -(2**63)):
+        body = chat_body("hi", temperature=0.7, seed=seed, max_tokens=2)
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, (seed, response.text)
+
+
 def test_sampling_is_accepted(client):
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0.8, top_p=0.9, seed=3,
@@ -278,6 +297,8 @@ BAD_REQUESTS = {
     "json mode": (chat_body("hi", response_format={"type": "json_object"}), 400, "json_object", "response_format"),
     "negative temperature": (chat_body("hi", temperature=-1), 400, "temperature", "temperature"),
     "temperature not a number": (chat_body("hi", temperature="hot"), 400, "temperature", "temperature"),
+    "max_tokens a boolean": (chat_body("hi", max_tokens=True), 400, "not a boolean", "max_tokens"),
+    "seed beyond 64 bits": (chat_body("hi", temperature=0.7, seed=2**64), 400, "seed", "seed"),
     "tool role": (
         {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, 400, "role", "messages[0].role"),
     "audio part": (chat_body([{"type": "input_audio", "input_audio": {}}]), 400, "'input_audio'",

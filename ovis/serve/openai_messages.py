@@ -66,7 +66,7 @@ def _role(message: dict[str, Any], where: str) -> str:
 def _content(content: Any, role: str, where: str, limits: ServeLimits, images: list[Image.Image]) -> str:
     """One message's text; its images are appended to ``images``."""
     if isinstance(content, str):
-        _refuse_image_marker(content, f"{where}.content")
+        _check_text(content, f"{where}.content")
         return content
     if isinstance(content, list):
         pieces = [_part(part, role, f"{where}.content[{j}]", limits, images) for j, part in enumerate(content)]
@@ -86,7 +86,7 @@ def _part(part: Any, role: str, at: str, limits: ServeLimits, images: list[Image
         text = part.get("text")
         if not isinstance(text, str):
             raise RequestError(f"{at}.text must be a string", param=f"{at}.text")
-        _refuse_image_marker(text, f"{at}.text")
+        _check_text(text, f"{at}.text")
         return text
     if kind == "image_url":
         if role != "user":
@@ -96,8 +96,16 @@ def _part(part: Any, role: str, at: str, limits: ServeLimits, images: list[Image
     raise RequestError(f"{at}.type must be 'text' or 'image_url', got {kind!r}", param=f"{at}.type")
 
 
-def _refuse_image_marker(text: str, where: str) -> None:
-    """A typed ``<image>`` would be read as an image position with no image behind it."""
+def _check_text(text: str, where: str) -> None:
+    """Refuse text no prompt can hold: a typed ``<image>`` (it would be read as an image position with
+    no image behind it) or a lone UTF-16 surrogate (JSON can carry ``\\ud800``; UTF-8 cannot)."""
+    surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    if surrogate is not None:
+        raise RequestError(
+            f"{where} contains an unpaired surrogate (U+{ord(surrogate):04X}), which is not text; send valid "
+            "Unicode (a character outside the BMP as one code point or a surrogate pair)",
+            param=where,
+        )
     if IMAGE_MARKER in text:
         raise RequestError(
             f"{where} contains {IMAGE_MARKER!r}, which marks image positions here; send images as image_url parts",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ovis.serve.errors import RequestError
 from ovis.serve.generation import GenerationParams
@@ -37,7 +37,8 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(None, description="extension (vLLM); <= 0: off; only when sampling")
     repetition_penalty: float | None = Field(None, gt=0, description="extension (vLLM); 1: off")
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, description="only when sampling")
+    # torch seeds are 64-bit: a larger one would fail deep in generation (a 500)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="only when sampling")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, description="only 1")
@@ -54,6 +55,15 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     modalities: list[str] | None = None
     audio: Any = None
+
+    @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                     "seed", "n", "top_logprobs", "presence_penalty", "frequency_penalty", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # JSON true is not 1: pydantic would otherwise read `max_tokens: true` as one token.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
     @property
     def include_usage(self) -> bool:

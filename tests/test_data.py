@@ -93,17 +93,32 @@ def test_dataset_info_errors_name_the_file_and_the_field(tmp_path: Path):
 
     path = _info(tmp_path, {"toy": {"meta_file": "t.json", "data_format": "captions"}})
     with pytest.raises(DataError, match=r"dataset_info.json: toy\.data_format: .*'caption'.*got 'captions'"):
-        load_dataset_info(path)
+        load_dataset_info(path).check()
     path = _info(tmp_path, {"toy": {"metafile": "t.json", "data_format": "caption"}})
     with pytest.raises(DataError, match=r"toy\.meta_file: Field required; toy\.metafile: Extra inputs"):
-        load_dataset_info(path)
+        load_dataset_info(path).get("toy")
     path = _info(tmp_path, {"toy": {"meta_file": "t.json", "data_format": "caption",
                                     "caption_template": "describe: "}})
     with pytest.raises(DataError, match=r"toy\.caption_template: must contain <image> exactly once"):
-        load_dataset_info(path)
+        load_dataset_info(path).check(["toy"])
     path = _info(tmp_path, {"toy": {"meta_file": "t.csv", "data_format": "caption"}})
     with pytest.raises(DataError, match=r"toy\.meta_file: must end with one of \.json"):
-        load_dataset_info(path)
+        load_dataset_info(path)["toy"]
+
+
+def test_a_broken_entry_is_refused_only_when_a_run_names_it(tmp_path: Path, toy_processor):
+    (tmp_path / "c.json").write_text("[]")
+    path = _info(tmp_path, {
+        "broken": {"meta_file": "b.csv", "data_format": "caption"},
+        "healthy": {"meta_file": "c.json", "data_format": "caption"},
+    })
+    info = load_dataset_info(path)
+    assert list(info) == ["healthy"] and set(info.invalid) == {"broken"}
+    info.check(["healthy"])  # the run's own names: fine
+    with pytest.raises(DataError, match=r"broken\.meta_file: must end with one of"):
+        info.check()
+    with pytest.raises(DataError, match=r"broken\.meta_file"):
+        build_dataset(path, ["healthy", "broken"], toy_processor)
 
 
 def test_unknown_dataset_name_suggests_close_matches(tmp_path: Path, toy_processor):

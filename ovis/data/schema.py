@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,20 +76,24 @@ class DatasetInfo(Mapping[str, DatasetEntry]):
     def __init__(self, entries: Mapping[str, DatasetEntry | dict], path: str | Path | None = None) -> None:
         self.path: Path | None = Path(path) if path is not None else None
         self._entries: dict[str, DatasetEntry] = {}
-        problems: list[str] = []
+        #: name -> what is wrong with its entry: refused when a run names it, not before, so that one
+        #: broken entry does not stop runs that use only the others
+        self.invalid: dict[str, str] = {}
         for name, entry in entries.items():
             if isinstance(entry, DatasetEntry):
                 self._entries[name] = entry
-                continue
-            if not isinstance(entry, dict):
-                problems.append(f"{name}: expected an object of fields, got {type(entry).__name__}")
-                continue
-            try:
-                self._entries[name] = DatasetEntry.model_validate(entry)
-            except ValidationError as exc:
-                problems += [f"{name}.{_describe(err)}" for err in exc.errors()]
-        if problems:
-            raise DataError(f"{self._where}{'; '.join(problems)}")
+            elif not isinstance(entry, dict):
+                self.invalid[name] = f"{name}: expected an object of fields, got {type(entry).__name__}"
+            else:
+                try:
+                    self._entries[name] = DatasetEntry.model_validate(entry)
+                except ValidationError as exc:
+                    self.invalid[name] = "; ".join(f"{name}.{_describe(err)}" for err in exc.errors())
+
+    def check(self, names: Iterable[str] | None = None) -> None:
+        """Raise ``DataError`` for the first of ``names`` (default: every entry) that is broken or unknown."""
+        for name in self.invalid if names is None else names:
+            self.get(name)
 
     @property
     def _where(self) -> str:
@@ -117,6 +121,8 @@ class DatasetInfo(Mapping[str, DatasetEntry]):
         """The entry of ``name``; an unknown name raises (with suggestions) unless a default is given."""
         if name in self._entries:
             return self._entries[name]
+        if name in self.invalid:
+            raise DataError(f"{self._where}{self.invalid[name]}")
         if default is not _RAISE:
             return default
         known = list(self._entries)

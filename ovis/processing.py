@@ -63,15 +63,17 @@ def count_markers(messages: Sequence[Message]) -> int:
     return sum(m.content.count(IMAGE_MARKER) for m in messages)
 
 
-def with_image_markers(messages: Sequence[Message | dict], num_images: int) -> list[Message]:
+def with_image_markers(messages: Sequence[Message | dict], num_images: int, *, separator: str = "\n") -> list[Message]:
     """If the conversation has no ``<image>`` but images come with it, put the markers at the start
-    of the first user message (the Ovis v1 runner's ``"<image> " + text`` convention)."""
+    of the first user message, each followed by ``separator``: a newline as the training data
+    (LLaVA's layout) has it, or a space, the Ovis v1 runner's ``"<image> " + text``, for a model read
+    from a v1 checkpoint (:attr:`OvisProcessor.image_marker_separator`)."""
     messages = ChatFormat.coerce(messages)
     if num_images == 0 or count_markers(messages) > 0:
         return messages
     for i, message in enumerate(messages):
         if message.role == "user":
-            prefix = (IMAGE_MARKER + "\n") * num_images
+            prefix = (IMAGE_MARKER + separator) * num_images
             messages[i] = Message(role="user", content=prefix + message.content)
             return messages
     raise ChatFormatError("images were given but the conversation has no user message to attach them to")
@@ -85,6 +87,7 @@ class OvisProcessor:
         chat_format: ChatFormat,
         num_image_tokens: int,
         max_length: int = 2048,
+        image_marker_separator: str = "\n",
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; the LLM plugin must settle one")
@@ -93,6 +96,9 @@ class OvisProcessor:
         self.chat_format = chat_format
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
+        #: what follows each ``<image>`` a runner puts before a question that has none (see
+        #: :func:`with_image_markers`); saved with the processor
+        self.image_marker_separator = image_marker_separator
 
     # -- one sample -------------------------------------------------------------------------------
     def encode(
@@ -221,6 +227,7 @@ class OvisProcessor:
             "num_image_tokens": self.num_image_tokens,
             "max_length": self.max_length,
             "image": self.image_processor.spec.model_dump(mode="json"),
+            "image_marker_separator": self.image_marker_separator,
         }
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -243,6 +250,7 @@ class OvisProcessor:
             chat_format=get_host().chat_format(config["chat_format"]),
             num_image_tokens=int(config["num_image_tokens"]),
             max_length=int(config["max_length"]),
+            image_marker_separator=str(config.get("image_marker_separator", "\n")),
         )
 
 
@@ -282,4 +290,5 @@ def load_original_processor(directory: str | Path, notes: list[str] | None = Non
         chat_format=get_host().chat_format(translation.chat_format),
         num_image_tokens=spec.num_patches + (2 if translation.config["use_indicators"] else 0),
         max_length=translation.config["multimodal_max_length"],
+        image_marker_separator=" ",  # the v1 runner's "<image> " + text
     )

@@ -280,6 +280,24 @@ def test_a_v1_checkpoint_gives_the_v1_outputs(kind, request, caplog):
     assert expected[0, -1].std() > 0.1  # the logits are far from uniform: the comparison means something
 
 
+@pytest.mark.parametrize("kind", ["qwen", "llama"])
+def test_the_runner_asks_a_v1_model_as_the_v1_runner_does(kind, request, tmp_path):
+    # The v1 runner's query is "<image> " + text (one space), not the training data's "<image>\n".
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+
+    ck: V1Checkpoint = request.getfixturevalue(f"v1_{kind}")
+    v1_prompt = LLMS[kind]["prompt"].replace("<image>\n", "<image> ")
+    before, after = v1_prompt.split("<image>")
+    tok = ck.tokenizer
+    expected = (tok(before, add_special_tokens=False)["input_ids"] + [IMAGE_TOKEN_ID] * (PATCHES + 2)
+                + tok(after, add_special_tokens=False)["input_ids"])
+    for path in (ck.path, convert(ck.path, tmp_path / kind, to="ovis").out):  # converted: the rule is kept
+        runner = OvisRunner(RunnerArguments(model_path=str(path), dtype="float32", max_new_tokens=1))
+        request_ = runner.prepare(QUESTION, _image())
+        assert request_.prompt == v1_prompt
+        assert list(request_.sample.input_ids) == expected
+
+
 def test_loading_keeps_exactly_the_written_tensors(v1_qwen):
     model = OvisForCausalLM.from_pretrained(v1_qwen.path)  # detect and convert on load
     assert model.dtype == torch.bfloat16

@@ -164,7 +164,7 @@ class OvisRunner:
         elif isinstance(images, (str, Path, Image.Image)):
             images = [images]
         loaded = [load_image(image, what=_label(image, i)) for i, image in enumerate(images)]
-        messages = with_image_markers(messages, len(loaded))
+        messages = with_image_markers(messages, len(loaded), separator=self.processor.image_marker_separator)
         sample = self.processor.encode(messages, loaded, add_generation_prompt=True)
         prompt = self.processor.chat_format.render(
             self.processor.chat_format.prepare(messages, add_generation_prompt=True), add_generation_prompt=True
@@ -302,7 +302,8 @@ class ChatSession:
 
     def _user_turn(self, text: str, images: Sequence[ImageInput]) -> None:
         loaded = [load_image(image, what=_label(image, len(self.images) + i)) for i, image in enumerate(images)]
-        self.messages.append({"role": "user", "content": user_turn_content(text, len(loaded))})
+        separator = self.runner.processor.image_marker_separator
+        self.messages.append({"role": "user", "content": user_turn_content(text, len(loaded), separator=separator)})
         self.images.extend(loaded)
 
     def ask(self, text: str, images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
@@ -336,7 +337,7 @@ class ChatSession:
         self.images = []
 
 
-def user_turn_content(text: str, num_images: int) -> str:
+def user_turn_content(text: str, num_images: int, *, separator: str = "\n") -> str:
     """A new user message's content with one ``<image>`` per image that comes with it: the text's
     own markers when their count matches, else one marker per image before the text (raises
     ``ChatFormatError`` when the text has markers but not as many as images)."""
@@ -346,7 +347,7 @@ def user_turn_content(text: str, num_images: int) -> str:
             f"the message has {markers} {IMAGE_MARKER} marker(s) but {num_images} image(s) came with it; "
             "leave the markers out to put the images before the text"
         )
-    return with_image_markers([Message(role="user", content=text)], num_images)[0].content
+    return with_image_markers([Message(role="user", content=text)], num_images, separator=separator)[0].content
 
 
 def _label(image: ImageInput, index: int) -> str:

@@ -65,7 +65,7 @@ class Turn:
 
 
 def conversation_from_history(
-    history: Sequence[Any] | None, message: Any, *, system: str | None = None
+    history: Sequence[Any] | None, message: Any, *, system: str | None = None, separator: str = "\n"
 ) -> tuple[list[dict], list[str]]:
     """The chat messages (with ``<image>`` markers) and the image paths, in order, for the model.
 
@@ -92,7 +92,7 @@ def conversation_from_history(
             messages.append({"role": "assistant", "content": turn.text})
             continue
         try:
-            content = user_turn_content(turn.text, len(turn.files))
+            content = user_turn_content(turn.text, len(turn.files), separator=separator)
         except ChatFormatError as exc:
             raise RequestError(str(exc)) from exc
         messages.append({"role": "user", "content": content})
@@ -256,7 +256,8 @@ def _prepare(
         settings["top_p"] = float(top_p) if top_p is not None and float(top_p) < 1.0 else None
         settings["seed"] = int(seed) if seed is not None and int(seed) >= 0 else None
     params = service.params(**settings)
-    messages, paths = conversation_from_history(history, message, system=system)
+    messages, paths = conversation_from_history(history, message, system=system,
+                                                separator=service.runner.processor.image_marker_separator)
     if len(paths) > service.limits.max_images:
         raise RequestError(
             f"the conversation has {len(paths)} images; the limit is {service.limits.max_images}. "

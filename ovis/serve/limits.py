@@ -3,19 +3,19 @@
 Every violation raises :class:`~ovis.serve.errors.RequestError` with the HTTP status to answer
 (400 for a malformed request, 413 for one that is too large) and a message naming the field, the
 value and the limit.
-Images are checked from their header before decoding, so a decompression bomb costs nothing.
+Images are decoded by :func:`ovis.interfaces.image.load_image`, the loader every path shares: their pixel
+count is checked from the header before decoding, so a decompression bomb costs nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from ovis.interfaces.image import ImageError, ImageTooLargeError, load_image
 from ovis.serve.errors import RequestError
 
 
@@ -39,25 +39,22 @@ def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Imag
             f"{what} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,}", status=413
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size  # from the header; nothing decoded yet
-            if width * height > limits.max_image_pixels:
-                raise RequestError(
-                    f"{what} is {width}x{height} = {width * height:,} pixels; the limit is "
-                    f"{limits.max_image_pixels:,}", status=413,
-                )
-            image.load()
-            return image.convert("RGB")
-    except RequestError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RequestError(f"{what} is too large to decode safely ({exc})", status=413) from exc
-    except UnidentifiedImageError as exc:
-        raise RequestError(f"{what} could not be decoded as an image (not a format the server reads)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise RequestError(f"{what} could not be decoded as an image ({type(exc).__name__}: {exc})") from exc
+        # The one loader of ovis: the pixel limit checked from the header before decoding, EXIF
+        # orientation applied, every mode (16-bit included) converted to RGB the same way everywhere.
+        return load_image(data, what=what, max_pixels=limits.max_image_pixels)
+    except ImageTooLargeError as exc:
+        if exc.size is None:
+            raise RequestError(f"{what} is too large to decode safely ({exc})", status=413) from exc
+        width, height = exc.size
+        raise RequestError(
+            f"{what} is {width}x{height} = {width * height:,} pixels; the limit is {exc.limit:,}", status=413
+        ) from exc
+    except ImageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UnidentifiedImageError):
+            raise RequestError(f"{what} could not be decoded as an image (not a format the server reads)") from exc
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).removeprefix(f"{what}: ")
+        raise RequestError(f"{what} could not be decoded as an image ({detail})") from exc
 
 
 def decode_data_url(url: str, limits: ServeLimits, *, what: str = "image_url") -> Image.Image:

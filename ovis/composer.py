@@ -15,6 +15,7 @@ from ovis.errors import ConfigError, OvisError, UsageError
 from ovis.fsutil import atomic_directory, check_output_dir
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
+from ovis.model.directory_check import read_model_config
 from ovis.plugin_host import PluginHost, get_host
 from ovis.processing import OvisProcessor
 
@@ -155,6 +156,7 @@ def save(model: OvisForCausalLM, processor: OvisProcessor, out: str | Path, *, o
 def load(directory: str | Path, *, dtype: str | None = None, device: str | None = None):
     """``(model, processor)`` from a directory written by :func:`compose` or by training."""
     kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
+    read_model_config(Path(directory))  # a missing directory or a bad config.json: named, before any setup
     model = OvisForCausalLM.from_pretrained(str(directory), **kwargs)
     if device:
         model = model.to(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ovis.interfaces import VisionBackbone, VisionSpec
 from ovis.model.configuration_ovis import OvisConfig
+from ovis.model.directory_check import check_model_directory, check_tensor_shapes
 from ovis.model.merging import IMAGE_TOKEN_ID, merge_image_embeddings
 from ovis.model.v1_format import (
     ConversionError,
@@ -28,6 +30,20 @@ from ovis.model.visual_tokenizer import VisualTokenizer
 from ovis.plugin_host import get_host
 
 logger = logging.getLogger("ovis.model")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _check_local_directory(path: Any, kwargs: dict[str, Any]) -> dict | None:
+    """Check a local model directory before transformers reads it (see :mod:`ovis.model.directory_check`):
+    its safetensors shapes by file for an ovis-format directory, ``None`` for anything else (a v1
+    checkpoint, a hub id, weights passed in ``state_dict``)."""
+    if path is None or kwargs.get("state_dict") is not None or not isinstance(path, (str, Path)):
+        return None
+    if not Path(path).exists() and _HUB_ID.match(str(path)) and not Path(path).is_absolute():
+        return None  # not here: a hub repo id, left to transformers
+    return check_model_directory(path)
 
 
 def build_backbone(spec: dict[str, Any] | VisionSpec) -> VisionBackbone:
@@ -89,6 +105,12 @@ class OvisForCausalLM(OvisPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
         """Load an ovis model directory, or an original Ovis v1 checkpoint directory (its config is
         translated and its weights checked on load; a warning lists what was mapped)."""
+        shapes = _check_local_directory(pretrained_model_name_or_path, kwargs)
+        if shapes is not None:
+            config = kwargs.get("config")
+            if not isinstance(config, OvisConfig):
+                config = OvisConfig.from_pretrained(pretrained_model_name_or_path)
+            check_tensor_shapes(shapes, cls._expected_shapes(config), pretrained_model_name_or_path)
         if not is_original_checkpoint(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         checkpoint = read_original(pretrained_model_name_or_path)
@@ -98,6 +120,13 @@ class OvisForCausalLM(OvisPreTrainedModel):
         )
         logger.warning(checkpoint.message(pretrained_model_name_or_path))
         return model
+
+    @classmethod
+    def _expected_shapes(cls, config: OvisConfig) -> dict[str, tuple[int, ...]]:
+        """The state-dict shapes of a model built from ``config`` (built on the meta device: no memory)."""
+        with torch.device("meta"):
+            model = cls(config)
+        return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
     # -- pieces ----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,171 @@
+"""Check an ovis-format model directory before anything is loaded from it.
+
+transformers reports a damaged directory with tracebacks that name neither the file nor the tensor
+(a missing directory reads as a bad hub repo id, a truncated safetensors file as a header error).
+:func:`check_model_directory` reads only ``config.json`` and the safetensors headers (never a
+tensor) and raises an :class:`~ovis.errors.OvisError` naming what is wrong:
+
+* a missing directory, or one without ``config.json`` or without weights: ``InputFileError``;
+* ``config.json`` that is not a JSON object: ``ConfigError`` with the line and column;
+* only pickle weights (``pytorch_model*.bin``): they are not loaded, convert them to safetensors;
+* a truncated or corrupt safetensors file, or a shard the index names that is absent;
+* (:func:`check_tensor_shapes`) a tensor whose shape is not the one the config implies.
+
+An original Ovis v1 directory is left to its own reader (:mod:`ovis.model.v1_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ovis.errors import ConfigError, InputFileError
+from ovis.model.v1_format import (
+    BIN_INDEX,
+    CONFIG_FILE,
+    SAFE_INDEX,
+    SAFE_NAME,
+    ConversionError,
+    ShapeMismatchError,
+    is_original_config,
+)
+
+WRITTEN_BY = "give a directory written by `ovis compose`, `ovis train` or `ovis quickstart`"
+#: an upper bound on a safetensors JSON header (the format itself caps it at 100 MB)
+_MAX_HEADER = 100_000_000
+
+
+class CorruptWeightsError(ConversionError):
+    """A weight file that cannot be read: truncated, corrupt, pickle-only or missing from its index."""
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """``config.json`` of ``directory`` as a dict; a clean error when it is absent or not JSON."""
+    if not directory.exists():
+        raise InputFileError(f"model directory {str(directory)!r} does not exist; {WRITTEN_BY}")
+    if not directory.is_dir():
+        raise InputFileError(f"model directory {str(directory)!r} is not a directory; {WRITTEN_BY}")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise InputFileError(f"{directory} has no {CONFIG_FILE}, so it holds no model; {WRITTEN_BY}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON model config") from exc
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: must hold a JSON object (the model config), got {type(config).__name__}")
+    return config
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor entries (name -> dtype, shape, data_offsets) of a safetensors file, checked against
+    the file's size, so that a truncated or corrupt file is named before anything reads it."""
+
+    def corrupt(why: str) -> CorruptWeightsError:
+        return CorruptWeightsError(f"{path}: corrupt or truncated safetensors file ({why}); "
+                                   "copy or write it again")
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise corrupt(f"{size} bytes, shorter than the 8-byte header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > _MAX_HEADER or 8 + length > size:
+                raise corrupt(f"its header claims {length} bytes but the file holds {size}")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise corrupt(f"its header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise corrupt("its header is not a JSON object")
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    end = 0
+    for name, entry in tensors.items():
+        try:
+            start, stop = (int(v) for v in entry["data_offsets"])
+            shape = [int(v) for v in entry["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise corrupt(f"the header entry of tensor {name!r} is malformed") from exc
+        if not 0 <= start <= stop or any(d < 0 for d in shape):
+            raise corrupt(f"the header entry of tensor {name!r} is malformed")
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise corrupt(f"its tensors need {8 + length + end} bytes, the file holds {size}")
+    return tensors
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of an ovis-format directory (its index's shards, or ``model.safetensors``)."""
+    index = directory / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptWeightsError(f"{index}: not a valid safetensors index (a JSON object with a "
+                                      f"'weight_map' of tensor name -> shard file): {exc}") from exc
+        files = [directory / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CorruptWeightsError(f"{index} names weight files that are absent from {directory}: "
+                                      f"{', '.join(missing)}")
+        return files
+    single = directory / SAFE_NAME
+    if single.is_file():
+        return [single]
+    pickles = sorted(p.name for p in directory.glob("pytorch_model*.bin"))
+    if pickles or (directory / BIN_INDEX).is_file():
+        found = ", ".join(pickles) or BIN_INDEX
+        raise CorruptWeightsError(
+            f"{directory} holds only pickle weights ({found}): pickle weights are not loaded (a pickle can run "
+            f"code); convert them to safetensors ({SAFE_NAME}), e.g. load them in a trusted session and "
+            "save_pretrained(..., safe_serialization=True)"
+        )
+    raise InputFileError(f"{directory} has no weights ({SAFE_NAME} or {SAFE_INDEX}); {WRITTEN_BY}")
+
+
+def check_model_directory(directory: str | Path) -> dict[str, dict[str, list[int]]] | None:
+    """Check ``directory`` without loading a tensor; ``None`` for an original v1 checkpoint (its
+    reader checks it), else ``{file: {tensor: shape}}`` from the safetensors headers."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    if is_original_config(config):
+        return None
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for path in _weight_files(directory):
+        header = safetensors_header(path)
+        shapes[path.name] = {name: [int(d) for d in entry["shape"]] for name, entry in header.items()}
+    return shapes
+
+
+def check_tensor_shapes(shapes: Mapping[str, Mapping[str, list[int]]], expected: Mapping[str, tuple[int, ...]],
+                        directory: str | Path) -> None:
+    """Name the first tensor of ``shapes`` (per file) whose shape differs from ``expected`` (the
+    model's own state-dict shapes); tensors the model does not hold are left to the loader."""
+    for file, tensors in shapes.items():
+        for name, shape in tensors.items():
+            want = expected.get(name)
+            if want is not None and tuple(shape) != tuple(want):
+                if math.prod(shape) == 0 and math.prod(want) == 0:
+                    continue
+                raise ShapeMismatchError(
+                    f"{Path(directory) / file}: tensor {name!r} has shape {list(shape)}, but the model its "
+                    f"config.json describes expects {list(want)}; the weights and config.json do not belong together"
+                )

@@ -1,0 +1,110 @@
+"""A damaged ovis-format model directory is named in one clean line (ovis.load and `ovis run`),
+checked before anything is loaded: never a transformers traceback or a misleading message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import ovis
+from ovis.cli import main
+from ovis.errors import ConfigError, InputFileError, OvisError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "model"
+    ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", out=out, visual_vocab_size=64)
+    return out
+
+
+def _missing(d):
+    shutil.rmtree(d)
+
+
+def _bad_json(d):
+    (d / "config.json").write_text('{"model_type": "ovis",\n  "adapter": }\n')
+
+
+def _pickle_only(d):
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    torch.save(state, d / "pytorch_model.bin")
+
+
+def _truncated(d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _garbage_header(d):
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[8:40] = b"\xff" * 32
+    (d / "model.safetensors").write_bytes(bytes(data))
+
+
+def _wrong_shape(d):
+    state = load_file(d / "model.safetensors")
+    state["vte.weight"] = state["vte.weight"][:-1].contiguous()
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+
+
+def _missing_shard(d):
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": dict.fromkeys(state, "model-00001-of-00002.safetensors")}))
+
+
+CASES = {
+    # name: (damage, error class, the message must match)
+    "missing directory": (_missing, InputFileError, r"model.* does not exist|is not a directory"),
+    "config.json not JSON": (_bad_json, ConfigError, r"config\.json: not valid JSON at line 2, column 14"),
+    "pickle weights only": (_pickle_only, OvisError,
+                            r"pytorch_model\.bin.*pickle weights are not loaded.*convert them to safetensors"),
+    "truncated safetensors": (_truncated, OvisError, r"model\.safetensors: corrupt or truncated safetensors"),
+    "corrupt safetensors header": (_garbage_header, OvisError, r"model\.safetensors: corrupt or truncated"),
+    "wrong-shaped tensor": (_wrong_shape, OvisError,
+                            r"model\.safetensors: tensor 'vte\.weight' has shape \[63, 64\].*expects \[64, 64\]"),
+    "shard named by the index absent": (_missing_shard, OvisError,
+                                        r"index\.json names weight files that are absent.*model-00001-of-00002"),
+}
+
+
+@pytest.fixture(params=list(CASES))
+def damaged(request, model_dir, tmp_path):
+    damage, error, message = CASES[request.param]
+    copy = tmp_path / "damaged"
+    shutil.copytree(model_dir, copy)
+    damage(copy)
+    return copy, error, message
+
+
+def test_load_names_what_is_wrong(damaged):
+    directory, error, message = damaged
+    with pytest.raises(error, match=message):
+        ovis.load(directory)
+    with pytest.raises(error, match=message):
+        ovis.OvisForCausalLM.from_pretrained(str(directory))
+
+
+def test_ovis_run_prints_one_clean_line(damaged, capsys):
+    directory, _, message = damaged
+    capsys.readouterr()
+    assert main(["run", "--model", str(directory), "--max-new-tokens", "1", "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    if "does not exist" not in message:  # the runner words a missing directory its own way
+        import re
+
+        assert re.search(message, err), err
+
+
+def test_an_intact_directory_still_loads(model_dir):
+    model, processor = ovis.load(model_dir)
+    assert model.vte.weight.shape == (64, 64) and processor is not None

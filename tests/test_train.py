@@ -435,7 +435,9 @@ def _yaml(tmp_path: Path, model: Path, info: Path, name: str, **fields) -> Path:
 
 def _metrics(out: Path) -> dict[int, dict]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in records}  # after a resume, a step's last record wins
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"{out / 'metrics.jsonl'} repeats steps: {steps}"
+    return {r["step"]: r for r in records}
 
 
 def _ovis_train(*args: str) -> list[str]:
@@ -486,3 +488,100 @@ def test_two_processes_zero2_and_zero3_agree(toy_dir, data_info, tmp_path):
     a, b = _weights(tmp_path / "zero2" / "final"), _weights(tmp_path / "zero3" / "final")
     for key in a:  # reductions run in another order: Adam can turn 1e-7 apart into 1e-5 apart
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+
+
+# -- resume: damaged checkpoints, metrics after a resume, no unpickling -------------------------
+def test_resume_passes_over_a_damaged_newest_checkpoint(toy_dir, data_info, tmp_path, one_thread, caplog):
+    config = _config(toy_dir, data_info, tmp_path / "run", deepspeed=None)
+    reference = _run(config)
+    root = tmp_path / "run" / "checkpoints"
+    manifest = json.loads((root / "step-6" / ckpt.MANIFEST).read_text())["files"]
+    assert {"trainer_state.json", "rng_state_0.pt", "engine/torch_engine.pt"} <= set(manifest)
+    engine_file = root / "step-6" / "engine" / "torch_engine.pt"
+    with open(engine_file, "r+b") as handle:  # truncated, as a crash or a full disk leaves it
+        handle.truncate(engine_file.stat().st_size // 2)
+    caplog.set_level("WARNING", logger="ovis.train")
+    resumed = _run(config.model_copy(update={"max_steps": 6}), resume=True)
+    assert [r["step"] for r in resumed.records] == [4, 5, 6]  # from step-3, the newest that verifies
+    assert any("step-6" in m and "engine/torch_engine.pt" in m and "damaged" in m for m in caplog.messages)
+    for ours, theirs in zip(resumed.records, reference.records[3:], strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+
+
+def test_no_verified_checkpoint_is_an_input_error_and_old_ones_count(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        path = root / f"step-{step}"
+        (path / "engine").mkdir(parents=True)
+        (path / "engine" / "state.pt").write_bytes(b"x" * 100)
+        (path / ckpt.STATE_FILE).write_text("{}")
+        ckpt.write_manifest(path)
+        (path / ckpt.COMPLETE).write_text("")
+    assert ckpt.resume_point(tmp_path, resume=True) == root / "step-4"
+    (root / "step-4" / "engine" / "state.pt").write_bytes(b"y" * 100)  # same size, other bytes
+    (root / "step-2" / "engine" / "state.pt").unlink()
+    with pytest.raises(InputFileError, match=r"step-4: engine/state.pt differs .*step-2: engine/state.pt is missing"):
+        ckpt.resume_point(tmp_path, resume=True)
+    # A checkpoint from before manifests: used, with a warning that it was not verified.
+    (root / "step-4" / ckpt.MANIFEST).unlink()
+    caplog.set_level("WARNING", logger="ovis.train")
+    assert ckpt.resume_point(tmp_path, resume=True) == root / "step-4"
+    assert any("unverified" in m for m in caplog.messages)
+
+
+def test_resumed_run_reports_each_step_once(toy_dir, data_info, tmp_path, one_thread):
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_5(step, record):
+        if step == 5:
+            raise Killed
+
+    config = _config(toy_dir, data_info, tmp_path / "run", deepspeed=None, logging_steps=1)
+    with pytest.raises(Killed):  # the run dies after its step-3 checkpoint, having logged 4 and 5
+        _run(config, on_step_end=kill_after_step_5)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a") as handle:
+        handle.write('{"step": 6, "lo')  # cut short by the kill
+    _run(config, resume=True)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_never_unpickles_the_rng_state(toy_dir, data_info, tmp_path, one_thread):
+    config = _config(toy_dir, data_info, tmp_path / "run", deepspeed=None, max_steps=3)
+    _run(config)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-3" / "rng_state_0.pt", weights_only=True)
+    ckpt.set_rng_state(state)  # what ovis saves loads with weights_only=True
+    marker = tmp_path / "pwned"
+    path = tmp_path / "run" / "checkpoints" / "step-3"
+    torch.save(_Planted(str(marker)), path / "rng_state_0.pt")
+    ckpt.write_manifest(path)  # whoever can plant a file can rewrite the manifest too
+    with pytest.raises(InputFileError, match="rng_state_0.pt is not an RNG state ovis wrote.*not unpickled"):
+        Trainer(config.model_copy(update={"max_steps": 6}), resume=True, progress=False).setup()
+    assert not marker.exists()
+
+
+class _Planted:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_rng_files_of_older_versions_still_load_without_unpickling_code(tmp_path):
+    import random
+
+    import numpy as np
+
+    path = tmp_path / "rng_state_0.pt"
+    torch.save({"python": random.getstate(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    ckpt.set_rng_state(ckpt.load_rng_state(path))
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])

@@ -45,6 +45,15 @@ against the YAML file's directory; paths given with `--set` resolve against the 
 optimizer (torch's AdamW), parameter groups, learning-rate schedule, clipping, precision (bf16 under
 `torch.autocast`, fp32 master weights) and resumable checkpoints. A checkpoint resumes only with the
 engine that wrote it.
+
+Checkpoints (`output_dir/checkpoints/step-N`) record every file's size and sha256 in
+`manifest.json`, written (with every file flushed to disk) before the `COMPLETE` marker. `--resume`
+verifies the newest complete checkpoint against it; a damaged one is named in a warning and the
+newest one that verifies is used instead (a checkpoint without a manifest, from an older ovis, is
+used unverified). `metrics.jsonl` and the tensorboard logs are cut back to the resumed step, so each
+step is reported once. RNG state is saved as plain tensors and loaded with `weights_only=True`, and
+the PyTorch engine's state likewise; DeepSpeed loads its own engine state with pickle, so resume a
+DeepSpeed run only from checkpoints that come from a trusted source.
 """
 
 

@@ -4,6 +4,11 @@
 over ranks into a step record (a plain dict, what ``metrics.jsonl`` holds and ``on_step_end``
 receives). :class:`TrainLog` writes each record to ``metrics.jsonl``, moves the progress bar, and
 every ``logging_steps`` logs a line and tensorboard scalars averaged over a :class:`LogWindow`.
+
+A run that starts at ``first_step`` (a resume, or a fresh start over a killed run's files) first
+drops every record after that step from ``metrics.jsonl`` and purges the tensorboard events after
+it, so each step is reported once: the steps a killed run logged after its last checkpoint are
+redone, not repeated.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +102,10 @@ class TrainLog:
         self.total_steps = total_steps
         self.logging_steps = logging_steps
         self.window = LogWindow()
+        if write:
+            truncate_metrics(output_dir / "metrics.jsonl", first_step)
         self.metrics = open(output_dir / "metrics.jsonl", "a") if write else None
-        self.writer = _tensorboard(output_dir) if write else None
+        self.writer = _tensorboard(output_dir, first_step) if write else None
         self.bar = _bar(stage, total_steps, first_step) if write and progress else None
 
     def __enter__(self) -> TrainLog:
@@ -134,13 +142,40 @@ class TrainLog:
                     " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in scalars.items()))
 
 
-def _tensorboard(output_dir: Path) -> Any:
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep only the records of ``path`` at or before ``step`` (and none that is cut short, as a
+    killed run may leave the last); rewritten atomically. Returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                keep = line.endswith("\n") and int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        logger.info("%s: dropped %d records after step %d (a run that went on past its checkpoint)",
+                    path, dropped, step)
+    return dropped
+
+
+def _tensorboard(output_dir: Path, first_step: int = 0) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter  # optional (ovis[train])
     except ImportError:
         logger.warning("tensorboard is not installed: no tensorboard logs (pip install tensorboard)")
         return None
-    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+    # Events at or after purge_step that earlier files hold are discarded by tensorboard's readers.
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=first_step + 1)
 
 
 def _bar(stage: int, total_steps: int, first_step: int) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ovis.composer import load
-from ovis.errors import ConfigError, InputFileError
+from ovis.errors import ConfigError, InputFileError, OvisError
 from ovis.model import OvisForCausalLM
 from ovis.processing import OvisProcessor
 from ovis.train import checkpoint as ckpt
@@ -213,7 +213,7 @@ class Trainer:
 
     def _restore(self) -> None:
         rank = self.processes.rank
-        latest = ckpt.resume_point(self.output_dir, resume=self.resume)
+        latest = self._resume_point()
         if latest is not None:
             state = ckpt.read_state(latest)
             ckpt.check_resumable(latest, state, data_order=self.order.fingerprint(), engine=self.engine.kind)
@@ -228,6 +228,19 @@ class Trainer:
         if rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.yaml").write_text(dump_config(self.config))
+
+    def _resume_point(self) -> Path | None:
+        """The checkpoint to continue from, chosen (and verified) by rank 0 for every rank."""
+        found: Path | OvisError | None = None
+        if self.processes.rank == 0:
+            try:
+                found = ckpt.resume_point(self.output_dir, resume=self.resume)
+            except OvisError as exc:  # every rank raises it, rather than waiting for rank 0
+                found = exc
+        found = self.processes.from_rank0(found)
+        if isinstance(found, OvisError):
+            raise found
+        return found
 
     # -- loop -----------------------------------------------------------------------------------
     def fit(self) -> None:

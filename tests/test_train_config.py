@@ -4,6 +4,7 @@ and the generated key reference (docs/training-config.md)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,31 @@ def test_invalid_values_are_config_errors_naming_the_file_and_the_field(tmp_path
     assert main(["train", "--config", str(path), "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: training config {path}: ") and " lr: " in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("content", "where"), [
+    (b"model: m\noutput_dir: o\nlr: 1e-4\n\tseed: 1\n", r"found character '\\t' .* at line 4, column 1"),
+    (b"model: m\noutput_dir: a: b\n", r"mapping values are not allowed here at line 2, column 14"),
+    (b"model: m\nnote: a\x00b\n", r"character U\+0000 is not allowed in YAML at line 2, column 8"),
+    (b"model: m\n---\nlr: 1\n", r"expected a single document in the stream but found another document at line 2"),
+    (b"model: m\nnote: caf\xe9\n", r"not UTF-8 text \(byte 0xe9 at line 2, column 10\)"),
+])
+def test_a_config_file_that_is_not_yaml_is_named_with_line_and_column(tmp_path, capsys, content, where):
+    path = tmp_path / "stage.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: .*{where}") as caught:
+        load_train_config(path)
+    assert "<unicode string>" not in str(caught.value)
+    assert main(["train", "--config", str(path), "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1 and "<unicode string>" not in err
+
+
+def test_an_override_with_a_character_yaml_refuses_is_named():
+    with pytest.raises(ConfigError, match=r"override 'note=a\\x00': .*U\+0000 is not allowed in YAML at line 1, "
+                                          r"column 2") as caught:
+        load_train_config(None, ["note=a\x00"])
+    assert "<unicode string>" not in str(caught.value)
 
 
 def test_missing_or_malformed_config_files(tmp_path):

@@ -144,3 +144,16 @@ def test_a_bomb_in_a_training_dataset_is_skipped_and_counted(tmp_path, toy_proce
     batches = list(DataLoader(dataset, batch_size=3, collate_fn=DataCollator(toy_processor)))
     assert len(batches) == 1 and batches[0]["num_skipped"] == 1 and batches[0]["input_ids"].shape[0] == 2
     assert skips.count == 1 and "bomb.png: image is too large to decode safely" in skips.reasons()["caps[1]"]
+
+
+def test_a_bomb_is_a_clear_error_for_the_runner_and_ovis_run(tmp_path, chatty_runner, chatty_model_dir,
+                                                              default_limit, capsys):
+    from ovis.cli import main
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(10000, 10000))
+    with pytest.raises(ImageTooLargeError, match=r"bomb.png\)?: image is 10000x10000 = 100,000,000 pixels"):
+        chatty_runner.run(bomb, "What is this?")
+    assert main(["run", "--model", str(chatty_model_dir), "--image", str(bomb), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "image is 10000x10000 = 100,000,000 pixels" in err and "bomb.png" in err and "Traceback" not in err

@@ -342,3 +342,41 @@ def test_a_builder_registered_by_import_path_is_imported_on_first_use(example_pl
     assert host.vision("lazy-vit").factory.__name__ == "ExampleViT"
     with pytest.raises(PluginError, match="by-path.*missing-vit.*no_such_module_anywhere:Nothing.*cannot be imported"):
         _ = host.vision("missing-vit").factory
+
+
+def test_an_unreadable_preset_is_skipped_named_and_the_presets_after_it_still_listed(tmp_path, monkeypatch, capsys):
+    # Bad entries sort before the good one: a file that is not UTF-8, a directory named *.yaml and
+    # a file that cannot be read must each be skipped alone, not end the plugin's loop.
+    from ovis.cli import main
+    from ovis.plugin_host import get_host, reset_host
+
+    good = get_host().vision("clip-tiny").spec.model_copy(update={"name": "zz-good-vit", "aliases": []})
+    (tmp_path / "vision").mkdir()
+    (tmp_path / "vision" / "aa-latin1.yaml").write_bytes(b"name: aa-latin1\nfamily: caf\xe9\n")
+    (tmp_path / "vision" / "ab-folder.yaml").mkdir()
+    (tmp_path / "vision" / "ac-dangling.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    (tmp_path / "vision" / "zz-good-vit.yaml").write_text(json.dumps(good.model_dump(mode="json")))
+    monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
+    reset_host()
+    try:
+        errors = get_host().preset_errors
+        assert set(errors) == {str(tmp_path / "vision" / n) for n in ("aa-latin1.yaml", "ab-folder.yaml",
+                                                                      "ac-dangling.yaml")}
+        assert "not UTF-8 text (byte 0xe9" in errors[str(tmp_path / "vision" / "aa-latin1.yaml")]
+        assert "a directory, not a preset file" in errors[str(tmp_path / "vision" / "ab-folder.yaml")]
+        assert "cannot be read" in errors[str(tmp_path / "vision" / "ac-dangling.yaml")]
+        capsys.readouterr()
+        assert main(["list", "vit", "*vit*"]) == 0
+        out, err = capsys.readouterr()
+        assert "zz-good-vit" in out
+        assert "3 vision preset file(s) skipped as invalid" in err
+        assert "aa-latin1.yaml: not UTF-8" in err and "ab-folder.yaml: a directory" in err
+        assert main(["list", "vit", "zz-*", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert [row["name"] for row in json.loads(out)] == ["zz-good-vit"] and "skipped as invalid" in err
+        assert main(["list", "llm"]) == 0
+        assert "skipped" not in capsys.readouterr().err  # only the kind listed
+    finally:
+        monkeypatch.delenv("OVIS_REGISTRY_PATH")
+        reset_host()
+        get_host()

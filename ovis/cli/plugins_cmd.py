@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -92,6 +94,17 @@ def _llm_row(entry) -> dict:
     }
 
 
+def _report_skipped_presets(host, kind: str) -> None:
+    """On stderr: the preset files of ``kind`` skipped as invalid, so a missing preset is explained."""
+    skipped = {path: message for path, message in host.preset_errors.items() if Path(path).parent.name == kind}
+    if not skipped:
+        return
+    print(f"warning: {len(skipped)} {kind} preset file(s) skipped as invalid, so not listed "
+          "(`ovis plugins` reports them too):", file=sys.stderr)
+    for path, message in skipped.items():
+        print(f"  {path}: {message.removeprefix(path + ': ')}", file=sys.stderr)
+
+
 def run_list(args: argparse.Namespace) -> int:
     host = get_host()
     if args.kind == "chat":
@@ -100,6 +113,7 @@ def run_list(args: argparse.Namespace) -> int:
         kind = "vision" if args.kind == "vit" else "llm"
         make = _vision_row if kind == "vision" else _llm_row
         rows = [make(e) for e in host.list(kind, args.pattern)]
+        _report_skipped_presets(host, kind)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

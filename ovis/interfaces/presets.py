@@ -48,9 +48,19 @@ def preset_files(kind: Kind) -> list[Path]:
 
 def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise PresetError(f"{path}: a directory, not a preset file") from exc
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PresetError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PresetError(f"{path}: not valid YAML ({exc})") from exc
+        raise PresetError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
     if not isinstance(data, dict):
         raise PresetError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
     try:
@@ -63,6 +73,14 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     if spec.name != path.stem:
         raise PresetError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
     return spec
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """pyyaml's error on one line, with the line and column where it has them."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
 
 
 # Where iter_presets records the files it skips: a PluginHost sets its own dict while plugins

@@ -93,6 +93,23 @@ def test_an_answer_outside_the_options_is_an_error(tmp_path):
         read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
 
 
+def test_a_decompression_bomb_is_a_bad_row_read_from_its_header(tmp_path):
+    import struct
+    import zlib
+
+    # A PNG that declares 10000 x 10000 pixels (over the 89.5 million default) in a few dozen bytes.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    rows = mcq_rows()
+    rows[1]["image"] = bomb
+    bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
+    assert [bad["index"] for bad in bench.bad_rows] == ["1", "2"]  # row 2 refers to row 1's image
+    assert "10000x10000 pixels, over the limit" in bench.bad_rows[0]["reason"]
+
+
 def test_undecodable_images_are_counted_not_fatal(tmp_path):
     rows = mcq_rows()
     rows[0]["image"] = b"this is not a picture"

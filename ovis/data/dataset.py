@@ -25,6 +25,7 @@ from ovis.data.readers import Record, read_records
 from ovis.data.schema import DataError, DatasetInfo, load_dataset_info
 from ovis.data.skips import SkipLog
 from ovis.interfaces import ChatFormatError, ImageError
+from ovis.interfaces.image import ImageTooLargeError
 from ovis.processing import EncodedSample, OvisProcessor, SequenceTooLongError
 
 logger = logging.getLogger("ovis.data")
@@ -35,6 +36,8 @@ Overflow = Literal["error", "truncate"]
 def _classify(exc: Exception) -> str:
     """The short reason kind of an encoding failure."""
     text = str(exc)
+    if isinstance(exc, ImageTooLargeError):
+        return "image too large"
     if isinstance(exc, ImageError):
         if "not found" in text:
             return "image not found"

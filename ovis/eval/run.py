@@ -12,12 +12,10 @@ holds one markdown table of every benchmark run.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from ovis.eval.fingerprint import fingerprint
@@ -31,6 +29,7 @@ from ovis.eval.predictions import (
 from ovis.eval.prompts import build_prompt
 from ovis.eval.scoring import JudgeFn, score
 from ovis.eval.tsv import Benchmark, Kind, read_benchmark, with_circular
+from ovis.interfaces.image import load_image
 
 DEFAULT_MAX_NEW_TOKENS = {"mcq": 32, "yesno": 16, "vqa": 32}
 __all__ = ["StalePredictionsError", "check_files", "evaluate", "evaluate_file", "predict", "read_predictions",
@@ -127,10 +126,11 @@ def predict(
             for item in chunk:
                 text, images = build_prompt(item, bench.kind, prompt_style)
                 try:
-                    pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
+                    pictures = [load_image(data, what=f"{bench.name} row {item.index} image {k + 1}")
+                                for k, data in enumerate(images)]
                     requests.append(runner.prepare([{"role": "user", "content": text}], pictures, params))
                     asked.append(item)
-                except (ValueError, OSError) as exc:  # too long, undecodable...: recorded, not fatal
+                except (ValueError, OSError) as exc:  # too long, undecodable, too large...: recorded, not fatal
                     errors[item.index] = f"{type(exc).__name__}: {exc}"
                     sink.write(json.dumps({"index": item.index, "error": errors[item.index]}) + "\n")
             for item, completion in zip(asked, runner.generate(requests) if requests else [], strict=True):

@@ -31,6 +31,7 @@ from typing import Literal
 from PIL import Image
 
 from ovis.errors import OvisError
+from ovis.interfaces.image import max_image_pixels
 
 Kind = Literal["mcq", "yesno", "vqa"]
 KINDS: tuple[Kind, ...] = ("mcq", "yesno", "vqa")
@@ -218,9 +219,14 @@ def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tu
     for k, data in enumerate(images):
         try:
             with Image.open(io.BytesIO(data)) as image:
+                size = image.size
                 image.verify()
         except Exception as exc:  # PIL raises many types for broken files
             raise ValueError(f"image {k + 1} cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        # A decompression bomb verifies; its header says what decoding it would cost.
+        if size[0] * size[1] > max_image_pixels():
+            raise ValueError(f"image {k + 1} is {size[0]}x{size[1]} pixels, over the limit of {max_image_pixels():,} "
+                             "(a guard against decompression bombs; raise it with OVIS_MAX_IMAGE_PIXELS)")
     # The picture's identity for MME's pairs: its image_path when the file names one (as VLMEvalKit
     # groups), else its bytes.
     key = _cell(row.get("image_path")) or hashlib.sha1(b"".join(images)).hexdigest()[:16]

@@ -15,7 +15,6 @@ import binascii
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
-from ovis.interfaces.image import ImageError, ImageTooLargeError, load_image
 from ovis.serve.errors import RequestError
 
 
@@ -34,6 +33,10 @@ class ServeLimits(BaseModel):
 
 def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Image.Image:
     """Decode image bytes within the limits, as RGB."""
+    # Here, not at the top, for start-up speed: ovis.interfaces.image imports torch, and `ovis serve`
+    # checks its options (this module's ServeLimits) before torch loads.
+    from ovis.interfaces.image import ImageError, ImageTooLargeError, load_image
+
     if len(data) > limits.max_image_bytes:
         raise RequestError(
             f"{what} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,}", status=413

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ovis.errors import OvisError
 from ovis.interfaces.hookspecs import strict_from_env
 from ovis.interfaces.specs import Kind, LLMSpec, VisionSpec
+from ovis.yaml_errors import yaml_problem
 
 SpecT = TypeVar("SpecT", VisionSpec, LLMSpec)
 _SPEC_TYPES: dict[str, type] = {"vision": VisionSpec, "llm": LLMSpec}
@@ -60,7 +61,7 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PresetError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
+        raise PresetError(f"{path}: not valid YAML ({yaml_problem(exc, text)})") from exc
     if not isinstance(data, dict):
         raise PresetError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
     try:
@@ -73,14 +74,6 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
     if spec.name != path.stem:
         raise PresetError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
     return spec
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """pyyaml's error on one line, with the line and column where it has them."""
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
 
 
 # Where iter_presets records the files it skips: a PluginHost sets its own dict while plugins

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ovis.errors import ConfigError, InputFileError
 from ovis.train.config import PATH_KEYS, TrainConfig
 from ovis.train.deepspeed_config import BUILTIN_DEEPSPEED
+from ovis.yaml_errors import line_column, yaml_problem
 
 
 def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
@@ -53,7 +54,7 @@ def apply_override(raw: dict[str, Any], override: str, base_dir: Path | None = N
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_problem(exc, text)})") from exc
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({yaml_problem(exc, text)})") from exc
     parts = dotted.split(".")
     model: type[BaseModel] | None = TrainConfig
     node = raw
@@ -102,39 +103,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line, column = _line_column(data[: exc.start].decode("utf-8", errors="replace"), exc.start)
+        line, column = line_column(data[: exc.start].decode("utf-8", errors="replace"), exc.start)
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
                           "save the config as UTF-8") from exc
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc, text)})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc, text)})") from exc
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     return loaded or {}
-
-
-def _line_column(text: str, position: int) -> tuple[int, int]:
-    """1-based line and column of character ``position`` of ``text``."""
-    before = text[:position]
-    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
-    """A YAML error on one line: what is wrong and where (``text``: what was parsed), never pyyaml's
-    ``"<unicode string>"`` stand-in for the source."""
-    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow: no mark, a position
-        line, column = _line_column(text, exc.position)
-        char = exc.character
-        shown = f"U+{char:04X}" if isinstance(char, int) else f"byte {char!r}"
-        return f"character {shown} is not allowed in YAML at line {line}, column {column}"
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        context = getattr(exc, "context", None)
-        if context and problem.startswith("but "):  # "but found another document": say what was expected
-            problem = f"{context} {problem}"
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
 
 
 def validation_message(error: ValidationError) -> str:

@@ -25,8 +25,8 @@ def test_serve_takes_options_and_serves_the_api(chatty_model_dir, monkeypatch, c
 
     seen = {}
 
-    def run_briefly(app, *, host, port, log_level):  # stands in for the blocking uvicorn.run
-        seen.update(host=host, port=port)
+    def run_briefly(app, *, host, port, log_level, **settings):  # stands in for the blocking uvicorn.run
+        seen.update(host=host, port=port, settings=settings)
         with ServerThread(app, host=host) as server:
             for path in ("/health", "/v1/models"):
                 with urllib.request.urlopen(server.url + path, timeout=30) as response:
@@ -37,6 +37,8 @@ def test_serve_takes_options_and_serves_the_api(chatty_model_dir, monkeypatch, c
                            limits={"max_images": 2})
     assert serve(options) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    # uvicorn's access log prints query strings; the structured one replaces it
+    assert seen["settings"]["access_log"] is False and seen["settings"]["limit_concurrency"] > 64
     assert seen["/health"]["model"] == chatty_model_dir.name  # the directory name by default
     assert [m["id"] for m in seen["/v1/models"]["data"]] == [chatty_model_dir.name]
     out = capsys.readouterr().out

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ovis.serve.errors import RequestError
 
+#: room for the JSON around the images, and for the text of a long conversation
+TEXT_BODY_BYTES = 8 * 2**20
+
 
 class ServeLimits(BaseModel):
     """Per-request limits; the defaults suit a single-GPU server and can be raised by flags."""
@@ -29,6 +32,17 @@ class ServeLimits(BaseModel):
     max_prompt_tokens: int | None = Field(None, ge=1, description="None: the processor's max_length")
     max_new_tokens: int = Field(1024, ge=1, description="the ceiling for max_tokens")
     max_stop: int = Field(4, ge=0, description="stop strings in one request")
+    max_body_bytes: int | None = Field(
+        None, ge=1, description="bytes of one request body; None: room for max_images images (base64) and 8 MiB of text"
+    )
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body accepted: ``max_body_bytes``, or what a request within the other
+        limits can need (its images base64-encoded, plus text)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_images * (self.max_image_bytes * 4 // 3 + 4096) + TEXT_BODY_BYTES
 
 
 def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Image.Image:

@@ -27,14 +27,16 @@ What differs from OpenAI, deliberately:
 Every refusal is an OpenAI-style error body ``{"error": {"message", "type", "param", "code"}}``:
 400 for a malformed or unsupported request (including invalid JSON and schema violations, which
 FastAPI would answer with 422), 404 for an unknown model, 413 for a body or image over the limits,
-500 when generation itself fails (the server keeps serving). Requests are encoded (images decoded,
-prompt tokenized) in a worker thread, then queued on the shared batcher; a client that disconnects,
-streaming or not, has its request cancelled so the batch stops generating for it.
+500 when generation itself fails (the server keeps serving); 401 without the server's key (see
+:mod:`ovis.serve.auth`), and 408/503/504 from the HTTP limits (:mod:`ovis.serve.http_limits`).
+Requests are encoded (images decoded, prompt tokenized) in a worker thread, then queued on the
+shared batcher; a client that disconnects, streaming or not, or a request that times out, has its
+request cancelled so the batch stops generating for it.
 
 This module holds the endpoints; the request schema is in :mod:`ovis.serve.openai_schema`, the
 translation of messages in :mod:`ovis.serve.openai_messages`, the answers in
-:mod:`ovis.serve.openai_replies`, error bodies in :mod:`ovis.serve.openai_errors` and the body
-limit in :mod:`ovis.serve.openai_route`.
+:mod:`ovis.serve.openai_replies`, error bodies in :mod:`ovis.serve.openai_errors` (through the route
+class of :mod:`ovis.serve.openai_route`).
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ovis.serve.access_log import note_usage
 from ovis.serve.batcher import Handle
 from ovis.serve.openai_errors import ApiError
 from ovis.serve.openai_messages import encode
 from ovis.serve.openai_replies import Reply, completion_response, generation_failed, stream_response
-from ovis.serve.openai_route import max_body_bytes, openai_route_class
+from ovis.serve.openai_route import OpenAIRoute
 from ovis.serve.openai_schema import ChatCompletionRequest, generation_params, refuse_unsupported
 from ovis.serve.service import Service
 
@@ -59,8 +62,7 @@ ENDPOINTS = "GET /v1/models, GET /v1/models/{model} and POST /v1/chat/completion
 
 def add_api_routes(app: FastAPI, service: Service) -> None:
     """Add ``/v1/models`` and ``/v1/chat/completions`` for ``service`` to ``app``."""
-    route_class = openai_route_class(max_body_bytes(service.limits))
-    router = APIRouter(prefix="/v1", route_class=route_class, tags=["OpenAI-compatible API"])
+    router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible API"])
     _add_model_routes(router, service)
     _add_chat_route(router, service)
     _add_unknown_endpoint_route(router)
@@ -103,17 +105,27 @@ def _add_chat_route(router: APIRouter, service: Service) -> None:
             handle = service.submit(encoded, loop=asyncio.get_running_loop())
         except RuntimeError as exc:
             raise ApiError(f"the server is shutting down ({exc})", status=503, type="server_error") from exc
+        note_usage(request.scope, lambda: _usage(handle))
         watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handle))
         reply = Reply.new(service.model_name)
         if body.stream:
             return await stream_response(handle, watcher, reply, body.include_usage)
         try:
             completion = await handle.aresult()
+        except asyncio.CancelledError:
+            handle.cancel()  # the request timed out: nobody will read this answer
+            raise
         except Exception as exc:
             return generation_failed(handle, exc)
         finally:
             watcher.cancel()
         return completion_response(reply, completion, handle.batch_size or 1)
+
+
+def _usage(handle: Handle) -> tuple[int, int] | None:
+    """The token counts of a finished request, for the access log."""
+    done = handle.completion
+    return (done.prompt_tokens, done.completion_tokens) if done is not None else None
 
 
 async def _cancel_on_disconnect(request: Request, handle: Handle) -> None:

@@ -4,8 +4,10 @@ The command line maps its flags onto these fields; Python callers build one dire
 
     serve(ServeOptions(model_path="runs/quickstart/stage3/final", port=8000, ui=False))
 
-Options that cannot work (a port out of range, a negative limit, neither UI nor API) raise
-:class:`~ovis.serve.errors.ServeOptionsError` naming the field and the value, before any model loads.
+Options that cannot work (a port out of range, a negative limit, neither UI nor API, an API key
+with spaces) raise :class:`~ovis.serve.errors.ServeOptionsError` naming the field and the value,
+before any model loads. The API key is a ``SecretStr``: printing the options does not show it, and an
+error about it does not echo it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from ovis.serve.auth import is_loopback
 from ovis.serve.errors import ServeOptionsError
+from ovis.serve.http_limits import HttpLimits
 from ovis.serve.limits import ServeLimits
+
+#: the shortest API key accepted (a short key is guessed quickly, constant-time comparison or not)
+MIN_KEY_LENGTH = 8
 
 
 class ServeOptions(BaseModel):
@@ -36,6 +43,34 @@ class ServeOptions(BaseModel):
     batch_window_ms: float = Field(10.0, ge=0, description="how long the first request waits for others")
     limits: ServeLimits = Field(default_factory=ServeLimits)
     flagging_dir: str | None = Field(None, description="where the UI stores flagged conversations; None: off")
+    api_key: SecretStr | None = Field(None, description="the key /v1 and the web UI ask for; None: open to anyone")
+    http: HttpLimits = Field(default_factory=HttpLimits)
+    access_log: str | None = Field("-", description="JSON access log: '-' standard error, a file path, None: off")
+    access_log_client: bool = Field(False, description="put the client address in the access log")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _a_usable_key(cls, key: object) -> object:
+        # Checked here, not by Field constraints: pydantic's own message would repeat the key.
+        text = key.get_secret_value() if isinstance(key, SecretStr) else key
+        if isinstance(text, str):
+            if len(text) < MIN_KEY_LENGTH:
+                raise ValueError(f"the API key must be at least {MIN_KEY_LENGTH} characters, got {len(text)}")
+            if not all("!" <= c <= "~" for c in text):
+                raise ValueError("the API key must be printable ASCII without spaces (it travels in an HTTP header)")
+        return key
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _off_is_none(cls, destination: object) -> object:
+        if isinstance(destination, str) and destination.strip().lower() in ("off", "none", ""):
+            return None
+        return destination
+
+    @property
+    def exposed_without_key(self) -> bool:
+        """Bound beyond this machine with no key: anyone who can reach the port may use it."""
+        return self.api_key is None and not is_loopback(self.host)
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -56,7 +91,9 @@ def _problems(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        if where:
+        if where == "api_key":
+            problems.append(f"{where}: {message}")  # never echo a key
+        elif where:
             problems.append(f"{where}: {message} (got {error['input']!r})")
         else:
             problems.append(message)

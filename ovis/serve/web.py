@@ -176,12 +176,13 @@ def load_images(paths: Sequence[str], limits: ServeLimits) -> list[Image.Image]:
         what = f"image {i + 1} of the conversation ({_display_name(path)})"
         try:
             size = os.path.getsize(path)
+            if size > limits.max_image_bytes:
+                raise RequestError(f"{what} is {size:,} bytes; the limit is {limits.max_image_bytes:,}", status=413)
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise RequestError(f"{what} is no longer available on the server ({exc.strerror}); "
                                "clear the chat and upload it again") from exc
-        if size > limits.max_image_bytes:
-            raise RequestError(f"{what} is {size:,} bytes; the limit is {limits.max_image_bytes:,}", status=413)
-        images.append(open_image(Path(path).read_bytes(), limits, what=what))
+        images.append(open_image(data, limits, what=what))
     return images
 
 
@@ -189,8 +190,11 @@ def _display_name(path: str) -> str:
     return Path(path).name or str(path)
 
 
-def build_ui(service: Service, *, flagging_dir: str | None = None) -> gr.ChatInterface:
-    """The chat UI for ``service`` as a ``gr.ChatInterface`` (a ``gr.Blocks``)."""
+def build_ui(
+    service: Service, *, flagging_dir: str | None = None, concurrency_limit: int | None = None
+) -> gr.ChatInterface:
+    """The chat UI for ``service`` as a ``gr.ChatInterface`` (a ``gr.Blocks``); ``concurrency_limit``
+    caps the replies generated at once (None: no cap)."""
     name = html.escape(service.model_name)
     limits = service.limits
     description = (
@@ -217,7 +221,8 @@ def build_ui(service: Service, *, flagging_dir: str | None = None) -> gr.ChatInt
         api_name=API_NAME,
         api_description="Answer a message (text and image files) in this session's conversation; "
                         "returns the reply.",
-        concurrency_limit=None,  # the batcher, not Gradio's queue, decides what runs together
+        # The batcher, not Gradio's queue, decides what runs together; the cap only bounds the work.
+        concurrency_limit=concurrency_limit,
         flagging_mode="manual" if flagging_dir else "never",
         flagging_dir=flagging_dir or ".gradio/flagged",
         autofocus=True,

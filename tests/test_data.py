@@ -17,9 +17,11 @@ from ovis.data import (
     DatasetInfo,
     Record,
     SkipLog,
+    Skipped,
     SupervisedDataset,
     build_dataset,
     load_dataset_info,
+    read_datasets,
     read_records,
 )
 from ovis.interfaces import Message
@@ -255,17 +257,21 @@ def test_bad_records_and_images_are_skipped_counted_and_named(data_root: Path, t
     skips = SkipLog()
     with caplog.at_level(logging.INFO, logger="ovis.data"):
         dataset = build_dataset(path, ["caps", "conv"], toy_processor, skip_log=skips)
-    # Malformed records never become records; 5 of caps and 2 of conv are left.
-    assert len(dataset) == 7 and skips.total == 12
-    assert skips.by_reason() == {"missing caption": 1, "no assistant turn": 1, "unknown role": 1,
-                                 "empty conversations": 1, "non-string value": 1}
+    # Malformed records, and those whose image file does not exist, never become records: 4 of caps
+    # and 2 of conv are left.
+    assert len(dataset) == 6 and skips.total == 12
+    assert skips.by_reason() == {"image not found": 1, "missing caption": 1, "no assistant turn": 1,
+                                 "unknown role": 1, "empty conversations": 1, "non-string value": 1}
+    assert {s.stage for s in skips.entries()} == {"read"}
     assert f"skipping conv[2] ({data_root / 'conv.json'}): unknown role: turn 0 has 'from': 'robot'" \
         in caplog.text
-    assert "dataset caps: 5 records (1 skipped)" in caplog.text
+    assert "dataset caps: 4 records (2 skipped)" in caplog.text
 
     samples = [dataset[i] for i in range(len(dataset))]
     by_source = dict(zip((r.source for r in dataset.records), samples, strict=True))
-    assert [s for s, v in by_source.items() if v is None] == ["caps[1]", "caps[2]", "caps[3]", "conv[3]"]
+    skipped = {s: v for s, v in by_source.items() if isinstance(v, Skipped)}
+    assert list(skipped) == ["caps[2]", "caps[3]", "conv[3]"]  # found encoding: in place of the sample
+    assert skipped["conv[3]"] == Skipped("conv[3]", "too long", skips.reasons()["conv[3]"], None, "encode")
     reasons = skips.reasons()
     assert reasons["caps[1]"].startswith("image not found: ") and "missing.png" in reasons["caps[1]"]
     assert reasons["caps[2]"].startswith("image unreadable: ") and "corrupt.png" in reasons["caps[2]"]
@@ -277,30 +283,45 @@ def test_bad_records_and_images_are_skipped_counted_and_named(data_root: Path, t
 
     summary = skips.summary()
     assert summary.splitlines()[0] == "skipped 9 of 12 records:"
-    for line in ("1 image not found (caps[1])", "1 image unreadable (caps[2])",
-                 "1 image truncated or corrupt (caps[3])", "1 too long (conv[3])",
+    for line in ("1 image not found (caps[1]); e.g. caps[1] in " + str(data_root / "caps.json"),
+                 "1 image unreadable (caps[2])", "1 image truncated or corrupt (caps[3])", "1 too long (conv[3])",
                  "1 no assistant turn (conv[1])", "1 unknown role (conv[2])"):
         assert line in summary
+    report = skips.report()
+    assert report["records_total"] == 12 and report["records_skipped"] == 9
+    assert report["by_stage"] == {"read": 6, "encode": 3} and report["by_reason"]["too long"] == 1
+    assert report["examples"]["unknown role"][0]["source"] == "conv[2]"
 
     collate = DataCollator(toy_processor)
     batch = collate(samples)
-    assert batch["num_skipped"] == 4 and batch["input_ids"].shape[0] == 3  # caps[0], caps[5], conv[0]
+    assert batch["num_skipped"] == 3 and batch["input_ids"].shape[0] == 3  # caps[0], caps[5], conv[0]
     assert batch["pixel_values"].shape[0] == 3
-    assert collate([samples[1], samples[2]]) is None
+    assert [s.source for s in batch["skips"]] == ["caps[2]", "caps[3]", "conv[3]"]
+    # Every sample skipped: no input_ids (nothing to train on), the skips still reported.
+    empty = collate([samples[1], samples[2]])
+    assert "input_ids" not in empty and empty["num_skipped"] == 2 and len(empty["skips"]) == 2
 
 
-def test_dataloader_sums_num_skipped(data_root: Path, toy_processor):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_dataloader_sums_num_skipped_and_carries_the_skips(data_root: Path, toy_processor, workers):
     from torch.utils.data import DataLoader
 
+    _broken_files(data_root)
     _json(data_root / "caps.json", [{"image_path": p, "caption": "red."}
-                                    for p in ("img0.png", "gone.png", "img1.png", "gone2.png", "img2.png")])
+                                    for p in ("img0.png", "corrupt.png", "img1.png", "truncated.png", "img2.png")])
     path = _info(data_root, {"caps": {"meta_file": "caps.json", "image_dir": "images",
                                       "data_format": "caption"}})
-    dataset = build_dataset(path, ["caps"], toy_processor)
-    loader = DataLoader(dataset, batch_size=2, collate_fn=DataCollator(toy_processor))
+    skips = SkipLog()
+    dataset = build_dataset(path, ["caps"], toy_processor, skip_log=skips)
+    loader = DataLoader(dataset, batch_size=2, collate_fn=DataCollator(toy_processor), num_workers=workers)
     batches = list(loader)
-    assert sum(b["num_skipped"] for b in batches if b is not None) == 2
-    assert sum(b["input_ids"].shape[0] for b in batches if b is not None) == 3
+    assert sum(b["num_skipped"] for b in batches) == 2
+    assert sum(b["input_ids"].shape[0] for b in batches if "input_ids" in b) == 3
+    # A worker's log stays in the worker; the batches bring its skips back, with their reasons.
+    assert skips.count == (0 if workers else 2)
+    carried = [s for b in batches for s in b["skips"]]
+    assert [(s.source, s.kind) for s in carried] == [("caps[1]", "image unreadable"),
+                                                     ("caps[3]", "image truncated or corrupt")]
 
 
 @pytest.mark.parametrize(("meta", "content", "message"), [
@@ -342,7 +363,81 @@ def test_skip_log_is_picklable_and_counts_each_source_once():
     log.add_total(10)
     copy = pickle.loads(pickle.dumps(log))
     assert copy.count == 4 and copy.by_reason() == {"too long": 3, "image not found": 1}
-    assert copy.summary() == ("skipped 4 of 10 records:\n  3 too long (x[1], x[2], ...)\n"
-                              "  1 image not found (x[0])")
+    assert copy.summary() == ("skipped 4 of 10 records:\n  3 too long (x[1], x[2], ...); e.g. x[1]: too long: 300 tokens\n"
+                              "  1 image not found (x[0]); e.g. x[0]: image not found: /a.png")
     copy.add("x[9]", "bad: y")  # the copy has a working lock and its own counts
     assert copy.count == 5 and log.count == 4
+
+
+# -- checking the named datasets (ovis.data.validate) ------------------------------------------------
+_HEALTHY = {"meta_file": "good.json", "image_dir": "images", "data_format": "caption"}
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (["good.json"], r"broken: expected an object of fields, got list"),
+    ("good.json", r"broken: expected an object of fields, got str"),
+    (None, r"broken: expected an object of fields, got NoneType"),
+    ({"data_format": "caption"}, r"broken\.meta_file: Field required"),
+    ({"meta_file": "good.json"}, r"broken\.data_format: Field required"),
+    ({"meta_file": "good.json", "data_format": "captions"}, r"broken\.data_format: .*got 'captions'"),
+    ({"meta_file": "good.txt", "data_format": "caption"}, r"broken\.meta_file: must end with one of"),
+    ({"meta_file": " ", "data_format": "caption"}, r"broken\.meta_file: must not be empty"),
+    ({"meta_file": 3, "data_format": "caption"}, r"broken\.meta_file: .*got 3"),
+    ({"meta_file": "good.json", "data_format": "caption", "image_dir": ["images"]}, r"broken\.image_dir"),
+    ({"meta_file": "good.json", "data_format": "caption", "caption_template": "x"},
+     r"broken\.caption_template: must contain <image> exactly once"),
+    ({"meta_file": "good.json", "data_format": "caption", "imagedir": "images"}, r"broken\.imagedir: Extra"),
+    ({"meta_file": "missing.json", "data_format": "caption"}, r"missing\.json: meta file not found"),
+    ({"meta_file": "good.json", "image_dir": "nowhere", "data_format": "caption"},
+     r"broken\.image_dir: image directory .*nowhere not found \(record broken\[0\] names an image\)"),
+    ({"meta_file": "garbage.json", "data_format": "caption"}, r"garbage\.json: not valid JSON at line 1"),
+    ("DUPLICATE NAME", r"broken: defined more than once in the file"),
+    ("DUPLICATE FIELD", r"broken\.data_format: given more than once in the entry"),
+])
+def test_every_kind_of_broken_entry_is_refused_only_when_named(data_root: Path, entry, message):
+    _json(data_root / "good.json", [{"image_path": "img0.png", "caption": "red."}])
+    (data_root / "garbage.json").write_text("nope")
+    healthy = json.dumps(_HEALTHY)
+    if entry == "DUPLICATE NAME":
+        text = f'{{"broken": {healthy}, "healthy": {healthy}, "broken": {healthy}}}'
+    elif entry == "DUPLICATE FIELD":
+        text = ('{"broken": {"meta_file": "good.json", "data_format": "caption", "data_format": "conversation"}, '
+                f'"healthy": {healthy}}}')
+    else:
+        text = json.dumps({"broken": entry, "healthy": _HEALTHY})
+    (data_root / "dataset_info.json").write_text(text)
+    skips = SkipLog()
+    records = read_datasets(data_root / "dataset_info.json", ["healthy"], skips)  # the file loads
+    assert [r.source for r in records] == ["healthy[0]"] and skips.count == 0
+    with pytest.raises(DataError, match=message):
+        read_datasets(data_root / "dataset_info.json", ["healthy", "broken"])
+
+
+def test_a_few_bad_records_are_counted_with_their_line_a_wholly_bad_dataset_is_an_error(data_root: Path):
+    good = json.dumps({"image_path": "img0.png", "caption": "red."})
+    (data_root / "some.jsonl").write_text("\n".join([
+        good, "{oops", "", json.dumps({"image_path": "gone.png", "caption": "x"}),
+        json.dumps({"image_path": "img1.png"}), good]) + "\n")
+    _json(data_root / "none.json", [{"image_path": "img0.png", "caption": ""},
+                                    {"image_path": "gone.png", "caption": "x"}])
+    _json(data_root / "empty.json", [])
+    path = _info(data_root, {
+        name: {"meta_file": meta, "image_dir": "images", "data_format": "caption"}
+        for name, meta in (("some", "some.jsonl"), ("none", "none.json"), ("empty", "empty.json"))
+    })
+    skips = SkipLog()
+    records = read_datasets(path, ["some"], skips)
+    assert [r.source for r in records] == ["some[0]", "some[4]"]
+    jsonl = data_root / "some.jsonl"
+    assert {s.source: (s.kind, s.file) for s in skips.entries()} == {
+        "some[1]": ("not valid JSON", f"{jsonl} line 2"),
+        "some[2]": ("image not found", f"{jsonl} line 4"),
+        "some[3]": ("missing caption", f"{jsonl} line 5"),
+    }
+    assert "gone.png not found" in skips.reasons()["some[2]"]
+    with pytest.raises(DataError, match=rf"{data_root / 'none.json'}: dataset 'none' has no usable record "
+                                        r"\(all 2 skipped: 1 missing caption, 1 image not found\); first: none\[0\] "
+                                        r".*none\.json\): missing caption: 'caption' is ''"):
+        read_datasets(path, ["some", "none"])
+    with pytest.raises(DataError, match=r"empty\.json: dataset 'empty' holds no records"):
+        read_datasets(path, ["empty"])

@@ -2,8 +2,10 @@
 
 A meta file that cannot be read at all (missing, not JSON/JSONL/parquet, wrong top-level type)
 raises ``DataError`` at once, naming the path. A single malformed record is skipped and counted in
-the ``SkipLog`` with its source (``"name[row]"``) and the reason: never trained on as empty.
-Images are only named here (paths); they are opened when a sample is encoded.
+the ``SkipLog`` with its source (``"name[row]"``), its file (and line, for JSONL) and the reason:
+never trained on as empty. Images are checked to exist here (a cheap ``stat``, so that a record
+whose image is missing is left out before training starts); they are opened when a sample is
+encoded.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ class RecordError(OvisError, ValueError):
 
 
 def read_records(
-    info: DatasetInfo | str | Path, name: str, skip_log: SkipLog | None = None
+    info: DatasetInfo | str | Path, name: str, skip_log: SkipLog | None = None, *, check_images: bool = True
 ) -> list[Record]:
-    """The usable records of dataset ``name``; malformed ones are counted in ``skip_log``."""
+    """The usable records of dataset ``name``; malformed ones (and, with ``check_images``, those
+    naming an image file that does not exist) are counted in ``skip_log``."""
     if skip_log is None:
         skip_log = SkipLog()
     if not isinstance(info, DatasetInfo):
@@ -50,9 +53,10 @@ def read_records(
     entry = info.get(name)
     path = info.meta_path(name)
     image_root = info.image_root(name)
-    rows = load_rows(path)
+    rows, lines = _rows_and_lines(path)
     skip_log.add_total(len(rows))
     convert = _caption if entry.data_format == "caption" else _conversation
+    root_checked = not check_images
     records: list[Record] = []
     for index, row in enumerate(rows):
         source = f"{name}[{index}]"
@@ -62,19 +66,42 @@ def read_records(
             if not isinstance(row, dict):
                 raise RecordError("record is not an object", f"got {type(row).__name__}")
             messages, images = convert(row, entry)
+            paths = [image_root / p for p in images]
+            if paths and not root_checked:
+                _check_image_root(info, name, image_root, source)
+                root_checked = True
+            if check_images:
+                _check_images(paths)
         except RecordError as exc:
-            skip_log.add(source, str(exc), kind=exc.kind, file=str(path))
+            where = f"{path} line {lines[index]}" if lines else str(path)
+            skip_log.add(source, str(exc), kind=exc.kind, file=where, stage="read")
             continue
         record_id = row.get("id")
         records.append(
             Record(
                 id=str(record_id) if record_id not in (None, "") else source,
                 messages=messages,
-                images=[image_root / p for p in images],
+                images=paths,
                 source=source,
             )
         )
     return records
+
+
+def _check_image_root(info: DatasetInfo, name: str, root: Path, source: str) -> None:
+    """A missing image directory is the entry's error, not one skip per record."""
+    if root.is_dir():
+        return
+    field = "image_dir" if info.get(name).image_dir else "meta_file (its directory holds the images)"
+    where = f"{info.path}: " if info.path is not None else ""
+    raise DataError(f"{where}{name}.{field}: image directory {root} not found (record {source} names an image)")
+
+
+def _check_images(paths: list[Path]) -> None:
+    for image in paths:
+        if not image.is_file():
+            what = "is a directory, not an image file" if image.is_dir() else "not found"
+            raise RecordError("image not found", f"{image} {what}")
 
 
 # -- meta files -----------------------------------------------------------------------------------
@@ -85,11 +112,16 @@ class _BadLine:
 
 def load_rows(path: Path) -> list[Any]:
     """The rows of a ``.json`` (a list), ``.jsonl`` (one object a line) or ``.parquet`` meta file."""
+    return _rows_and_lines(path)[0]
+
+
+def _rows_and_lines(path: Path) -> tuple[list[Any], list[int] | None]:
+    """The rows of a meta file, and for JSONL the line number of each."""
     if not path.is_file():
         raise DataError(f"{path}: meta file not found")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _parquet_rows(path)
+        return _parquet_rows(path), None
     if suffix not in (".json", ".jsonl"):
         raise DataError(f"{path}: unsupported meta file type {suffix!r}; expected .json, .jsonl or .parquet")
     try:
@@ -101,11 +133,12 @@ def load_rows(path: Path) -> list[Any]:
     data = parse_json(path, text)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+    return data, None
 
 
-def _jsonl_rows(path: Path, text: str) -> list[Any]:
+def _jsonl_rows(path: Path, text: str) -> tuple[list[Any], list[int]]:
     rows: list[Any] = []
+    lines: list[int] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -113,9 +146,10 @@ def _jsonl_rows(path: Path, text: str) -> list[Any]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             rows.append(_BadLine(f"line {number} column {exc.colno}: {exc.msg}"))
+        lines.append(number)
     if rows and all(isinstance(r, _BadLine) for r in rows):
         raise DataError(f"{path}: no line is valid JSON ({rows[0].message})")
-    return rows
+    return rows, lines
 
 
 def _parquet_rows(path: Path) -> list[Any]:

@@ -80,7 +80,10 @@ class DatasetInfo(Mapping[str, DatasetEntry]):
         #: broken entry does not stop runs that use only the others
         self.invalid: dict[str, str] = {}
         for name, entry in entries.items():
-            if isinstance(entry, DatasetEntry):
+            repeated = _repeated(entries, name, entry)
+            if repeated:
+                self.invalid[name] = repeated
+            elif isinstance(entry, DatasetEntry):
                 self._entries[name] = entry
             elif not isinstance(entry, dict):
                 self.invalid[name] = f"{name}: expected an object of fields, got {type(entry).__name__}"
@@ -151,6 +154,16 @@ class DatasetInfo(Mapping[str, DatasetEntry]):
         return f"DatasetInfo({list(self._entries)}, path={str(self.path) if self.path else None!r})"
 
 
+def _repeated(entries: Mapping[str, Any], name: str, entry: Any) -> str | None:
+    """A name or field given twice (``json.loads`` alone would silently keep the last one)."""
+    if name in getattr(entries, "repeated", {}):
+        return f"{name}: defined more than once in the file; keep one"
+    fields = list(getattr(entry, "repeated", {}))
+    if fields:
+        return f"{name}.{fields[0]}: given more than once in the entry; keep one"
+    return None
+
+
 def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
     message = err["msg"].removeprefix("Value error, ")
@@ -169,15 +182,32 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
         raise DataError(f"{path}: dataset_info file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the dataset_info file ({exc})") from exc
-    data = parse_json(path, text)
+    data = parse_json(path, text, object_pairs_hook=_Object.from_pairs)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object of dataset name -> entry, got {type(data).__name__}")
     return DatasetInfo(data, path=path)
 
 
-def parse_json(path: Path, text: str) -> Any:
+class _Object(dict):
+    """A JSON object that remembers which of its keys were given more than once."""
+
+    repeated: dict[str, bool]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        obj = cls(pairs)
+        seen: set[str] = set()
+        obj.repeated = {}
+        for key, _ in pairs:
+            if key in seen:
+                obj.repeated[key] = True
+            seen.add(key)
+        return obj
+
+
+def parse_json(path: Path, text: str, **options: Any) -> Any:
     """``json.loads`` with errors that name the file, line and column."""
     try:
-        return json.loads(text)
+        return json.loads(text, **options)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc

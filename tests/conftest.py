@@ -138,7 +138,9 @@ def chatty_model_dir(tmp_path_factory):
 def chatty_runner(chatty_model_dir):
     from ovis.serve.runner import OvisRunner, RunnerArguments
 
-    return OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=8))
+    # float32, not "auto": on a CPU with native bf16, auto follows a matmul timing probe that picks bf16
+    # under load, and in bf16 a left-padded batch rounds differently from one prompt alone.
+    return OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=8, dtype="float32"))
 
 
 @contextlib.contextmanager

@@ -35,15 +35,44 @@ def test_output_equals_plain_greedy_generate(runner):
     request = runner.prepare("Describe it.", RED)
     batch = runner.processor.collate([request.sample], padding_side="left")
     with torch.no_grad():
-        tokens = runner.model.generate(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                                       max_new_tokens=8, do_sample=False)[0].tolist()
+        tokens = runner.model.generate(
+            batch["input_ids"], batch["pixel_values"], batch["attention_mask"], max_new_tokens=8, do_sample=False
+        )[0].tolist()
     result = runner.run(RED, "Describe it.", max_new_tokens=8)
     expected = [t for t in tokens if t not in runner.eos_ids]
     cut = next((i for i, t in enumerate(tokens) if t in runner.eos_ids), len(tokens))
     assert result["output"] == runner.tokenizer.decode(expected[:cut], skip_special_tokens=True)
 
 
-def test_every_generation_argument_reaches_generate(runner, monkeypatch):
+def test_every_generation_argument_reaches_the_decode_loop(runner, monkeypatch):
+    from ovis.serve import runner as runner_module
+
+    seen = {}
+    real = runner_module.decode
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "decode", spy)
+    runner.run(
+        RED, "hi", max_new_tokens=3, do_sample=True, temperature=0.5, top_p=0.9, top_k=7, repetition_penalty=1.3, seed=1
+    )
+    sampling = seen["sampling"]
+    assert seen["max_new_tokens"] == 3 and sampling.do_sample is True
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.repetition_penalty) == (0.5, 0.9, 7, 1.3)
+    # RunnerArguments are the defaults for run() (the v1 runner kept but never used them).
+    seen.clear()
+    args_runner = OvisRunner(
+        RunnerArguments(model_path="x", max_new_tokens=2, repetition_penalty=1.1),
+        model=runner.model,
+        processor=runner.processor,
+    )
+    assert args_runner.run(RED, "hi")["completion_tokens"] <= 2
+    assert seen["max_new_tokens"] == 2 and seen["sampling"].repetition_penalty == 1.1
+
+
+def test_beam_search_and_the_hf_option_go_through_generate(runner, monkeypatch):
     seen = {}
     real = runner.model.generate
 
@@ -52,19 +81,20 @@ def test_every_generation_argument_reaches_generate(runner, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner.model, "generate", spy)
-    runner.run(RED, "hi", max_new_tokens=3, do_sample=True, temperature=0.5, top_p=0.9, top_k=7,
-               repetition_penalty=1.3, seed=1)
-    assert seen["max_new_tokens"] == 3 and seen["do_sample"] is True
-    assert (seen["temperature"], seen["top_p"], seen["top_k"], seen["repetition_penalty"]) == (0.5, 0.9, 7, 1.3)
-    seen.clear()
     runner.run(RED, "hi", max_new_tokens=3, num_beams=2)
     assert seen["num_beams"] == 2 and seen["do_sample"] is False
-    # RunnerArguments are the defaults for run() (the v1 runner kept but never used them).
     seen.clear()
-    args_runner = OvisRunner(RunnerArguments(model_path="x", max_new_tokens=2, repetition_penalty=1.1),
-                             model=runner.model, processor=runner.processor)
-    assert args_runner.run(RED, "hi")["completion_tokens"] <= 2
-    assert seen["max_new_tokens"] == 2 and seen["repetition_penalty"] == 1.1
+    lean = runner.run_batch([(RED, "hi"), (None, "a longer text-only question")], max_new_tokens=6)
+    assert seen == {}  # greedy requests never reach generate
+    hf_runner = OvisRunner(
+        RunnerArguments(model_path="x", max_new_tokens=6, decode_loop="hf"),
+        model=runner.model,
+        processor=runner.processor,
+    )
+    assert hf_runner.run_batch([(RED, "hi"), (None, "a longer text-only question")]) == lean
+    assert seen["max_new_tokens"] == 6
+    with pytest.raises(ValueError, match="decode_loop"):
+        RunnerArguments(model_path="x", decode_loop="fast")
 
 
 def test_bad_generation_arguments_are_named(runner):
@@ -80,8 +110,9 @@ def test_max_new_tokens_and_sampling_seed(runner):
     assert runner.run(RED, "hi", max_new_tokens=4)["completion_tokens"] <= 4
     a = runner.run(RED, "hi", do_sample=True, temperature=1.5, seed=11, max_new_tokens=8)["output"]
     b = runner.run(RED, "hi", do_sample=True, temperature=1.5, seed=11, max_new_tokens=8)["output"]
-    outputs = {runner.run(RED, "hi", do_sample=True, temperature=1.5, seed=s, max_new_tokens=8)["output"]
-               for s in range(4)}
+    outputs = {
+        runner.run(RED, "hi", do_sample=True, temperature=1.5, seed=s, max_new_tokens=8)["output"] for s in range(4)
+    }
     assert a == b
     assert len(outputs) > 1  # the seed changes the sample, so sampling really happens
 
@@ -94,6 +125,9 @@ def test_batch_of_mixed_lengths_and_image_counts_equals_one_at_a_time(runner):
         (BLUE, "Shape?"),
         ([BLUE, RED, BLUE], "Three images in one prompt: which differs?"),
     ]
+    # A float32 promise: in bf16 a padded row rounds differently from the same prompt alone. The shared
+    # runner once took "auto" and with it bf16 whenever a timing probe ran under load (1 run in 3).
+    assert runner.model.dtype == torch.float32
     together = runner.run_batch(items, max_new_tokens=8)
     alone = [runner.run(image, text, max_new_tokens=8) for image, text in items]
     assert [r["output"] for r in together] == [r["output"] for r in alone]
@@ -113,7 +147,7 @@ def test_rows_in_one_batch_keep_their_own_limits_and_stops(runner):
         assert full.startswith(result.output)
     assert results[1].output == full
     # A stop string cuts the text before it, and the stream never shows it.
-    stop = full[len(full) // 2: len(full) // 2 + 1]
+    stop = full[len(full) // 2 : len(full) // 2 + 1]
     stopped = runner.run(RED, "Same question", max_new_tokens=8, stop=[stop])
     assert stopped["output"] == full[: full.index(stop)]
     assert stopped["finish_reason"] == "stop"
@@ -142,9 +176,11 @@ def test_multi_turn_session_keeps_history_and_images(runner):
     assert session.messages[1]["content"] == first["output"]
     assert len(session.images) == 2
     expected = runner.chat(
-        [{"role": "user", "content": "<image>\nWhat colour is this?"},
-         {"role": "assistant", "content": first["output"]},
-         {"role": "user", "content": "<image>\nAnd this one?"}],
+        [
+            {"role": "user", "content": "<image>\nWhat colour is this?"},
+            {"role": "assistant", "content": first["output"]},
+            {"role": "user", "content": "<image>\nAnd this one?"},
+        ],
         [RED, BLUE],
     )
     assert second["output"] == expected["output"]

@@ -5,6 +5,10 @@ returns ``{prompt, output, prompt_tokens, total_tokens}``) and gains what it lac
 argument honoured, batches of prompts with different lengths and image counts generated together
 (left padding + KV cache, equal to one-at-a-time under greedy decoding), token streaming,
 multi-turn chats, several images per prompt and text-only prompts.
+
+Tokens come from ovis's own decode loop (:mod:`ovis.serve.decode_loop`: the same tokens as Hugging
+Face ``generate``, less Python per step); beam search, and a checkpoint whose generation config asks
+for more than that loop does, go through ``generate``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ovis.interfaces import IMAGE_MARKER, ChatFormatError, Message
 from ovis.interfaces.image import load_image
 from ovis.precision import resolve_precision
 from ovis.processing import EncodedSample, OvisProcessor, with_image_markers
+from ovis.serve.decode_loop import Sampling, decode, needs_hf_generate
 from ovis.serve.generation import Completion, GenerationParams, IncrementalDecoder, Row, RowTracker
 
 ImageInput = str | Path | Image.Image
@@ -71,6 +76,13 @@ class RunnerArguments:
     device: str | None = None  # "auto" / None: CUDA if present, else CPU
     dtype: str | None = None  # "auto" / None: bf16 on CUDA; on a CPU see ovis.precision
     max_batch_size: int = 16
+    #: "ovis": ovis's decode loop wherever it gives generate's result (beam search and unusual
+    #: generation configs still use generate); "hf": Hugging Face generate for every request
+    decode_loop: str = "ovis"
+
+    def __post_init__(self) -> None:
+        if self.decode_loop not in ("ovis", "hf"):
+            raise ConfigError(f"decode_loop must be 'ovis' or 'hf'; got {self.decode_loop!r}")
 
     def generation_params(self, **overrides: Any) -> GenerationParams:
         fields = {name: getattr(self, name) for name in GenerationParams.model_fields}
@@ -126,8 +138,9 @@ class OvisRunner:
         if not path.is_dir():
             raise InputFileError(f"model_path {args.model_path!r} is not a directory; {written_by}")
         if not (path / "config.json").is_file():
-            raise InputFileError(f"model_path {args.model_path!r} has no config.json, so it holds no model; "
-                                 f"{written_by}")
+            raise InputFileError(
+                f"model_path {args.model_path!r} has no config.json, so it holds no model; {written_by}"
+            )
         device = pick_device(args.device)
         dtype = pick_dtype(device, args.dtype)
         dtype_name = next(name for name, value in DTYPE_NAMES.items() if value == dtype)
@@ -182,7 +195,7 @@ class OvisRunner:
         size = max(1, self.args.max_batch_size)
         for indices in groups.values():
             for start in range(0, len(indices), size):
-                chunk = indices[start: start + size]
+                chunk = indices[start : start + size]
                 for i, completion in zip(chunk, self._generate_batch([requests[i] for i in chunk]), strict=True):
                     results[i] = completion
         return results  # type: ignore[return-value]
@@ -191,45 +204,81 @@ class OvisRunner:
         params = requests[0].params
         batch = self.processor.collate([r.sample for r in requests], padding_side="left")
         rows = [
-            Row(IncrementalDecoder(self.tokenizer, self.eos_ids), r.params.max_new_tokens, r.params.stop,
-                self.eos_ids, on_text=r.on_text, cancelled=r.cancelled)
+            Row(
+                IncrementalDecoder(self.tokenizer, self.eos_ids),
+                r.params.max_new_tokens,
+                r.params.stop,
+                self.eos_ids,
+                on_text=r.on_text,
+                cancelled=r.cancelled,
+            )
             for r in requests
         ]
-        kwargs = params.hf_kwargs()
-        kwargs["max_new_tokens"] = max(r.params.max_new_tokens for r in requests)
-        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
-        kwargs["eos_token_id"] = sorted(self.eos_ids) or None
-        beams = params.num_beams > 1
-        if not beams:
-            # Beam search reorders rows every step; rows are settled after it instead.
-            kwargs["stopping_criteria"] = [RowTracker(rows)]
+        max_new_tokens = max(r.params.max_new_tokens for r in requests)
         pixel_values = batch["pixel_values"].to(self.device, dtype=self._pixel_dtype())
+        pixel_values = pixel_values if pixel_values.numel() else None
+        use_hf = self.args.decode_loop == "hf" or needs_hf_generate(self.model.llm, params.num_beams) is not None
+        output = None
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             started = time.perf_counter()
-            output = self.model.generate(
-                batch["input_ids"], pixel_values if pixel_values.numel() else None, batch["attention_mask"], **kwargs
-            )
-        output = output.tolist()
+            if use_hf:
+                output = self._hf_generate(batch, pixel_values, params, max_new_tokens, rows)
+            else:
+                embeds = self.model.embed_inputs(batch["input_ids"].to(self.device), pixel_values)
+                decode(
+                    self.model.llm,
+                    embeds,
+                    batch["attention_mask"],
+                    max_new_tokens=max_new_tokens,
+                    sampling=self._sampling(params),
+                    eos_ids=self.eos_ids,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    on_step=RowTracker(rows).step,
+                )
         completions = []
-        for request, row, tokens in zip(requests, rows, output, strict=True):
-            if beams:
-                for token in tokens:
+        for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
+            if params.num_beams > 1 and output is not None:
+                # Beam search reorders rows every step: its rows are settled from the final tokens.
+                for token in output[i]:
                     row.push(int(token))
                     if row.done:
                         break
             row.finish()
-            completions.append(Completion(
-                prompt=request.prompt,
-                output=row.emitted,
-                prompt_tokens=len(request.sample.input_ids),
-                completion_tokens=row.generated,
-                finish_reason=row.finish_reason,  # type: ignore[arg-type]
-                token_ids=row.token_ids,
-                first_token_s=(row.first_token_at - started) if row.first_token_at else None,
-            ))
+            completions.append(
+                Completion(
+                    prompt=request.prompt,
+                    output=row.emitted,
+                    prompt_tokens=len(request.sample.input_ids),
+                    completion_tokens=row.generated,
+                    finish_reason=row.finish_reason,  # type: ignore[arg-type]
+                    token_ids=row.token_ids,
+                    first_token_s=(row.first_token_at - started) if row.first_token_at else None,
+                )
+            )
         return completions
+
+    def _hf_generate(self, batch, pixel_values, params: GenerationParams, max_new_tokens: int, rows) -> list:
+        kwargs = params.hf_kwargs()
+        kwargs["max_new_tokens"] = max_new_tokens
+        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        kwargs["eos_token_id"] = sorted(self.eos_ids) or None
+        if params.num_beams == 1:
+            kwargs["stopping_criteria"] = [RowTracker(rows)]
+        return self.model.generate(batch["input_ids"], pixel_values, batch["attention_mask"], **kwargs).tolist()
+
+    def _sampling(self, params: GenerationParams) -> Sampling:
+        penalty = params.repetition_penalty
+        if penalty is None:  # generate would take the checkpoint's own, so take it too
+            penalty = getattr(getattr(self.model.llm, "generation_config", None), "repetition_penalty", None)
+        return Sampling(
+            do_sample=params.do_sample,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            repetition_penalty=penalty,
+        )
 
     def _pixel_dtype(self) -> torch.dtype:
         return next(self.model.visual_tokenizer.parameters()).dtype
@@ -247,9 +296,7 @@ class OvisRunner:
         params = self.args.generation_params(**gen)
         return [c.as_dict() for c in self.generate([self.prepare(text, image, params) for image, text in items])]
 
-    def chat(
-        self, messages: Sequence[Message | dict], images: Sequence[ImageInput] = (), **gen: Any
-    ) -> dict[str, Any]:
+    def chat(self, messages: Sequence[Message | dict], images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
         """One reply to a whole conversation (history included); ``<image>`` markers place images."""
         return self.generate([self.prepare(messages, images, self.args.generation_params(**gen))])[0].as_dict()
 
@@ -262,8 +309,9 @@ class OvisRunner:
         """Yield the answer piece by piece as it is generated (beam search yields it whole at the end)."""
         deltas: queue.Queue = queue.Queue()
         stop = threading.Event()
-        request = self.prepare(text, image, self.args.generation_params(**gen),
-                               on_text=deltas.put, cancelled=stop.is_set)
+        request = self.prepare(
+            text, image, self.args.generation_params(**gen), on_text=deltas.put, cancelled=stop.is_set
+        )
         done = object()
         failure: list[BaseException] = []
 

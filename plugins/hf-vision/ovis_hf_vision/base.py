@@ -1,11 +1,12 @@
-"""What the transformers CLIP and SigLIP towers share: building, checkpointing and blocks.
+"""What the transformers vision towers (CLIP, SigLIP, SigLIP2, AIMv2) share: building,
+checkpointing and blocks.
 
-The transformers model (``CLIPVisionModel`` / ``SiglipVisionModel``) is held as ``vision_model``, so
-state-dict keys read ``vision_model.embeddings...``, ``vision_model.encoder.layers.N...``: the
+The transformers model (``CLIPVisionModel``, ``SiglipVisionModel``, ...) is held as ``vision_model``,
+so state-dict keys read ``vision_model.embeddings...``, ``vision_model.encoder.layers.N...``: the
 layout of the released Ovis checkpoints (under ``visual_tokenizer.backbone.``).
 
-Features are the output of the last encoder layer, before the final layer norm, without the
-CLS token (what Ovis v1 took from CLIP and Ovis 1.6 from SigLIP: ``hidden_states[-1]``).
+Features are the output of the last encoder layer, before the final norm, without the CLS token
+(what Ovis v1 took from CLIP, Ovis 1.6 from SigLIP and Ovis2 from AIMv2: ``hidden_states[-1]``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class HFVisionBackbone(VisionBackbone):
             model = cls.model_class(cls.config_class(**spec.architecture))
         return cls(spec, model)
 
-    def _check_against_spec(self) -> None:
+    def _model_sizes(self) -> dict[str, object]:
+        """The spec's size fields as the built model has them (a subclass whose config lacks one
+        leaves it out)."""
         config = self.vision_model.config
-        actual = {
+        return {
             "hidden_size": config.hidden_size,
             "num_layers": config.num_hidden_layers,
             "num_heads": config.num_attention_heads,
@@ -53,6 +56,9 @@ class HFVisionBackbone(VisionBackbone):
             "image_size": config.image_size,
             "has_cls_token": self.num_prefix_tokens > 0,
         }
+
+    def _check_against_spec(self) -> None:
+        actual = self._model_sizes()
         wrong = {k: v for k, v in actual.items() if getattr(self.spec, k) != v}
         if wrong:
             details = "; ".join(f"{k}: spec {getattr(self.spec, k)}, model {v}" for k, v in wrong.items())
@@ -63,7 +69,7 @@ class HFVisionBackbone(VisionBackbone):
         """The last encoder layer's output, before the final norm, prefix tokens included."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
+        dtype = self.vision_model.get_input_embeddings().weight.dtype
         hidden = self._last_hidden_state(pixel_values.to(dtype))
         return hidden[:, self.num_prefix_tokens :]
 

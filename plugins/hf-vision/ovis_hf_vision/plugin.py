@@ -7,6 +7,8 @@ from ovis.interfaces import hookimpl, iter_presets
 BUILDERS = {
     "hf-clip-vision": "ovis_hf_vision.clip:HFCLIPVision",
     "hf-siglip-vision": "ovis_hf_vision.siglip:HFSiglipVision",
+    "hf-siglip2-vision": "ovis_hf_vision.siglip2:HFSiglip2Vision",
+    "hf-aimv2-vision": "ovis_hf_vision.aimv2:HFAimv2Vision",
 }
 
 

@@ -1,9 +1,9 @@
-"""The ``ovis.plugins`` entry point: registers the Qwen presets and the ChatML formats."""
+"""The ``ovis.plugins`` entry point: registers the Qwen presets and the ChatML formats (chatml, qwen2.5, qwen3)."""
 
 from __future__ import annotations
 
 from ovis.interfaces import hookimpl, iter_presets
-from ovis_qwen.chat_format import CHATML, QWEN25
+from ovis_qwen.chat_format import CHATML, QWEN3, QWEN25
 
 BUILDER = "qwen"
 #: imported when a model is built, not when the plugin is listed (torch stays out of `ovis list`)
@@ -20,3 +20,4 @@ def register_llms(register) -> None:
 def register_chat_formats(register) -> None:
     register(CHATML)
     register(QWEN25)
+    register(QWEN3)

@@ -10,6 +10,9 @@ other ids). No BOS is added; eos is ``<|im_end|>`` (the chat end of turn), pad `
   "You are a helpful assistant." (Ovis v1's ``QwenConversationFormatter``).
 * ``offline:qwen2.5``: the same vocabulary plus Qwen2.5's extra tokens (151646-151664: vision,
   tool-call and fill-in-the-middle markers) and Qwen2.5-Instruct's default system prompt.
+* ``offline:qwen3``: Qwen2.5's vocabulary plus Qwen3's tool-response and thinking tokens
+  (151665-151668), with a ChatML template that has no default system prompt and puts an empty
+  ``<think>\\n\\n</think>\\n\\n`` before a reply without reasoning (Ovis2.5's layout).
 * ``offline:qwen-toy``: a small byte-level BPE (512 tokens) trained on a short built-in corpus,
   with Qwen's three special tokens and ChatML template. The Qwen vocabulary's 151k-row embedding
   and head would dominate a CPU-sized model's compute; this keeps the family's format without it.
@@ -38,6 +41,7 @@ from ovis_qwen.tokens import (  # noqa: F401  (re-exported: the tokenizer's fact
     IM_END,
     IM_START,
     PAD,
+    QWEN3_EXTRA_TOKENS,
     QWEN25_EXTRA_TOKENS,
     QWEN25_SYSTEM,
     QWEN_SYSTEM,
@@ -56,23 +60,38 @@ RECIPE_VERSION = 1
 BUILD_INFO: dict[str, object] = {}
 
 
-def chatml_template(default_system: str) -> str:
-    """ChatML as Qwen ships it: a default system turn first when the conversation has none."""
+def chatml_template(default_system: str | None, *, empty_think: bool = False) -> str:
+    """ChatML as Qwen ships it: a default system turn first when the conversation has none
+    (``None``: none). ``empty_think``: a reply without ``<think>...</think>`` follows an empty
+    one (Ovis2.5's Qwen3 layout)."""
+    system = (
+        (
+            "{%- if not messages or messages[0]['role'] != 'system' -%}"
+            "{{ '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}"
+            "{%- endif -%}"
+        )
+        if default_system is not None
+        else ""
+    )
+    turn = "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    if empty_think:
+        turn = (
+            "{%- if message['role'] == 'assistant' and not ('<think>' in message['content'] "
+            "and '</think>' in message['content']) -%}"
+            "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
+            "{%- else -%}" + turn + "{%- endif -%}"
+        )
     return (
-        "{%- if not messages or messages[0]['role'] != 'system' -%}"
-        "{{ '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}"
-        "{%- endif -%}"
-        "{%- for message in messages -%}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{%- endfor -%}"
+        system + "{%- for message in messages -%}" + turn + "{%- endfor -%}"
         "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif -%}"
     )
 
 
-#: offline name -> (extra added tokens, default system prompt, model_max_length)
+#: offline name -> (extra added tokens, chat template, model_max_length)
 OFFLINE = {
-    "qwen": ((), QWEN_SYSTEM, 32768),
-    "qwen2.5": (QWEN25_EXTRA_TOKENS, QWEN25_SYSTEM, 131072),
+    "qwen": ((), chatml_template(QWEN_SYSTEM), 32768),
+    "qwen2.5": (QWEN25_EXTRA_TOKENS, chatml_template(QWEN25_SYSTEM), 131072),
+    "qwen3": (QWEN3_EXTRA_TOKENS, chatml_template(None, empty_think=True), 40960),
 }
 
 
@@ -148,14 +167,14 @@ def _toy() -> PreTrainedTokenizerFast:
 
 @functools.cache
 def _offline(name: str) -> PreTrainedTokenizerFast:
-    extra, system, max_length = OFFLINE[name]
+    extra, template, max_length = OFFLINE[name]
     start = time.perf_counter()
     path, built = cached_tokenizer_file(f"qwen-bpe-v{RECIPE_VERSION}", _write_backend)
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(path),
         eos_token=IM_END,
         pad_token=PAD,
-        chat_template=chatml_template(system),
+        chat_template=template,
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,
         model_input_names=["input_ids", "attention_mask"],
@@ -180,9 +199,12 @@ def offline_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return copy.deepcopy(_offline(name))
 
 
-def load_tokenizer(source: str, *, default_system: str = QWEN_SYSTEM) -> PreTrainedTokenizerBase:
-    """``offline:qwen`` / ``offline:qwen2.5``, or a hub id / local folder loaded with
-    ``AutoTokenizer`` (no remote code), with pad, end-of-turn eos and chat template settled."""
+def load_tokenizer(
+    source: str, *, default_system: str | None = QWEN_SYSTEM, empty_think: bool = False
+) -> PreTrainedTokenizerBase:
+    """``offline:qwen`` / ``offline:qwen2.5`` / ``offline:qwen3``, or a hub id / local folder loaded
+    with ``AutoTokenizer`` (no remote code), with pad, end-of-turn eos and chat template settled
+    (a folder's own template is kept; one without gets ChatML with ``default_system``)."""
     if source.startswith("offline:"):
         return offline_tokenizer(source.removeprefix("offline:"))
     local = Path(source).expanduser()
@@ -193,5 +215,5 @@ def load_tokenizer(source: str, *, default_system: str = QWEN_SYSTEM) -> PreTrai
     if tok.pad_token is None:
         tok.pad_token = PAD if PAD in vocab else tok.eos_token
     if not getattr(tok, "chat_template", None):
-        tok.chat_template = chatml_template(default_system)
+        tok.chat_template = chatml_template(default_system, empty_think=empty_think)
     return tok

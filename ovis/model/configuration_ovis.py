@@ -12,6 +12,13 @@ from ovis.model.v1_format import translate_config
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 
 ADAPTERS = ("structural", "mlp")
+#: ``v1``: one padded square per image, begin/end indicators; ``tiled``: Ovis 1.6 / Ovis2 tiles + global
+#: view with five indicators (``ovis.tiling``)
+IMAGE_LAYOUTS = ("v1", "tiled")
+#: indicator rows at the end of the visual embedding table, per layout
+LAYOUT_INDICATORS = {"v1": 2, "tiled": 5}
+#: how the tiled layout fits each view to the encoder's square (see ``ovis.tiling``)
+TILE_RESIZES = ("pad", "canvas")
 
 logger = logging.getLogger("ovis.model")
 VISUAL_PATHS = ("fused", "naive")
@@ -47,6 +54,15 @@ class OvisConfig(PretrainedConfig):
         visual_embedding_scale: every visual row (indicators included) is multiplied by this
             before the LLM, as the LLM multiplies its token embeddings (Gemma: sqrt(hidden_size));
             the composer takes it from the LLM plugin (``LLMBackbone.embedding_scale``).
+        image_layout: ``v1`` (one padded square per image) or ``tiled`` (Ovis 1.6 / Ovis2: a grid of
+            tiles plus a global view, five indicators in the VTE's last rows; see ``ovis.tiling``).
+        hidden_stride: each ``s x s`` block of patch features (the grid padded to a multiple of ``s``)
+            is concatenated before the head, so a view costs ``ceil(side / s)^2`` visual tokens
+            (``side`` patches per side) and the head takes ``s^2`` x the encoder width. 1: no merging.
+        max_partition: tiled layout: at most this many tiles per image (9 in Ovis2).
+        covering_threshold: tiled layout: the coverage a grid must beat to be chosen for fewer tiles.
+        tile_resize: tiled layout: ``pad`` (the releases: each crop resized, aspect kept, and padded)
+            or ``canvas`` (transformers' Ovis2ImageProcessor: the image resized onto the grid's canvas).
     """
 
     model_type = "ovis"
@@ -70,6 +86,11 @@ class OvisConfig(PretrainedConfig):
         visual_chunk_rows: int | None = None,
         visual_topk: int | None = None,
         visual_embedding_scale: float = 1.0,
+        image_layout: str = "v1",
+        hidden_stride: int = 1,
+        max_partition: int = 9,
+        covering_threshold: float = 0.9,
+        tile_resize: str = "pad",
         **kwargs: Any,
     ) -> None:
         visual_tokenizer_config = kwargs.pop("visual_tokenizer_config", None)
@@ -89,6 +110,9 @@ class OvisConfig(PretrainedConfig):
         _check(tokenize_function=tokenize_function, adapter=adapter, visual_vocab_size=visual_vocab_size,
                use_indicators=use_indicators, visual_path=visual_path, visual_chunk_rows=visual_chunk_rows,
                visual_topk=visual_topk, visual_embedding_scale=visual_embedding_scale)
+        _check_layout(image_layout=image_layout, hidden_stride=hidden_stride, use_indicators=use_indicators,
+                      visual_vocab_size=visual_vocab_size, max_partition=max_partition,
+                      covering_threshold=covering_threshold, tile_resize=tile_resize)
         self.llm_config = llm_config
         self.vision_spec = vision_spec
         self.llm_spec = llm_spec
@@ -105,22 +129,70 @@ class OvisConfig(PretrainedConfig):
         self.visual_chunk_rows = visual_chunk_rows
         self.visual_topk = visual_topk
         self.visual_embedding_scale = float(visual_embedding_scale)
+        self.image_layout = image_layout
+        self.hidden_stride = hidden_stride
+        self.max_partition = max_partition
+        self.covering_threshold = covering_threshold
+        self.tile_resize = tile_resize
         kwargs.setdefault("architectures", ["OvisForCausalLM"])
         super().__init__(**kwargs)
         if llm_config is not None:
             self.hidden_size = llm_config.hidden_size
 
-    # Visual features: image blocks are this many rows each.
     @property
-    def num_image_tokens(self) -> int:
+    def num_indicators(self) -> int:
+        """Indicator rows at the end of the visual embedding table (0 without indicators)."""
+        if not self.use_indicators:
+            return 0
+        return LAYOUT_INDICATORS[getattr(self, "image_layout", "v1")]
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Visual tokens one view (a v1 image, a tile) yields after merging (no indicators)."""
         if not self.vision_spec:
             raise ConfigError("OvisConfig has no vision_spec")
         arch = self.vision_spec
-        patches = (arch["image_size"] // arch["patch_size"]) ** 2
-        return patches + (2 if self.use_indicators else 0)
+        return merged_tokens(arch["image_size"] // arch["patch_size"], getattr(self, "hidden_stride", 1))
+
+    # Visual features: v1 image blocks are this many rows each.
+    @property
+    def num_image_tokens(self) -> int:
+        return self.tokens_per_tile + (2 if self.use_indicators else 0)
 
     def get_text_config(self, *args: Any, **kwargs: Any) -> PretrainedConfig:
         return self.llm_config if self.llm_config is not None else self
+
+
+def merged_tokens(side: int, hidden_stride: int) -> int:
+    """Tokens of a ``side x side`` patch grid once each ``s x s`` block (grid padded) is merged."""
+    return (-(-side // hidden_stride)) ** 2
+
+
+def check_tiling(max_partition: Any, covering_threshold: Any, tile_resize: Any) -> None:
+    """Refuse tiling values no layout can be built from, naming the field."""
+    if isinstance(max_partition, bool) or not isinstance(max_partition, int) or max_partition < 1:
+        raise ConfigError(f"max_partition must be a whole number >= 1, got {max_partition!r}")
+    if isinstance(covering_threshold, bool) or not isinstance(covering_threshold, (int, float)) or not (
+        0 <= covering_threshold <= 1
+    ):
+        raise ConfigError(f"covering_threshold must be a number from 0 to 1, got {covering_threshold!r}")
+    if tile_resize not in TILE_RESIZES:
+        raise ConfigError(f"tile_resize must be one of {', '.join(TILE_RESIZES)}, got {tile_resize!r}")
+
+
+def _check_layout(*, image_layout: str, hidden_stride: Any, use_indicators: bool, visual_vocab_size: int,
+                  max_partition: Any, covering_threshold: Any, tile_resize: Any) -> None:
+    """Refuse layout values no model can be built from, naming the field."""
+    if image_layout not in IMAGE_LAYOUTS:
+        raise ConfigError(f"image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {image_layout!r}")
+    if isinstance(hidden_stride, bool) or not isinstance(hidden_stride, int) or hidden_stride < 1:
+        raise ConfigError(f"hidden_stride must be a whole number >= 1, got {hidden_stride!r}")
+    check_tiling(max_partition, covering_threshold, tile_resize)
+    if image_layout == "tiled":
+        if not use_indicators:
+            raise ConfigError("image_layout 'tiled' needs its five indicators: use_indicators must be true")
+        if visual_vocab_size < 6:
+            raise ConfigError(f"visual_vocab_size {visual_vocab_size} is too small for the tiled layout (> 5)")
 
 
 def _from_v1_config(llm_config: Any, visual_tokenizer_config: Any, multimodal_max_length: int,

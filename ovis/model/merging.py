@@ -14,6 +14,13 @@ from ovis.errors import OvisError
 IMAGE_TOKEN_ID = -200
 IGNORE_INDEX = -100
 
+# The tiled layout's five indicator positions (the Ovis 1.6 / Ovis2 release's ids): image begin, the
+# end of the global view (the grid begins), between two tiles of a row, between rows, image end.
+# Indicator ``k`` is filled with the visual embedding table's row ``V - 5 + k``.
+BEGIN_INDICATOR, GRID_INDICATOR, COLUMN_INDICATOR, ROW_INDICATOR, END_INDICATOR = INDICATOR_IDS = (
+    -301, -302, -303, -304, -305,
+)
+
 
 class ImageCountError(OvisError, ValueError):
     """The image positions in the tokens do not match the images given."""
@@ -42,3 +49,20 @@ def merge_image_embeddings(
             "needs exactly one image, and the tokens must come from this model's processor"
         )
     return text_embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(text_embeds.dtype))
+
+
+def indicator_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """Where ``input_ids`` hold one of :data:`INDICATOR_IDS`."""
+    return (input_ids <= INDICATOR_IDS[0]) & (input_ids >= INDICATOR_IDS[-1])
+
+
+def merge_indicator_embeddings(
+    embeds: torch.Tensor, input_ids: torch.Tensor, indicator_rows: torch.Tensor
+) -> torch.Tensor:
+    """Fill the indicator positions of ``embeds`` ``[B, L, H]`` with ``indicator_rows`` ``[5, H]``
+    (row ``k`` for id ``INDICATOR_IDS[k]``)."""
+    mask = indicator_mask(input_ids)
+    if not bool(mask.any()):
+        return embeds
+    index = (INDICATOR_IDS[0] - input_ids).clamp(0, len(INDICATOR_IDS) - 1)
+    return torch.where(mask.unsqueeze(-1), indicator_rows.to(embeds.dtype)[index], embeds)

@@ -107,7 +107,7 @@ def test_a_decompression_bomb_is_a_bad_row_read_from_its_header(tmp_path):
     rows[1]["image"] = bomb
     bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
     assert [bad["index"] for bad in bench.bad_rows] == ["1", "2"]  # row 2 refers to row 1's image
-    assert "10000x10000 pixels, over the limit" in bench.bad_rows[0]["reason"]
+    assert "image 1: image is 10000x10000 = 100,000,000 pixels; the limit is" in bench.bad_rows[0]["reason"]
 
 
 def test_undecodable_images_are_counted_not_fatal(tmp_path):
@@ -117,7 +117,7 @@ def test_undecodable_images_are_counted_not_fatal(tmp_path):
     bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
     assert [item.index for item in bench.items] == ["1", "2"]
     assert [bad["index"] for bad in bench.bad_rows] == ["0", "3"]
-    assert "cannot be decoded" in bench.bad_rows[0]["reason"]
+    assert "image 1: not a readable image" in bench.bad_rows[0]["reason"]
     report = score(bench, {"1": "B", "2": "A"})
     assert report["bad_rows"] == 2 and report["metrics"]["accuracy"] == 1.0
 

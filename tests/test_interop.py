@@ -547,11 +547,11 @@ def test_a_shape_that_does_not_match_the_config(v1_qwen, tmp_path):
 
 def test_an_unknown_conversation_formatter_class(v1_qwen, tmp_path, capsys):
     src = _clone(v1_qwen.path, tmp_path / "src")
-    _rewrite_json(src / "config.json", lambda c: c.update(conversation_formatter_class="GemmaConversationFormatter"))
+    _rewrite_json(src / "config.json", lambda c: c.update(conversation_formatter_class="MadeUpConversationFormatter"))
     out = tmp_path / "out"
     assert main(["convert", str(src), "--from", "original", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "unknown conversation_formatter_class 'GemmaConversationFormatter'" in err
+    assert "unknown conversation_formatter_class 'MadeUpConversationFormatter'" in err
     assert "Llama3ConversationFormatter -> llama3" in err and "QwenConversationFormatter -> chatml" in err
     assert _leftovers(tmp_path, "out") == []
     with pytest.raises(UnknownFormatterError):

@@ -62,7 +62,7 @@ def _missing_shard(d):
 
 CASES = {
     # name: (damage, error class, the message must match)
-    "missing directory": (_missing, InputFileError, r"model.* does not exist|is not a directory"),
+    "missing directory": (_missing, InputFileError, r"model.* (does not exist|not found)|is not a directory"),
     "config.json not JSON": (_bad_json, ConfigError, r"config\.json: not valid JSON at line 2, column 14"),
     "pickle weights only": (_pickle_only, OvisError,
                             r"pytorch_model\.bin.*pickle weights are not loaded.*convert them to safetensors"),

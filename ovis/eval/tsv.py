@@ -17,7 +17,6 @@ import base64
 import binascii
 import csv
 import hashlib
-import io
 import json
 import math
 import re
@@ -28,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
-
 from ovis.errors import OvisError
-from ovis.interfaces.image import max_image_pixels
+from ovis.interfaces.image import ImageError, load_image
 
 Kind = Literal["mcq", "yesno", "vqa"]
 KINDS: tuple[Kind, ...] = ("mcq", "yesno", "vqa")
@@ -217,16 +214,12 @@ def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tu
                 raise ValueError(f"image file {file} not found")
             images.append(file.read_bytes())
     for k, data in enumerate(images):
+        # Decoded in full by the loader generation uses, so a row that would fail there (truncated
+        # pixels, a bomb, a format not accepted) is a bad row here, before the model loads.
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                size = image.size
-                image.verify()
-        except Exception as exc:  # PIL raises many types for broken files
-            raise ValueError(f"image {k + 1} cannot be decoded ({type(exc).__name__}: {exc})") from exc
-        # A decompression bomb verifies; its header says what decoding it would cost.
-        if size[0] * size[1] > max_image_pixels():
-            raise ValueError(f"image {k + 1} is {size[0]}x{size[1]} pixels, over the limit of {max_image_pixels():,} "
-                             "(a guard against decompression bombs; raise it with OVIS_MAX_IMAGE_PIXELS)")
+            load_image(data, what=f"image {k + 1}")
+        except ImageError as exc:
+            raise ValueError(str(exc)) from exc
     # The picture's identity for MME's pairs: its image_path when the file names one (as VLMEvalKit
     # groups), else its bytes.
     key = _cell(row.get("image_path")) or hashlib.sha1(b"".join(images)).hexdigest()[:16]

@@ -36,6 +36,12 @@ BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 
+#: the file formats :func:`load_image` opens: raster formats Pillow decodes by itself. Left out on
+#: purpose: EPS (Pillow hands it to Ghostscript, an interpreter, to render) and formats that need
+#: other outside programs or are rarely pictures (PDF, WMF/EMF, FITS, MIC...).
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "DIB", "TIFF", "WEBP", "ICO", "TGA", "PPM",
+                 "JPEG2000", "PCX", "SGI", "QOI", "DDS", "ICNS", "AVIF", "HEIF")
+
 
 class ImageError(OvisError, ValueError):
     """An image that cannot be used: missing, unreadable, truncated or of an unsupported mode."""
@@ -123,17 +129,26 @@ def _open(source: str | Path | bytes, label: str, limit: int, how: str) -> Image
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
         stream = Path(source)
+        if stream.is_dir():
+            raise ImageError(f"{label} is a directory, not an image file")
         if not stream.is_file():
             raise ImageError(f"{label}: image file not found")
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # ovis checks its own limit; Pillow's must not be lower
     try:
-        return Image.open(stream)
+        return Image.open(stream, formats=accepted_image_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning if made an error
         raise ImageTooLargeError(f"{label}: image is too large to decode safely ({exc}); the limit is "
                                  f"{limit:,} pixels ({how})", size=None, limit=limit) from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"{label}: not a readable image ({exc})") from exc
+        raise ImageError(f"{label}: not a readable image in an accepted format ({exc}); accepted: "
+                         f"{', '.join(accepted_image_formats())}") from exc
+
+
+def accepted_image_formats() -> tuple[str, ...]:
+    """:data:`IMAGE_FORMATS` this Pillow can open (AVIF/HEIF only with their plugins installed)."""
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
 
 
 def _upright(image: Image.Image, label: str) -> Image.Image:

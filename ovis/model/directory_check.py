@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ovis.errors import ConfigError, InputFileError
+from ovis.errors import InputFileError
+from ovis.json_files import read_json_object
 from ovis.model.v1_format import (
     BIN_INDEX,
     CONFIG_FILE,
@@ -52,21 +53,7 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise InputFileError(f"{directory} has no {CONFIG_FILE}, so it holds no model; {WRITTEN_BY}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON model config") from exc
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: must hold a JSON object (the model config), got {type(config).__name__}")
-    return config
+    return read_json_object(path, "the model config")
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:

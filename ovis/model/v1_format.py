@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from ovis.errors import OvisError
 from ovis.interfaces import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, VisionSpec
+from ovis.json_files import read_json_object
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 from ovis.plugin_host import PluginHost, get_host
 
@@ -85,22 +86,19 @@ class UnsupportedError(ConversionError):
 
 def read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text())
+        return read_json_object(path, what)
     except FileNotFoundError as exc:
         raise NotAnOvisCheckpointError(
             f"{path.parent}: no {path.name}; neither an ovis model directory nor an original Ovis v1 checkpoint"
         ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{path}: {what} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: {what} must hold a JSON object")
-    return data
 
 
 def read_config(directory: str | Path) -> dict:
     directory = Path(directory)
+    if not directory.exists():
+        raise NotAnOvisCheckpointError(f"model directory {str(directory)!r} does not exist")
     if not directory.is_dir():
-        raise NotAnOvisCheckpointError(f"{directory}: not a directory")
+        raise NotAnOvisCheckpointError(f"model directory {str(directory)!r} is not a directory")
     return read_json(directory / CONFIG_FILE, "the model config")
 
 

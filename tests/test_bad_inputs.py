@@ -1,0 +1,369 @@
+"""A corpus of hostile files, generated here, fed through every entry point that takes one.
+
+Each entry point (the image loader, ``OvisRunner``, ``ovis run``, the HTTP API, the web UI's
+upload path, ``ovis eval``, training data, ``ovis.load``, ``ovis convert``, ``ovis serve``,
+``ovis eval --model``, ``ovis train``) must answer every hostile file with a clean error that names
+it, or skip and count it where a run goes on (training, evaluation): never a traceback, never a
+dead run. Odd but valid files (16-bit, CMYK, palette transparency, EXIF rotation...) must give
+exactly the pixels of their plain 8-bit RGB twin: never silent damage.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ovis.cli import main
+from ovis.errors import OvisError
+from ovis.interfaces import ImageError, load_image
+from ovis.interfaces.image import MAX_PIXELS_ENV
+from ovis.ports import free_port
+
+from .test_model_directory import CASES as DAMAGED_MODEL_DIRS
+
+
+# -- the corpus ------------------------------------------------------------------------------------
+def _encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_with(width: int, height: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _noise_jpeg() -> bytes:
+    return _encoded(Image.effect_noise((64, 48), 60).convert("RGB"), "JPEG")
+
+
+def _bad_crc() -> bytes:
+    good = bytearray(_encoded(Image.new("RGB", (40, 30), "red")))
+    good[29] ^= 0xFF  # inside the IHDR chunk: its CRC no longer matches
+    return bytes(good)
+
+
+#: name -> (the file's bytes, what the error must say). A file name ends each name's file.
+HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
+    "empty.png": (lambda: b"", "not a readable image"),
+    "text.png": (lambda: b"this is a shopping list, not a picture\n", "not a readable image"),
+    "svg.png": (lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "not a readable image"),
+    # Pillow would hand EPS to Ghostscript, an interpreter: the loader does not open EPS at all.
+    "postscript.eps": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+                       "not a readable image"),
+    "half.jpg": (lambda: _noise_jpeg()[: len(_noise_jpeg()) // 2], "truncated or corrupt"),
+    "half.png": (lambda: _encoded(Image.effect_noise((64, 48), 60))[:300], "truncated or corrupt"),
+    "bad-crc.png": (_bad_crc, "not a readable image"),
+    "garbage-pixels.png": (lambda: _png_with(10, 10, b"definitely not zlib"), "truncated or corrupt"),
+    "zero-size.png": (lambda: _png_with(0, 0, zlib.compress(b"")), "not a readable image"),
+    # Headers claiming 400 and 100 megapixels in a few dozen bytes: over Pillow's bomb error
+    # threshold, and between ovis's limit and Pillow's.
+    "bomb.png": (lambda: _png_with(20000, 20000, zlib.compress(b"")), "too large"),
+    "over-limit.png": (lambda: _png_with(10000, 10000, zlib.compress(b"")), "10000x10000"),
+}
+
+
+def _exif_rotated() -> bytes:
+    stored = Image.new("RGB", (40, 30), "blue")
+    stored.paste((255, 0, 0), (0, 0, 20, 30))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    return _encoded(stored, exif=exif)
+
+
+def _upright_twin() -> Image.Image:
+    twin = Image.new("RGB", (30, 40), "blue")
+    twin.paste((255, 0, 0), (0, 0, 30, 20))  # turned clockwise, the left half is on top
+    return twin
+
+
+def _palette_with_transparency() -> bytes:
+    image = Image.new("P", (40, 30), 1)
+    image.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)
+    image.paste(0, (0, 0, 20, 30))  # index 0, transparent, on the left
+    return _encoded(image, transparency=0)
+
+
+def _half_white_half_green() -> Image.Image:
+    twin = Image.new("RGB", (40, 30), (0, 128, 0))
+    twin.paste((255, 255, 255), (0, 0, 20, 30))
+    return twin
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue", "lime")]
+    return _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+def _jpeg_named_png() -> tuple[bytes, Image.Image]:
+    data = _noise_jpeg()
+    return data, Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _checkerboard_1bit() -> Image.Image:
+    image = Image.new("1", (16, 16), 0)
+    for x in range(16):
+        for y in range(16):
+            image.putpixel((x, y), (x + y) % 2)
+    return image
+
+
+#: name -> (the file's bytes, its plain 8-bit RGB twin): each must load to exactly its twin's pixels
+ODD_BUT_VALID: dict[str, Callable[[], tuple[bytes, Image.Image]]] = {
+    "grey-16-bit.png": lambda: (_encoded(Image.new("I;16", (40, 30), 32896)), Image.new("RGB", (40, 30), (128,) * 3)),
+    "cmyk.tiff": lambda: (_encoded(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "TIFF"),
+                          Image.new("RGB", (40, 30), (255, 0, 0))),
+    "float-0-1.tiff": lambda: (_encoded(Image.new("F", (40, 30), 0.5), "TIFF"), Image.new("RGB", (40, 30), (128,) * 3)),
+    "palette-transparency.png": lambda: (_palette_with_transparency(), _half_white_half_green()),
+    "grey-alpha-clear.png": lambda: (_encoded(Image.new("LA", (40, 30), (0, 0))), Image.new("RGB", (40, 30), "white")),
+    "exif-rotated.png": lambda: (_exif_rotated(), _upright_twin()),
+    "animated.gif": lambda: (_animated_gif(), Image.new("RGB", (40, 30), (255, 0, 0))),
+    "jpeg-named.png": _jpeg_named_png,
+    "one-bit.png": lambda: (_encoded(_checkerboard_1bit()), _checkerboard_1bit().convert("RGB")),
+    "one-by-two-thousand.png": lambda: (_encoded(Image.new("RGB", (1, 2000), "red")),
+                                        Image.new("RGB", (1, 2000), (255, 0, 0))),
+}
+
+#: only where files are named by path (not HTTP or TSV cells)
+MISSING_OR_NOT_A_FILE = {"missing.png": "not found", "a-directory.png": "is a directory, not an image file"}
+
+
+def _write_hostile(root: Path) -> dict[Path, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, (make, reason) in HOSTILE.items():
+        (root / name).write_bytes(make())
+        files[root / name] = reason
+    (root / "a-directory.png").mkdir()
+    for name, reason in MISSING_OR_NOT_A_FILE.items():
+        files[root / name] = reason
+    return files
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[Path, str]:
+    return _write_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory) -> dict[Path, Image.Image]:
+    root = tmp_path_factory.mktemp("odd")
+    files = {}
+    for name, make in ODD_BUT_VALID.items():
+        data, twin = make()
+        (root / name).write_bytes(data)
+        files[root / name] = twin
+    return files
+
+
+@pytest.fixture(autouse=True)
+def default_limit(monkeypatch):
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+def _by_name(files: dict[Path, object]) -> list[str]:
+    return sorted(path.name for path in files)
+
+
+# -- the one loader --------------------------------------------------------------------------------
+def test_the_loader_names_every_hostile_file_and_why(corpus):
+    for path, reason in corpus.items():
+        with pytest.raises(ImageError) as caught:
+            load_image(path)
+        assert path.name in str(caught.value) and reason in str(caught.value), (path.name, str(caught.value))
+
+
+def test_odd_but_valid_files_give_exactly_their_twins_pixels(odd_files):
+    for path, twin in odd_files.items():
+        image = load_image(path)
+        assert image.mode == "RGB" and image.size == twin.size, path.name
+        assert image.tobytes() == twin.tobytes(), f"{path.name} does not load to its 8-bit twin"
+
+
+# -- OvisRunner and `ovis run` ---------------------------------------------------------------------
+def test_the_runner_refuses_each_hostile_file_by_name(corpus, chatty_runner):
+    for path, reason in corpus.items():
+        with pytest.raises(OvisError) as caught:
+            chatty_runner.run(path, "What is in the picture?")
+        assert path.name in str(caught.value) and reason in str(caught.value), (path.name, str(caught.value))
+    assert chatty_runner.run(Image.new("RGB", (32, 32), "red"), "What is it?")["output"]  # still serving
+
+
+def test_the_runner_answers_an_odd_file_as_it_answers_its_twin(odd_files, chatty_runner):
+    for path, twin in odd_files.items():
+        odd, plain = chatty_runner.run(path, "Describe it."), chatty_runner.run(twin, "Describe it.")
+        assert odd["output"] == plain["output"], path.name
+
+
+def test_ovis_run_prints_one_line_per_hostile_file(corpus, chatty_model_dir, capsys):
+    for path, reason in corpus.items():
+        assert main(["run", "--model", str(chatty_model_dir), "--image", str(path), "hi"]) == 2, path.name
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and path.name in err and reason in err, (path.name, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+# -- the HTTP API and the web UI's uploads ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def http(chatty_model_dir, served):
+    import httpx
+
+    with served(chatty_model_dir, runner={"max_new_tokens": 4}, model_name="hostile") as (_, server), \
+            httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+def _ask(http, data: bytes):
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return http.post("/v1/chat/completions", json={"model": "hostile", "max_tokens": 4, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                     {"type": "image_url", "image_url": {"url": url}}]}]})
+
+
+def test_the_api_answers_each_hostile_image_with_a_4xx(http):
+    for name, (make, _) in HOSTILE.items():
+        reply = _ask(http, make())
+        assert reply.status_code in (400, 413), (name, reply.status_code, reply.text)
+        error = reply.json()["error"]
+        assert "image" in error["message"] and error["type"] == "invalid_request_error", (name, error)
+    assert _ask(http, _encoded(Image.new("RGB", (32, 32), "red"))).status_code == 200  # still serving
+
+
+def test_the_api_answers_an_odd_image_as_its_twin(http, odd_files):
+    for path, twin in odd_files.items():
+        odd, plain = _ask(http, path.read_bytes()), _ask(http, _encoded(twin))
+        assert odd.status_code == plain.status_code == 200, (path.name, odd.text)
+        assert odd.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"], path.name
+
+
+def test_web_uploads_are_refused_by_name(corpus):
+    from ovis.serve.errors import RequestError
+    from ovis.serve.limits import ServeLimits
+    from ovis.serve.web import load_images
+
+    for path, _ in corpus.items():
+        with pytest.raises(RequestError) as caught:
+            load_images([str(path)], ServeLimits())
+        assert path.name in str(caught.value), str(caught.value)
+
+
+# -- ovis eval: a TSV whose rows carry the corpus -----------------------------------------------------
+def _tsv_rows(images: dict[str, bytes]) -> list[dict]:
+    rows = []
+    for i, (name, data) in enumerate(images.items()):
+        rows.append({"index": i, "image": data, "question": f"What is {name}?", "A": "red", "B": "blue",
+                     "answer": "A", "category": name})
+    return rows
+
+
+def test_eval_counts_each_hostile_row_and_scores_the_rest(chatty_model_dir, odd_files, tmp_path, capsys):
+    from ovis.eval.tsv import read_benchmark, write_benchmark
+
+    images = {name: make() for name, (make, _) in HOSTILE.items()}
+    images.update({path.name: path.read_bytes() for path in odd_files})
+    tsv = write_benchmark(tmp_path / "Hostile.tsv", _tsv_rows(images))
+    bench = read_benchmark(tsv)
+    bad = {row["index"]: row["reason"] for row in bench.bad_rows}
+    assert sorted(bad) == sorted(str(i) for i in range(len(HOSTILE))), bad
+    assert all("image" in reason for reason in bad.values())
+    assert len(bench.items) == len(odd_files)
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(chatty_model_dir), "--data", str(tsv), "--out", str(out),
+                 "--max-new-tokens", "2"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "Hostile" / "results.json").read_text())
+    assert report["bad_rows"] == len(HOSTILE) and report["answered"] == len(odd_files)
+
+
+# -- training data -----------------------------------------------------------------------------------
+def _conversation(image: str) -> dict:
+    return {"id": image, "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red."}]}
+
+
+def test_training_skips_and_counts_each_hostile_record(corpus, odd_files, toy_processor, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from ovis.data import DataCollator, build_dataset
+    from ovis.data.skips import SkipLog
+
+    images = tmp_path / "images"
+    shutil.copytree(next(iter(corpus)).parent, images)
+    for path in odd_files:
+        shutil.copy(path, images / path.name)
+    names = _by_name(corpus) + _by_name(odd_files)
+    (tmp_path / "chat.json").write_text(json.dumps([_conversation(name) for name in names]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"chat": {"meta_file": "chat.json", "image_dir": "images", "data_format": "conversation"}}))
+    skips = SkipLog()
+    dataset = build_dataset(tmp_path / "dataset_info.json", ["chat"], toy_processor, skip_log=skips)
+    batches = list(DataLoader(dataset, batch_size=4, collate_fn=DataCollator(toy_processor)))
+    kept = sum(batch["input_ids"].shape[0] for batch in batches if "input_ids" in batch)
+    assert kept == len(odd_files) and skips.count == len(corpus), skips.reasons()
+    reasons = "\n".join(skips.reasons().values())
+    for path in corpus:
+        assert path.name in reasons, f"{path.name} is not named among the skips:\n{reasons}"
+
+
+# -- damaged model directories through every command that takes a model -------------------------------
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory) -> Path:
+    import ovis
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", out=out, visual_vocab_size=64)
+    return out
+
+
+def _commands(model: Path, tmp_path: Path) -> dict[str, list[str]]:
+    (tmp_path / "text.json").write_text(json.dumps([{"id": "t", "conversations": [
+        {"from": "human", "value": "Say one."}, {"from": "gpt", "value": "one"}]}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"text": {"meta_file": "text.json", "data_format": "conversation"}}))
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(json.dumps({
+        "stage": 3, "model": str(model), "output_dir": str(tmp_path / "run"), "max_steps": 1, "deepspeed": None,
+        "data": {"dataset_info": str(tmp_path / "dataset_info.json"), "datasets": ["text"]}}))
+    return {
+        "run": ["run", "--model", str(model), "hi"],
+        "convert": ["convert", str(model), "--to", "original", "--out", str(tmp_path / "v1")],
+        "eval": ["eval", "--model", str(model), "--synth", "--out", str(tmp_path / "eval"), "--limit", "1"],
+        "serve": ["serve", "--model", str(model), "--port", str(free_port()), "--no-ui"],
+        "train": ["train", "--config", str(train_yaml), "--no-progress"],
+    }
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_MODEL_DIRS))
+def test_every_command_names_a_damaged_model_directory(damage, good_model, tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    def started(*args, **kwargs):  # a server that starts would serve forever: fail instead
+        raise AssertionError("ovis serve started on a damaged model directory")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    copy = tmp_path / "damaged"
+    shutil.copytree(good_model, copy)
+    harm, _, message = DAMAGED_MODEL_DIRS[damage]
+    harm(copy)
+    for command, argv in _commands(copy, tmp_path).items():
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (command, code, err[-2000:])
+        assert re.search(message, err), (command, err)

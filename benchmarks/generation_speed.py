@@ -1,25 +1,37 @@
-"""Generation speed of ``OvisRunner`` against plain Hugging Face ``generate`` on the same LLM.
+"""Generation speed of ``OvisRunner`` against plain Hugging Face ``generate`` and a bare decode loop.
 
 For each model config and batch size (1 and 8) this measures, in one run on one machine:
 
-* ``hf-text``   - the bare LLM's ``generate`` on a text-only prompt of the same token length as
-                  the multimodal one (the reference: what the LLM costs without ovis);
-* ``ovis-text`` - ``OvisRunner.generate`` on a text-only prompt (ovis' own overhead: per-row
-                  stopping, streaming bookkeeping, embedding the prompt);
-* ``ovis-image``- ``OvisRunner.generate`` with one image per prompt (adds the visual tokenizer,
-                  the softmax over the visual vocabulary and the VTE product).
+* ``hf-text``        - the bare LLM's ``generate`` on a text-only prompt of the same token length as
+                       the multimodal one (what the LLM costs without ovis);
+* ``ovis-text``      - ``OvisRunner.generate`` on a text-only prompt (ovis' own overhead: per-row
+                       stopping, streaming bookkeeping, embedding the prompt);
+* ``ovis-image``     - ``OvisRunner.generate`` with one image per prompt (adds the visual tokenizer,
+                       the softmax over the visual vocabulary and the VTE product);
+
+and at batch 1 only, on the same image prompt:
+
+* ``plain-loop``     - the floor: a minimal hand-written greedy loop over the same LLM and its KV
+                       cache (prefill from the prompt embeddings, then one forward and argmax a token);
+* ``original-style`` - what the v1 runner did: embed the prompt, then the LLM's ``generate(inputs_embeds=...,
+                       attention_mask=...)`` at batch 1;
+* ``ovis-image-hf``  - ``ovis-image`` through ``generate`` (``RunnerArguments(decode_loop="hf")``), the
+                       runner's path before it had a decode loop of its own.
 
 Every run generates exactly ``--new-tokens`` tokens (end-of-turn ids are disabled) so the work
-is equal. Time to first token (TTFT) includes image encoding and the prefill. Modes run in turn, ``--repeats``
-times after a warm-up, and figures are medians; ratios are against ``hf-text`` at the same batch size.
+is equal. Time to first token (TTFT) includes image encoding and the prefill; decode ms/token is
+(total - TTFT) / (new tokens - 1). Modes run in turn, ``--repeats`` times after a warm-up, and
+figures are medians. Ratios are against ``original-style`` at batch 1 and ``hf-text`` at larger
+batches. One torch thread by default (``--threads``), float32 on a CPU.
 
     python benchmarks/generation_speed.py                 # embedded default + a larger config
-    python benchmarks/generation_speed.py --configs default --new-tokens 64
+    python benchmarks/generation_speed.py --configs default --batches 1 --new-tokens 64 --repeats 9
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import tempfile
@@ -29,26 +41,59 @@ from pathlib import Path
 import torch
 import yaml
 from PIL import Image
+from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 # A larger config than the toy default: a ViT-S-like CLIP at 224 px (256 patches) and an 8-layer
 # Qwen2 of width 512 with the real 152k-token Qwen vocabulary, V = 8192. Built from presets
 # written to a temporary registry (OVIS_REGISTRY_PATH), random weights, nothing downloaded.
 LARGER_VIT = {
-    "name": "bench-clip-s-224", "family": "clip", "builder": "hf-clip-vision", "plugin": "ovis-plugin-hf-vision",
-    "source": "transformers", "weights": None, "tiny": True, "hidden_size": 384, "image_size": 224,
-    "patch_size": 14, "num_layers": 6, "num_heads": 6, "has_cls_token": True,
+    "name": "bench-clip-s-224",
+    "family": "clip",
+    "builder": "hf-clip-vision",
+    "plugin": "ovis-plugin-hf-vision",
+    "source": "transformers",
+    "weights": None,
+    "tiny": True,
+    "hidden_size": 384,
+    "image_size": 224,
+    "patch_size": 14,
+    "num_layers": 6,
+    "num_heads": 6,
+    "has_cls_token": True,
     "description": "benchmark-only CLIP ViT-S/14 at 224 px",
-    "preprocess": {"image_size": 224, "mean": [0.48145466, 0.4578275, 0.40821073],
-                   "std": [0.26862954, 0.26130258, 0.27577711], "resize": "pad", "interpolation": "bicubic"},
-    "architecture": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
-                     "num_attention_heads": 6, "patch_size": 14, "image_size": 224, "projection_dim": 256,
-                     "hidden_act": "quick_gelu", "layer_norm_eps": 1.0e-5},
+    "preprocess": {
+        "image_size": 224,
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "resize": "pad",
+        "interpolation": "bicubic",
+    },
+    "architecture": {
+        "hidden_size": 384,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "patch_size": 14,
+        "image_size": 224,
+        "projection_dim": 256,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1.0e-5,
+    },
 }
-LARGER_LLM_CHANGES = {"name": "bench-qwen-512", "hidden_size": 512, "num_layers": 8,
-                      "description": "benchmark-only 8-layer Qwen2 of width 512 with the real vocabulary"}
-LARGER_LLM_ARCH = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-                   "num_attention_heads": 8, "num_key_value_heads": 4}
+LARGER_LLM_CHANGES = {
+    "name": "bench-qwen-512",
+    "hidden_size": 512,
+    "num_layers": 8,
+    "description": "benchmark-only 8-layer Qwen2 of width 512 with the real vocabulary",
+}
+LARGER_LLM_ARCH = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+}
 CONFIGS = {
     "default": {"vit": "clip-toy", "llm": "qwen-toy", "V": 1024},
     "larger": {"vit": "bench-clip-s-224", "llm": "bench-qwen-512", "V": 8192},
@@ -91,18 +136,28 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, tuple[float, float
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(fn())
-    return {name: (statistics.median(t for t, _ in runs), statistics.median(f for _, f in runs))
-            for name, runs in times.items()}
+    return {
+        name: (statistics.median(t for t, _ in runs), statistics.median(f for _, f in runs))
+        for name, runs in times.items()
+    }
 
 
-def bench_config(name: str, spec: dict, batches: list[int], new_tokens: int, repeats: int) -> list[dict]:
+def bench_config(
+    name: str, spec: dict, batches: list[int], new_tokens: int, repeats: int, device: str, dtype: torch.dtype
+) -> list[dict]:
     from ovis.composer import compose
-    from ovis.serve.runner import OvisRunner
+    from ovis.serve.runner import OvisRunner, RunnerArguments
 
     torch.manual_seed(0)
     model, processor = compose(vit=spec["vit"], llm=spec["llm"], visual_vocab_size=spec["V"])
-    runner = OvisRunner(model=model.eval(), processor=processor)
-    runner.eos_ids = set()  # generate exactly new_tokens in every mode
+    model = model.to(device=device, dtype=dtype).eval()
+    runner = OvisRunner(model=model, processor=processor)
+    hf_runner = OvisRunner(
+        RunnerArguments(model_path="<in memory>", decode_loop="hf"), model=model, processor=processor
+    )
+    for r in (runner, hf_runner):
+        r.eos_ids = set()  # generate exactly new_tokens in every mode
+    pad = processor.tokenizer.pad_token_id
     image = Image.new("RGB", (320, 240), (200, 60, 40))
     question = "Describe the picture in detail, please."
     params = runner.args.generation_params(max_new_tokens=new_tokens)
@@ -115,41 +170,128 @@ def bench_config(name: str, spec: dict, batches: list[int], new_tokens: int, rep
         words -= 1
     filler = " ".join(["word"] * words)
     text_ids = runner.prepare(filler, None, params).sample.input_ids
+    one = processor.collate([image_prompt.sample], padding_side="left")
+    image_ids = one["input_ids"].to(device)
+    image_mask = one["attention_mask"].to(device)
+    pixels = one["pixel_values"].to(device, dtype=dtype)
+
+    # transformers renamed past_key_values to cache during 5.x
+    cache_name = "cache" if "cache" in inspect.signature(model.llm.forward).parameters else "past_key_values"
+
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
     rows = []
     for batch in batches:
-        def ovis_run(with_image: bool, batch: int = batch):
+
+        def ovis_run(with_image: bool, which: OvisRunner = runner, batch: int = batch):
             def go():
-                requests = [runner.prepare(question, image, params) if with_image else
-                            runner.prepare(filler, None, params) for _ in range(batch)]
+                requests = [
+                    which.prepare(question, image, params) if with_image else which.prepare(filler, None, params)
+                    for _ in range(batch)
+                ]
                 start = time.perf_counter()
-                done = runner.generate(requests)
+                done = which.generate(requests)
                 total = time.perf_counter() - start
                 assert all(c.completion_tokens == new_tokens for c in done), [c.completion_tokens for c in done]
                 return total, min(c.first_token_s for c in done)
+
             return go
 
         def hf_run(batch: int = batch):
-            ids = torch.tensor([text_ids] * batch)
+            ids = torch.tensor([text_ids] * batch, device=device)
             clock = FirstTokenClock()
             start = time.perf_counter()
             with torch.inference_mode():
-                out = model.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                         pad_token_id=processor.tokenizer.pad_token_id, streamer=clock)
+                out = model.llm.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=pad,
+                    streamer=clock,
+                )
+            sync()
             total = time.perf_counter() - start
             assert out.shape[1] - ids.shape[1] == new_tokens
             return total, clock.first - start
 
-        medians = interleaved_medians(
-            {"hf-text": hf_run, "ovis-text": ovis_run(False), "ovis-image": ovis_run(True)}, repeats)
+        def original_style():
+            # The v1 runner: merge the image into the prompt embeddings, then the LLM's generate at batch 1.
+            clock = FirstTokenClock()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                embeds = model.embed_inputs(image_ids, pixels)
+                out = model.llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=image_mask,
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=pad,
+                    streamer=clock,
+                )
+            sync()
+            total = time.perf_counter() - start
+            assert out.shape[1] == new_tokens
+            return total, clock.first - start
+
+        def plain_loop():
+            # The floor: nothing but the LLM's forward over its KV cache and an argmax per token.
+            start = time.perf_counter()
+            with torch.inference_mode():
+                embeds = model.embed_inputs(image_ids, pixels)
+                cache = {cache_name: DynamicCache(config=model.llm.config)}
+                out = model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **cache)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                token.tolist()
+                first = time.perf_counter()
+                for step in range(length, length + new_tokens - 1):
+                    position = torch.tensor([[step]], device=device)
+                    out = model.llm(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1, **cache)
+                    token = out.logits[:, -1].argmax(-1, keepdim=True)
+                    token.tolist()  # a token a step reaches Python, as in every other mode
+            total = time.perf_counter() - start
+            return total, first - start
+
+        modes = {"hf-text": hf_run, "ovis-text": ovis_run(False), "ovis-image": ovis_run(True)}
+        if batch == 1:
+            modes |= {
+                "plain-loop": plain_loop,
+                "original-style": original_style,
+                "ovis-image-hf": ovis_run(True, hf_runner),
+            }
+        medians = interleaved_medians(modes, repeats)
         for mode, (total, first) in medians.items():
-            rows.append({"config": name, "batch": batch, "mode": mode,
-                         "prompt_tokens": length if mode == "ovis-image" else len(text_ids),
-                         "tokens_per_s": batch * new_tokens / total, "ttft_ms": first * 1000, "total_s": total})
+            rows.append(
+                {
+                    "config": name,
+                    "batch": batch,
+                    "mode": mode,
+                    "prompt_tokens": len(text_ids) if mode in ("hf-text", "ovis-text") else length,
+                    "tokens_per_s": batch * new_tokens / total,
+                    "ttft_ms": first * 1000,
+                    "decode_ms": (total - first) * 1000 / max(1, new_tokens - 1),
+                    "total_s": total,
+                }
+            )
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     for row in rows:
         row["params_m"] = params_m
     return rows
+
+
+def cpu_flags() -> str:
+    """The SIMD flags that decide float32/bf16 kernel speed on this CPU (figures depend on them)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_bf16")
+    present = set(flags.split(":", 1)[1].split())
+    return " ".join(flag for flag in wanted if flag in present) or "none of avx2/avx512/amx"
 
 
 def main() -> None:
@@ -158,10 +300,17 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's choice)")
+    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16"], help="default: float32 on a CPU, bfloat16 on a GPU"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
     with tempfile.TemporaryDirectory() as tmp:
         write_bench_registry(Path(tmp))
         os.environ["OVIS_REGISTRY_PATH"] = tmp
@@ -170,18 +319,28 @@ def main() -> None:
         reset_host()
         rows = []
         for name in args.configs:
-            rows += bench_config(name, CONFIGS[name], args.batches, args.new_tokens, args.repeats)
-    device = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
-    print(f"\n{args.new_tokens} new tokens per sequence, greedy, median of {args.repeats} after a warm-up; "
-          f"{device}; torch {torch.__version__}\n")
-    print("| config | params | batch | mode | prompt tokens | tokens/s | vs hf-text | TTFT ms | vs hf-text |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            rows += bench_config(name, CONFIGS[name], args.batches, args.new_tokens, args.repeats, device, dtype)
+    where = (
+        torch.cuda.get_device_name()
+        if torch.device(device).type == "cuda"
+        else f"cpu x{torch.get_num_threads()} threads, flags: {cpu_flags()}"
+    )
+    print(
+        f"\n{args.new_tokens} new tokens per sequence, greedy, {dtype_name}, median of {args.repeats} after a "
+        f"warm-up; {where}; torch {torch.__version__}"
+    )
+    print("ratios: against original-style at batch 1, against hf-text at larger batches\n")
+    print("| config | params | batch | mode | prompt tokens | tokens/s | decode ms/token | vs ref | TTFT ms | vs ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     reference = {(r["config"], r["batch"]): r for r in rows if r["mode"] == "hf-text"}
+    reference |= {(r["config"], r["batch"]): r for r in rows if r["mode"] == "original-style"}
     for r in rows:
         ref = reference[(r["config"], r["batch"])]
-        print(f"| {r['config']} | {r['params_m']:.1f}M | {r['batch']} | {r['mode']} | {r['prompt_tokens']} | "
-              f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['ttft_ms']:.1f} | "
-              f"{r['ttft_ms'] / ref['ttft_ms']:.2f} |")
+        print(
+            f"| {r['config']} | {r['params_m']:.1f}M | {r['batch']} | {r['mode']} | {r['prompt_tokens']} | "
+            f"{r['tokens_per_s']:.1f} | {r['decode_ms']:.2f} | {r['decode_ms'] / ref['decode_ms']:.2f} | "
+            f"{r['ttft_ms']:.1f} | {r['ttft_ms'] / ref['ttft_ms']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ovis.model import OvisConfig, OvisForCausalLM
 from ovis.model.directory_check import read_model_config
 from ovis.plugin_host import PluginHost, get_host
 from ovis.processing import OvisProcessor
+from ovis.tiling import TilingOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +61,11 @@ def compose(
     adapter: str = "structural",
     multimodal_max_length: int | None = None,
     dtype: str = "float32",
+    image_layout: str | None = None,
+    max_partition: int | None = None,
+    covering_threshold: float | None = None,
+    tile_resize: str | None = None,
+    hidden_stride: int = 1,
     pretrained: bool | None = None,
     vit_weights: str | None = None,
     llm_weights: str | None = None,
@@ -78,12 +84,20 @@ def compose(
         vit_weights, llm_weights: override where the weights come from (e.g. a local directory).
         dry_run: build on the meta device (no memory, no downloads, no tokenizer) to inspect
             parts and shapes; returns ``(model, None)``.
+        image_layout: ``v1`` (one padded square per image) or ``tiled`` (Ovis 1.6 / Ovis2: tiles
+            plus a global view, five indicators; see docs/high-resolution.md). Default: ``tiled``
+            when any tiling option is given, else ``v1``.
+        max_partition, covering_threshold, tile_resize: the tiled layout's options (defaults 9, 0.9,
+            ``pad``: the Ovis2 release's).
+        hidden_stride: merge each ``s x s`` block of patches into one visual token before the head.
 
     Returns ``(model, processor)``.
     """
     host = host or get_host()
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    layout = _layout(image_layout, max_partition=max_partition, covering_threshold=covering_threshold,
+                     tile_resize=tile_resize)
     vision_entry, llm_entry = host.vision(vit), host.llm(llm)
     vision_spec, llm_spec = vision_entry.spec, llm_entry.spec
     load_vit = _pretrained(pretrained, vision_spec, vit_weights, "--vit-weights") and not dry_run
@@ -114,6 +128,8 @@ def compose(
             chat_format=chat_format.name,
             conversation_formatter_class=llm_spec.conversation_formatter_class or chat_format.v1_formatter_class,
             visual_embedding_scale=1.0 if dry_run else llm_provider.embedding_scale(llm_model),
+            hidden_stride=hidden_stride,
+            **layout,
         )
         model = OvisForCausalLM(config, llm=llm_model, backbone=backbone)
     if dry_run:
@@ -125,16 +141,37 @@ def compose(
     return model, processor
 
 
+def _layout(image_layout: str | None, **tiling: object) -> dict[str, object]:
+    """The ``OvisConfig`` layout fields: tiling options given without a layout mean ``tiled``; given
+    with ``v1`` they are a mistake."""
+    given = {name: value for name, value in tiling.items() if value is not None}
+    layout = image_layout or ("tiled" if given else "v1")
+    if layout == "v1" and given:
+        options = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise UsageError(f"{options}: tiling options apply to image_layout 'tiled', not 'v1'")
+    return {"image_layout": layout, **given}
+
+
+def tiling_options(config: OvisConfig) -> TilingOptions | None:
+    """The processor's tiling options for a model of this config (None: the v1 layout)."""
+    if getattr(config, "image_layout", "v1") != "tiled":
+        return None
+    return TilingOptions(config.max_partition, config.covering_threshold, config.tile_resize)
+
+
 def _processor(model: OvisForCausalLM, llm_provider: LLMBackbone, backbone: VisionBackbone, chat_format,
                max_length: int) -> OvisProcessor:
     """The processor of a freshly composed model; the LLM's generation config learns its pad and eos."""
     tokenizer = llm_provider.build_tokenizer()
+    tiling = tiling_options(model.config)
     processor = OvisProcessor(
         tokenizer=tokenizer,
         image_processor=backbone.image_processor(),
         chat_format=chat_format,
         num_image_tokens=model.num_image_tokens,
         max_length=max_length,
+        tiling=tiling,
+        tokens_per_tile=model.tokens_per_tile if tiling is not None else None,
     )
     generation = model.llm.generation_config
     generation.pad_token_id = tokenizer.pad_token_id

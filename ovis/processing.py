@@ -2,7 +2,10 @@
 
 It owns the three things that must agree between training and inference: the chat format
 (prompt text and which tokens are learned), the image preprocessing, and the expansion of each
-``<image>`` into a block of ``num_image_tokens`` positions. Truncation never cuts inside a block.
+``<image>`` into a block of positions: ``num_image_tokens`` of them in the v1 layout (one padded
+square per image), or, in the tiled layout (``tiling`` set; see :mod:`ovis.tiling`), indicators and
+``tokens_per_tile`` positions per view of the grid chosen for that image. Truncation never cuts
+inside a block.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ovis.interfaces import (
     Message,
 )
 from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
-from ovis.model.merging import IGNORE_INDEX, IMAGE_TOKEN_ID
+from ovis.model.merging import BEGIN_INDICATOR, END_INDICATOR, IGNORE_INDEX, IMAGE_TOKEN_ID
 from ovis.model.v1_format import (
     ConversionError,
     NotAnOvisCheckpointError,
@@ -39,6 +42,7 @@ from ovis.model.v1_format import (
     translate_config,
 )
 from ovis.plugin_host import get_host
+from ovis.tiling import Grid, Tiler, TilingOptions, block_length, image_block
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 ImageInput = Image.Image | str | Path
@@ -52,11 +56,12 @@ class SequenceTooLongError(OvisError, ValueError):
 class EncodedSample:
     input_ids: list[int]
     labels: list[int]
-    pixel_values: torch.Tensor  # [num_images, 3, S, S]
+    pixel_values: torch.Tensor  # [num_images, 3, S, S]; tiled layout: [views of every image, 3, S, S]
+    grids: list[Grid] | None = None  # tiled layout: each image's (rows, cols)
 
     @property
     def num_images(self) -> int:
-        return int(self.pixel_values.shape[0])
+        return len(self.grids) if self.grids is not None else int(self.pixel_values.shape[0])
 
 
 def count_markers(messages: Sequence[Message]) -> int:
@@ -88,9 +93,13 @@ class OvisProcessor:
         num_image_tokens: int,
         max_length: int = 2048,
         image_marker_separator: str = "\n",
+        tiling: TilingOptions | None = None,
+        tokens_per_tile: int | None = None,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; the LLM plugin must settle one")
+        if tiling is not None and (tokens_per_tile is None or tokens_per_tile < 1):
+            raise ConfigError(f"the tiled layout needs tokens_per_tile >= 1, got {tokens_per_tile!r}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.chat_format = chat_format
@@ -99,6 +108,10 @@ class OvisProcessor:
         #: what follows each ``<image>`` a runner puts before a question that has none (see
         #: :func:`with_image_markers`); saved with the processor
         self.image_marker_separator = image_marker_separator
+        #: the tiled layout's options (None: the v1 layout) and image positions per view
+        self.tiling = tiling
+        self.tokens_per_tile = tokens_per_tile
+        self.tiler = Tiler(image_processor.spec, tiling) if tiling is not None else None
 
     # -- one sample -------------------------------------------------------------------------------
     def encode(
@@ -124,13 +137,19 @@ class OvisProcessor:
             )
         segments = self.chat_format.segments(messages, add_generation_prompt=add_generation_prompt)
         ids, labels = tokenize_segments(self.tokenizer, segments)
-        ids, labels = self._expand(ids, labels)
+        tiled = [self.tiler(image) for image in images] if self.tiler is not None else None
+        blocks = (
+            [image_block(t.grid, self.tokens_per_tile) for t in tiled]
+            if tiled is not None
+            else [[IMAGE_TOKEN_ID] * self.num_image_tokens] * len(images)
+        )
+        ids, labels = self._expand(ids, labels, blocks)
         kept = len(images)
         if len(ids) > self.max_length:
             if overflow == "error" or add_generation_prompt:
                 raise SequenceTooLongError(
-                    f"the sample is {len(ids)} tokens ({len(images)} image(s) x {self.num_image_tokens}) "
-                    f"but the limit is {self.max_length}"
+                    f"the sample is {len(ids)} tokens ({len(images)} image(s): "
+                    f"{self._describe_blocks(tiled)}) but the limit is {self.max_length}"
                 )
             ids, labels, kept = self._truncate(ids, labels)
             if all(label == IGNORE_INDEX for label in labels):
@@ -138,22 +157,47 @@ class OvisProcessor:
                     f"the sample is {len(ids)} tokens over the limit of {self.max_length} and no "
                     "assistant reply is left after truncation"
                 )
-        pixel_values = self.image_processor(list(images[:kept]))
-        return EncodedSample(input_ids=ids, labels=labels, pixel_values=pixel_values)
+        if tiled is None:
+            return EncodedSample(input_ids=ids, labels=labels, pixel_values=self.image_processor(list(images[:kept])))
+        size = self.image_processor.image_size
+        pixel_values = torch.cat([t.pixel_values for t in tiled[:kept]]) if kept else torch.zeros(0, 3, size, size)
+        return EncodedSample(ids, labels, pixel_values, grids=[t.grid for t in tiled[:kept]])
 
-    def _expand(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    def _describe_blocks(self, tiled) -> str:
+        if tiled is None:
+            return f"{self.num_image_tokens} positions each"
+        return ", ".join(
+            f"{r}x{c} tiles = {block_length((r, c), self.tokens_per_tile)} positions"
+            for r, c in (t.grid for t in tiled)
+        )
+
+    def image_positions(self, grid: Grid | None = None) -> int:
+        """How many positions one image takes: ``num_image_tokens`` in the v1 layout, the block of
+        ``grid`` in the tiled layout."""
+        if self.tiling is None:
+            return self.num_image_tokens
+        if grid is None:
+            raise ValueError("the tiled layout's image blocks depend on the grid; pass one")
+        return block_length(grid, self.tokens_per_tile)
+
+    @staticmethod
+    def _expand(ids: list[int], labels: list[int], blocks: Sequence[list[int]]) -> tuple[list[int], list[int]]:
         out_ids: list[int] = []
         out_labels: list[int] = []
+        images = iter(blocks)
         for token, label in zip(ids, labels, strict=True):
             if token == IMAGE_PLACEHOLDER_ID:
-                out_ids += [IMAGE_TOKEN_ID] * self.num_image_tokens
-                out_labels += [IGNORE_INDEX] * self.num_image_tokens
+                block = next(images)
+                out_ids += block
+                out_labels += [IGNORE_INDEX] * len(block)
             else:
                 out_ids.append(token)
                 out_labels.append(label)
         return out_ids, out_labels
 
     def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], int]:
+        if self.tiling is not None:
+            return self._truncate_tiled(ids, labels)
         cut = self.max_length
         if ids[cut - 1] == IMAGE_TOKEN_ID and ids[cut] == IMAGE_TOKEN_ID:
             # Inside a run of image positions (several images may sit back to back): step back
@@ -165,6 +209,19 @@ class OvisProcessor:
         ids, labels = ids[:cut], labels[:cut]
         kept = sum(1 for token in ids if token == IMAGE_TOKEN_ID) // self.num_image_tokens
         return ids, labels, kept
+
+    def _truncate_tiled(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], int]:
+        """Cut at ``max_length``, or before the image block the cut would split (a block runs from
+        its begin indicator to its end indicator)."""
+        cut = self.max_length
+        for index in range(cut - 1, -1, -1):
+            if ids[index] == END_INDICATOR:
+                break  # every block before the cut is whole
+            if ids[index] == BEGIN_INDICATOR:
+                cut = index  # the cut falls inside this block: drop it
+                break
+        ids, labels = ids[:cut], labels[:cut]
+        return ids, labels, ids.count(BEGIN_INDICATOR)
 
     # -- batches ----------------------------------------------------------------------------------
     def collate(
@@ -229,6 +286,9 @@ class OvisProcessor:
             "image": self.image_processor.spec.model_dump(mode="json"),
             "image_marker_separator": self.image_marker_separator,
         }
+        if self.tiling is not None:
+            config["tiling"] = self.tiling.to_dict()
+            config["tokens_per_tile"] = self.tokens_per_tile
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
@@ -251,6 +311,8 @@ class OvisProcessor:
             num_image_tokens=int(config["num_image_tokens"]),
             max_length=int(config["max_length"]),
             image_marker_separator=str(config.get("image_marker_separator", "\n")),
+            tiling=TilingOptions.from_dict(config["tiling"]) if config.get("tiling") else None,
+            tokens_per_tile=config.get("tokens_per_tile"),
         )
 
 

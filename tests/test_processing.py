@@ -115,3 +115,53 @@ def test_processor_errors_name_the_problem(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="preprocessor_config.json: not valid JSON"):
         OvisProcessor.from_pretrained(tmp_path)
+
+
+# -- the tiled layout (ovis.tiling) ----------------------------------------------------------------------
+@pytest.fixture
+def tiled_processor(toy_processor):
+    from ovis.tiling import TilingOptions
+
+    return OvisProcessor(
+        tokenizer=toy_processor.tokenizer,
+        image_processor=toy_processor.image_processor,
+        chat_format=toy_processor.chat_format,
+        num_image_tokens=toy_processor.num_image_tokens,
+        max_length=512,
+        tiling=TilingOptions(max_partition=4),
+        tokens_per_tile=4,
+    )
+
+
+def test_tiled_processor_expands_each_image_by_its_own_grid(tiled_processor):
+    from ovis.model.merging import INDICATOR_IDS
+    from ovis.tiling import image_block, num_views
+
+    wide, small = Image.new("RGB", (100, 30), "red"), Image.new("RGB", (20, 20), "blue")
+    sample = tiled_processor.encode(_conv("<image> and <image> compared", "the same"), [wide, small])
+    assert sample.grids == [(1, 3), (1, 1)] and sample.num_images == 2
+    assert sample.pixel_values.shape == (num_views((1, 3)) + 1, 3, 32, 32)
+    ids = sample.input_ids
+    first, second = [i for i, t in enumerate(ids) if t == INDICATOR_IDS[0]]
+    assert ids[first:first + len(image_block((1, 3), 4))] == image_block((1, 3), 4)
+    assert ids[second:second + 7] == image_block((1, 1), 4)
+    assert tiled_processor.image_positions((1, 3)) == len(image_block((1, 3), 4))
+    assert all(label == IGNORE_INDEX for label, t in zip(sample.labels, ids, strict=True) if t < 0)
+    assert tiled_processor.decode([t for t in ids if t >= 0]).startswith(tiled_processor.decode(ids[:first]))
+
+
+def test_tiled_processor_saves_its_tiling_and_refuses_a_layout_without_tile_size(tiled_processor, tmp_path):
+    from ovis.errors import ConfigError
+
+    tiled_processor.save_pretrained(tmp_path)
+    loaded = OvisProcessor.from_pretrained(tmp_path)
+    assert loaded.tiling == tiled_processor.tiling and loaded.tokens_per_tile == 4
+    conv, image = _conv("<image> what is it?", "red"), Image.new("RGB", (90, 40), "red")
+    a, b = tiled_processor.encode(conv, [image]), loaded.encode(conv, [image])
+    assert a.input_ids == b.input_ids and torch.equal(a.pixel_values, b.pixel_values) and a.grids == b.grids
+    with pytest.raises(ConfigError, match="tokens_per_tile"):
+        OvisProcessor(tokenizer=loaded.tokenizer, image_processor=loaded.image_processor,
+                      chat_format=loaded.chat_format, num_image_tokens=18, tiling=loaded.tiling)
+    tiled_processor.max_length = 20
+    with pytest.raises(SequenceTooLongError, match=r"1x3 tiles = \d+ positions\) but the limit is 20"):
+        tiled_processor.encode(_conv("<image> hi", "ok"), [Image.new("RGB", (100, 30))])

@@ -255,3 +255,89 @@ def test_config_checks_the_visual_path_options():
     config = OvisConfig(visual_path="naive", visual_topk=64, visual_chunk_rows=128)
     again = OvisConfig.from_dict(config.to_dict())
     assert (again.visual_path, again.visual_topk, again.visual_chunk_rows) == ("naive", 64, 128)
+
+
+# -- merged patches (hidden_stride) and the tiled layout's five indicator rows --------------------------
+def test_merge_patches_layout_with_padding():
+    """5 x 5 patches, stride 2: padded to 6 x 6 at the bottom and right; token (i, j) is patches
+    (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1) concatenated."""
+    from ovis.model.visual_tokenizer import merge_patches
+
+    features = torch.arange(2 * 25 * 3, dtype=torch.float64).view(2, 25, 3)
+    merged = merge_patches(features, 2)
+    assert merged.shape == (2, 9, 12)
+    grid = features.view(2, 5, 5, 3)
+    torch.testing.assert_close(merged[1, 0], torch.cat([grid[1, 0, 0], grid[1, 0, 1], grid[1, 1, 0], grid[1, 1, 1]]))
+    torch.testing.assert_close(merged[0, 5], torch.cat([grid[0, 2, 4], torch.zeros(3), grid[0, 3, 4], torch.zeros(3)]))
+    torch.testing.assert_close(merged[0, 8], torch.cat([grid[0, 4, 4], torch.zeros(9)]))
+    assert merge_patches(features, 1) is features
+    with pytest.raises(ValueError, match="square patch grid"):
+        merge_patches(features[:, :24], 2)
+
+
+def test_merge_order_and_head_equal_transformers_ovis2_vision_model():
+    """transformers' Ovis2VisionModel (4 x 4 patches, hidden_stride 2): its merged features equal
+    ``merge_patches`` of its encoder's output, and a structural head holding its head weights gives
+    its probabilities, so Ovis2 head weights carry over unpermuted."""
+    modeling = pytest.importorskip("transformers.models.ovis2.modeling_ovis2")
+    from transformers.models.ovis2.configuration_ovis2 import Ovis2VisionConfig
+
+    from ovis.model.visual_tokenizer import merge_patches, structural_head
+
+    torch.manual_seed(0)
+    config = Ovis2VisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+        hidden_stride=2,
+        vocab_size=40,
+    )
+    vision = modeling.Ovis2VisionModel(config).eval()
+    pixels = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        out = vision(pixels)
+        patches = vision.transformer(pixels)[0]
+        merged = merge_patches(patches, 2)
+        head = structural_head(64, 35)
+        head[0].weight.copy_(vision.head_linear.weight)
+        head[1].load_state_dict(vision.head_norm.state_dict())
+        probs = head(merged).softmax(dim=-1)
+    assert patches.shape == (3, 16, 16) and merged.shape == (3, 4, 64)
+    torch.testing.assert_close(merged, out.last_hidden_state, rtol=0, atol=0)
+    torch.testing.assert_close(probs, out.pooler_output, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 1000])
+def test_fused_equals_naive_through_merged_patches_with_five_indicator_rows(chunk_rows):
+    """The lean path covers the merged head: features [B, 25, D] merged 2 x 2 (padded) into a head
+    of width 4D, a table with five indicator rows the path leaves alone (their gradient is zero)."""
+    from ovis.model.visual_tokenizer import merge_patches
+
+    gen = torch.Generator().manual_seed(3)
+    batch, width, vocab, hidden = 2, 6, 40, 10
+    words = vocab - 5
+    patches = torch.randn(batch, 25, width, generator=gen, dtype=torch.float64)
+    params = [
+        torch.randn(words, 4 * width, generator=gen, dtype=torch.float64) / 5,
+        1 + 0.2 * torch.randn(words, generator=gen, dtype=torch.float64),
+        0.2 * torch.randn(words, generator=gen, dtype=torch.float64),
+        torch.randn(vocab, hidden, generator=gen, dtype=torch.float64),
+    ]
+    grad_out = torch.randn(batch, 9, hidden, generator=gen, dtype=torch.float64)
+    results = []
+    for fn, kwargs in ((naive_visual_embed, {}), (fused_visual_embed, {"chunk_rows": chunk_rows})):
+        leaves = _copy([patches.requires_grad_(), *[p.requires_grad_() for p in params]])
+        out = fn(merge_patches(leaves[0], 2), *leaves[1:], use_indicators=False, indicator_rows=5, **kwargs)
+        out.backward(grad_out)
+        results.append((out.detach(), [t.grad for t in leaves]))
+    (ref, ref_grads), (got, grads) = results
+    assert got.shape == (batch, 9, hidden)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["features", "head", "ln weight", "ln bias", "vte"], grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    assert torch.count_nonzero(grads[-1][words:]) == 0
+    with pytest.raises(ValueError, match="needs 2 indicator rows"):
+        fused_visual_embed(merge_patches(patches, 2), *params, use_indicators=True, indicator_rows=5)

@@ -30,6 +30,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural",
                    help="structural embedding (Ovis) or an MLP projector (LLaVA-style ablation)")
     p.add_argument("--max-length", type=int, default=None, help="multimodal max length")
+    tiles = p.add_argument_group("high resolution (docs/high-resolution.md)")
+    tiles.add_argument("--image-layout", choices=["v1", "tiled"], default=None,
+                       help="v1: one padded square per image; tiled: Ovis 1.6 / Ovis2 tiles plus a global view "
+                       "(default: tiled when a tiling option is given, else v1)")
+    tiles.add_argument("--max-partition", type=int, default=None, help="tiled: at most this many tiles (default 9)")
+    tiles.add_argument("--covering-threshold", type=float, default=None,
+                       help="tiled: the share of the image a grid must cover to be chosen for fewer tiles (0.9)")
+    tiles.add_argument("--tile-resize", choices=["pad", "canvas"], default=None,
+                       help="tiled: pad (the Ovis2 releases) or canvas (transformers' Ovis2ImageProcessor)")
+    tiles.add_argument("--hidden-stride", type=int, default=1,
+                       help="merge each s x s block of patches into one visual token (Ovis2: 2)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--random-init", dest="pretrained", action="store_false", default=None,
@@ -60,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         multimodal_max_length=args.max_length,
         dtype=args.dtype,
+        image_layout=args.image_layout,
+        max_partition=args.max_partition,
+        covering_threshold=args.covering_threshold,
+        tile_resize=args.tile_resize,
+        hidden_stride=args.hidden_stride,
         pretrained=args.pretrained,
         vit_weights=args.vit_weights,
         llm_weights=args.llm_weights,
@@ -87,9 +103,11 @@ def part_report(model) -> dict:
     """Parameters and key shapes per part."""
     head = model.visual_tokenizer.head
     vte = model.vte.weight
+    stride = model.visual_tokenizer.hidden_stride
+    merged = f", merged {stride}x{stride}" if stride > 1 else ""
     parts = {
         "visual_tokenizer.backbone": (model.backbone, f"{model.backbone.spec.name}: "
-                                      f"{model.backbone.num_patches} patches x {model.backbone.feature_dim}"),
+                                      f"{model.backbone.num_patches} patches x {model.backbone.feature_dim}{merged}"),
         "visual_tokenizer.head": (head, " -> ".join(f"{tuple(p.shape)}" for p in head.parameters())),
         "vte": (model.vte, f"{tuple(vte.shape)}"),
         "llm": (model.llm, f"{model.llm.config.model_type}: {model.llm.config.num_hidden_layers} layers x "
@@ -99,5 +117,11 @@ def part_report(model) -> dict:
         name: {"parameters": sum(p.numel() for p in module.parameters()), "shapes": shapes}
         for name, (module, shapes) in parts.items()
     }
-    return {"parts": out, "total": sum(p.numel() for p in model.parameters()),
-            "num_image_tokens": model.num_image_tokens}
+    report = {"parts": out, "total": sum(p.numel() for p in model.parameters()),
+              "image_layout": getattr(model.config, "image_layout", "v1")}
+    if model.tiled:
+        report["tokens_per_tile"] = model.tokens_per_tile
+        report["max_partition"] = model.config.max_partition
+    else:
+        report["num_image_tokens"] = model.num_image_tokens
+    return report

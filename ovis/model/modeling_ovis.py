@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,14 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ovis.interfaces import VisionBackbone, VisionSpec
-from ovis.model.configuration_ovis import OvisConfig
+from ovis.model.configuration_ovis import OvisConfig, merged_tokens
 from ovis.model.directory_check import check_model_directory, check_tensor_shapes
-from ovis.model.merging import IMAGE_TOKEN_ID, merge_image_embeddings
+from ovis.model.merging import (
+    IMAGE_TOKEN_ID,
+    indicator_mask,
+    merge_image_embeddings,
+    merge_indicator_embeddings,
+)
 from ovis.model.v1_format import (
     ConversionError,
     checkpoint_format,
@@ -96,8 +102,10 @@ class OvisForCausalLM(OvisPreTrainedModel):
             use_indicators=config.use_indicators,
             tokenize_function=config.tokenize_function,
             tau=config.tau,
+            num_indicators=config.num_indicators,
+            hidden_stride=getattr(config, "hidden_stride", 1),
         )
-        rows = config.visual_vocab_size if config.adapter == "structural" else 2
+        rows = config.visual_vocab_size if config.adapter == "structural" else max(2, config.num_indicators)
         self.vte = VisualEmbedding(rows, hidden)
         self.post_init()
 
@@ -134,8 +142,20 @@ class OvisForCausalLM(OvisPreTrainedModel):
         return self.visual_tokenizer.backbone
 
     @property
+    def tiled(self) -> bool:
+        """Whether images come in the tiled layout (``ovis.tiling``) rather than v1's one square."""
+        return getattr(self.config, "image_layout", "v1") == "tiled"
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Visual tokens per view (a v1 image, or one tile), indicators not counted."""
+        side = math.isqrt(self.backbone.num_patches)
+        return merged_tokens(side, self.visual_tokenizer.hidden_stride)
+
+    @property
     def num_image_tokens(self) -> int:
-        return self.backbone.num_patches + (2 if self.config.use_indicators else 0)
+        """Positions of a v1 image block (tokens + begin/end indicators)."""
+        return self.tokens_per_tile + (2 if self.config.use_indicators else 0)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.llm.get_input_embeddings()
@@ -163,21 +183,34 @@ class OvisForCausalLM(OvisPreTrainedModel):
 
     # -- the visual path ---------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[num_images, 3, S, S]`` -> ``[num_images, num_image_tokens, hidden]``."""
+        """``[num_images, 3, S, S]`` -> ``[num_images, num_image_tokens, hidden]``; in the tiled
+        layout ``[num_views, 3, S, S]`` -> ``[num_views, tokens_per_tile, hidden]`` (no indicators:
+        they have their own positions, see :meth:`indicator_embeddings`)."""
         pixel_values = pixel_values.to(device=self.vte.weight.device, dtype=self._vision_dtype())
+        wrap = self.config.use_indicators and not self.tiled
         if self._lean_visual_path():
             embeds = self._embed_patches(self.visual_tokenizer.features(pixel_values))
         else:
             tokens = self.visual_tokenizer(pixel_values)
             if self.config.adapter == "structural":
-                embeds = self.vte.embed_distributions(tokens, self.config.use_indicators)
-            elif self.config.use_indicators:
+                embeds = self.vte.embed_distributions(tokens, wrap)
+            elif wrap:
                 embeds = wrap_with_indicators(tokens, self.vte.weight[0], self.vte.weight[1])
             else:
                 embeds = tokens
+        return self._scale_visual(embeds)
+
+    def _scale_visual(self, embeds: torch.Tensor) -> torch.Tensor:
         # The LLM scales its text rows inside its embedding module (Gemma); visual rows get the same.
         scale = getattr(self.config, "visual_embedding_scale", 1.0)
         return embeds if scale == 1.0 else embeds * scale
+
+    def indicator_embeddings(self) -> torch.Tensor:
+        """The tiled layout's five indicator rows ``[5, hidden]``: the table's last five rows (the
+        first five for the MLP adapter, whose table holds nothing else)."""
+        weight = self.vte.weight
+        rows = weight[-5:] if self.config.adapter == "structural" else weight[:5]
+        return self._scale_visual(rows)
 
     def _lean_visual_path(self) -> bool:
         config = self.config
@@ -193,7 +226,8 @@ class OvisForCausalLM(OvisPreTrainedModel):
         args = (features, linear.weight, norm.weight, norm.bias, self.vte.weight)
         kwargs = {
             "eps": norm.eps,
-            "use_indicators": self.config.use_indicators,
+            "use_indicators": self.config.use_indicators and not self.tiled,
+            "indicator_rows": self.config.num_indicators,
             "chunk_rows": getattr(self.config, "visual_chunk_rows", None),
         }
         topk = getattr(self.config, "visual_topk", None)
@@ -206,12 +240,18 @@ class OvisForCausalLM(OvisPreTrainedModel):
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings with every image block filled in."""
-        text_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_ID, 0)
+        if not self.tiled:
+            text_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_ID, 0)
+        else:
+            text_ids = input_ids.masked_fill((input_ids == IMAGE_TOKEN_ID) | indicator_mask(input_ids), 0)
         embeds = self.get_input_embeddings()(text_ids)
         images = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
             images = self.encode_images(pixel_values)
-        return merge_image_embeddings(embeds, input_ids, images, self.num_image_tokens)
+        if not self.tiled:
+            return merge_image_embeddings(embeds, input_ids, images, self.num_image_tokens)
+        embeds = merge_image_embeddings(embeds, input_ids, images, self.tokens_per_tile)
+        return merge_indicator_embeddings(embeds, input_ids, self.indicator_embeddings())
 
     # -- forward / generate ------------------------------------------------------------------------
     def forward(

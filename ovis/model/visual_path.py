@@ -27,6 +27,12 @@ probable visual words of each patch, renormalises their probabilities and sums t
 The dense path stays the default and the exact reference.
 
 :func:`naive_visual_embed` is the reference: the model's original code path, as one function.
+
+All three take the head's input as it is: with ``hidden_stride`` s > 1 that is the merged features
+``[B, N / s^2, s^2 D]`` (``ovis.model.visual_tokenizer.merge_patches``) and a head of width ``s^2 D``;
+the merge is a reshape, so autograd carries the features' gradient back through it. In the tiled
+layout the table's last five rows are indicators filled outside these functions
+(``indicator_rows=5``, ``use_indicators=False``): their gradient here is zero.
 """
 
 from __future__ import annotations
@@ -129,11 +135,13 @@ def naive_visual_embed(
     *,
     eps: float = 1e-5,
     use_indicators: bool = True,
+    indicator_rows: int | None = None,
 ) -> torch.Tensor:
     """``[B, N, D]`` features -> ``[B, N (+2), H]`` embeddings, every intermediate materialised.
 
     Exactly the ``VisualTokenizer`` (softmax) + ``VisualEmbedding.embed_distributions`` code path.
     """
+    _check_shapes(features, head_weight, vte_weight, use_indicators, indicator_rows)
     words = head_weight.shape[0]
     logits = F.layer_norm(F.linear(features, head_weight), (words,), ln_weight, ln_bias, eps)
     probs = logits.softmax(dim=-1)
@@ -207,6 +215,8 @@ class _FusedVisualEmbed(torch.autograd.Function):
         chunks = _chunks(x.shape[0], ctx.chunk_rows)
         new = torch.empty_like if chunks else torch.zeros_like  # the first chunk writes (beta = 0)
         grad_vte = new(vte_weight) if need_vte else None
+        if need_vte:
+            grad_vte[words:] = 0  # indicator rows: only the wrapped begin/end get a gradient here
         if ctx.use_indicators:
             if need_vte:
                 grad_vte[-2] = grad_out[:, 0].sum(dim=0)
@@ -278,15 +288,17 @@ def fused_visual_embed(
     eps: float = 1e-5,
     use_indicators: bool = True,
     chunk_rows: int | None = None,
+    indicator_rows: int | None = None,
 ) -> torch.Tensor:
     """``[B, N, D]`` features -> ``[B, N (+2), H]``: the same as :func:`naive_visual_embed`, lean.
 
-    ``head_weight`` is ``[V', D]`` (``V' = V - 2`` with indicators, else ``V``), ``ln_weight`` /
+    ``head_weight`` is ``[V', D]`` (``V' = V - I``, ``I`` = ``indicator_rows``: by default 2 with
+    ``use_indicators``, which wraps each block in the table's last two rows, else 0), ``ln_weight`` /
     ``ln_bias`` are ``[V']`` and ``vte_weight`` is ``[V, H]``. ``chunk_rows`` is the number of patch
     rows per chunk (default: :func:`chunk_rows_for`). Under ``torch.no_grad`` nothing is saved.
     """
     words = head_weight.shape[0]
-    _check_shapes(features, head_weight, vte_weight, use_indicators)
+    _check_shapes(features, head_weight, vte_weight, use_indicators, indicator_rows)
     rows = chunk_rows or chunk_rows_for(words)
     features = features.to(head_weight.dtype)
     # Under no_grad there is no backward pass to keep anything for.
@@ -296,12 +308,15 @@ def fused_visual_embed(
     )
 
 
-def _check_shapes(features, head_weight, vte_weight, use_indicators) -> None:
+def _check_shapes(features, head_weight, vte_weight, use_indicators, indicator_rows=None) -> None:
     words, width = head_weight.shape
     if features.dim() != 3 or features.shape[-1] != width:
         raise ValueError(f"features must be [B, N, {width}], got {list(features.shape)}")
-    if vte_weight.shape[0] != words + (2 if use_indicators else 0):
-        raise ValueError(f"the VTE has {vte_weight.shape[0]} rows for a head of {words} words")
+    extra = (2 if use_indicators else 0) if indicator_rows is None else indicator_rows
+    if use_indicators and extra != 2:
+        raise ValueError(f"wrapping in begin/end indicators needs 2 indicator rows, got {extra}")
+    if vte_weight.shape[0] != words + extra:
+        raise ValueError(f"the VTE has {vte_weight.shape[0]} rows for a head of {words} words and {extra} indicators")
 
 
 # -- approximate top-k inference ---------------------------------------------------------------------
@@ -317,6 +332,7 @@ def topk_visual_embed(
     eps: float = 1e-5,
     use_indicators: bool = True,
     chunk_rows: int | None = None,
+    indicator_rows: int | None = None,
 ) -> torch.Tensor:
     """Inference only: each patch's embedding from its ``k`` most probable visual words.
 
@@ -326,7 +342,7 @@ def topk_visual_embed(
     """
     if k < 1:
         raise ValueError(f"top-k needs k >= 1, got {k}")
-    _check_shapes(features, head_weight, vte_weight, use_indicators)
+    _check_shapes(features, head_weight, vte_weight, use_indicators, indicator_rows)
     batch, patches, width = features.shape
     words = head_weight.shape[0]
     k = min(k, words)

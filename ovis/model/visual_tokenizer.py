@@ -1,7 +1,9 @@
-"""The visual tokenizer: backbone patch features -> head logits -> per-patch visual-word
-distributions (or, for the MLP adapter, projected features)."""
+"""The visual tokenizer: backbone patch features (merged ``s x s`` when ``hidden_stride`` > 1) ->
+head logits -> per-token visual-word distributions (or, for the MLP adapter, projected features)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,29 @@ def tokenize(logits: torch.Tensor, function: str, tau: float) -> torch.Tensor:
     raise ValueError(f"unknown tokenize function {function!r}")
 
 
+def merge_patches(features: torch.Tensor, stride: int) -> torch.Tensor:
+    """``[B, n*n, D]`` patch features -> ``[B, m*m, s*s*D]`` with ``m = ceil(n / s)``.
+
+    The ``n x n`` grid is zero-padded at the bottom and right to a multiple of ``s``; each ``s x s``
+    block becomes one token whose features are the block's patches concatenated row by row (patch
+    ``(a, b)`` of the block at ``(a * s + b) * D``), blocks in row-major order: the Ovis 1.6 / Ovis2
+    visual tokenizer's order (and transformers' ``Ovis2VisionModel``'s), so head weights carry over.
+    """
+    if stride == 1:
+        return features
+    batch, length, width = features.shape
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"merging patches needs a square patch grid, got {length} patches")
+    grid = features.reshape(batch, side, side, width)
+    pad = -side % stride
+    if pad:
+        grid = F.pad(grid, (0, 0, 0, pad, 0, pad))
+    blocks = (side + pad) // stride
+    grid = grid.reshape(batch, blocks, stride, blocks, stride, width).permute(0, 1, 3, 2, 4, 5)
+    return grid.reshape(batch, blocks * blocks, stride * stride * width)
+
+
 def structural_head(feature_dim: int, num_words: int) -> nn.Sequential:
     """``Linear(no bias) -> LayerNorm``: the paper's head (keys ``head.0`` / ``head.1``)."""
     return nn.Sequential(nn.Linear(feature_dim, num_words, bias=False), nn.LayerNorm(num_words))
@@ -43,8 +68,10 @@ def mlp_head(feature_dim: int, hidden_size: int) -> nn.Sequential:
 class VisualTokenizer(nn.Module):
     """Backbone + head + tokenize function.
 
-    ``forward`` gives, per image, the patch distributions ``[B, N, V - 2]`` (structural adapter;
-    ``V`` when there are no indicators) or projected features ``[B, N, H]`` (MLP adapter).
+    ``forward`` gives, per view, the token distributions ``[B, N, V - I]`` (structural adapter; ``I``
+    the indicator rows: 2 in the v1 layout, 5 tiled, 0 without indicators) or projected features
+    ``[B, N, H]`` (MLP adapter). ``N`` is the patch count, or ``ceil(side / s)^2`` with
+    ``hidden_stride`` s > 1, the head then taking ``s^2 x`` the backbone's width.
     """
 
     def __init__(
@@ -57,29 +84,33 @@ class VisualTokenizer(nn.Module):
         use_indicators: bool,
         tokenize_function: str = "softmax",
         tau: float = 1.0,
+        num_indicators: int | None = None,
+        hidden_stride: int = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.adapter = adapter
         self.tokenize_function = tokenize_function
         self.tau = tau
+        self.hidden_stride = hidden_stride
+        width = backbone.feature_dim * hidden_stride * hidden_stride
         if adapter == "structural":
-            words = visual_vocab_size - (2 if use_indicators else 0)
-            self.head = structural_head(backbone.feature_dim, words)
+            indicators = (2 if use_indicators else 0) if num_indicators is None else num_indicators
+            self.head = structural_head(width, visual_vocab_size - indicators)
         else:
-            self.head = mlp_head(backbone.feature_dim, hidden_size)
+            self.head = mlp_head(width, hidden_size)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The backbone's patch features ``[B, N, D]``, checked against the head's width."""
+        """The head's input ``[B, N, s^2 D]``: the backbone's patch features, merged ``s x s``."""
         features = self.backbone(pixel_values)
-        expected = self.head[0].in_features
+        expected = self.head[0].in_features // (self.hidden_stride * self.hidden_stride)
         if features.shape[-1] != expected:
             raise ValueError(
                 f"vision backbone {self.backbone.spec.name!r} returned features of width "
                 f"{features.shape[-1]}, but its spec (hidden_size) and so the head expect {expected}: "
                 "fix hidden_size in the preset or the plugin's forward"
             )
-        return features
+        return merge_patches(features, self.hidden_stride)
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))

@@ -367,3 +367,36 @@ def test_every_command_names_a_damaged_model_directory(damage, good_model, tmp_p
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err, (command, code, err[-2000:])
         assert re.search(message, err), (command, err)
+
+
+# -- hostile benchmark files through `ovis eval` (refused before the model loads) ---------------------
+HEADER = "index\timage_path\tquestion\tanswer\n"
+HOSTILE_TSVS: dict[str, tuple[bytes | None, str]] = {
+    # name: (content, or None for a directory; what the one-line error must say)
+    "empty.tsv": (b"", "missing column"),
+    "random-bytes.tsv": (bytes(range(128, 256)) * 20, "not UTF-8 text"),
+    "latin-1.tsv": ((HEADER + "0\tx.png\tWhat\xff?\tyes\n").encode("latin-1"), "not UTF-8 text"),
+    "comma-separated.tsv": (b"index,image_path,question,answer\n0,x.png,What?,yes\n", "is it a CSV?"),
+    "header-only.tsv": (HEADER.encode(), "no data rows"),
+    "short-row.tsv": ((HEADER + "0\tx.png\tWhat?\n").encode(), "empty answer"),
+    "index-twice.tsv": ((HEADER + "0\tx.png\tWhat?\tyes\n0\tx.png\tAgain?\tno\n").encode(), "appears twice"),
+    "empty-index.tsv": ((HEADER + "\tx.png\tWhat?\tyes\n").encode(), "empty index"),
+    "a-directory.tsv": (None, "a directory"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_TSVS))
+def test_eval_names_a_hostile_benchmark_file_before_loading(name, chatty_model_dir, tmp_path, capsys, monkeypatch):
+    import ovis.serve.runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the benchmark file was checked")
+
+    monkeypatch.setattr(ovis.serve.runner.OvisRunner, "__init__", no_loading)
+    content, message = HOSTILE_TSVS[name]
+    path = tmp_path / name
+    path.mkdir() if content is None else path.write_bytes(content)
+    code = main(["eval", "--model", str(chatty_model_dir), "--data", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and name in err and message in err, (code, err[-1500:])
+    assert len(err.strip().splitlines()) == 1, err

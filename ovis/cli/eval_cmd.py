@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         files += write_synth_benchmarks(Path(args.out) / "synth-data")
     if not files:
         raise UsageError("nothing to evaluate: give --data FILE.tsv (repeatable) and/or --synth")
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) + (" (a directory)" if f.is_dir() else "") for f in files if not f.is_file()]
     if missing:
         raise InputFileError(f"benchmark file(s) not found: {', '.join(missing)}")
     kind = None if args.kind == "auto" else args.kind

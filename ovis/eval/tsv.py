@@ -125,22 +125,33 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
     ``bad_rows`` (counted in the report); structural problems raise :class:`BenchmarkError`."""
     path = Path(path)
     name = name or path.stem
+    if path.is_dir():
+        raise BenchmarkError(f"{path}: a directory, not a benchmark file")
     if not path.is_file():
         raise BenchmarkError(f"{path}: benchmark file not found")
     if kind is not None and kind not in KINDS:
         raise BenchmarkError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     csv.field_size_limit(sys.maxsize)  # base64 images are long cells
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        columns = reader.fieldnames or []
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); VLMEvalKit TSVs are "
+                             "UTF-8 (re-save the file as UTF-8)") from exc
+    except csv.Error as exc:
+        raise BenchmarkError(f"{path}: not a readable TSV ({exc})") from exc
     missing = [c for c in ("index", "question", "answer") if c not in columns]
     if "image" not in columns and "image_path" not in columns:
         missing.append("image or image_path")
     if missing:
+        csv_like = len(columns) == 1 and "," in columns[0]
+        separated = " (the header has commas but no tabs: is it a CSV?)" if csv_like else ""
         raise BenchmarkError(
-            f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(columns) or 'no header'} "
-            "(VLMEvalKit layout: index, image|image_path, question, A..J, answer, category, hint)"
+            f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(columns) or 'no header'}"
+            f"{separated} (VLMEvalKit layout, tab-separated: index, image|image_path, question, A..J, answer, "
+            "category, hint)"
         )
     if not rows:
         raise BenchmarkError(f"{path}: no data rows")

@@ -1,4 +1,4 @@
-"""The first-party LLM plugins (Llama 3, Qwen): registration, tiny-model contract, real-size
+"""The first-party LLM plugins (Llama 3 / 3.2, Qwen, Gemma 2): registration, tiny-model contract, real-size
 architectures on the meta device, offline tokenizers, their disk cache and local-folder loading.
 """
 
@@ -16,28 +16,59 @@ from ovis.interfaces import HFCausalLM, LLMSpec, hookimpl
 from ovis.interfaces.chat import IGNORE_INDEX, tokenize_segments
 from ovis.plugin_host import get_host
 
-FIRST_PARTY = {"ovis-plugin-llama": "llama3", "ovis-plugin-qwen": "qwen"}  # distribution -> builder
-PRESETS = {
-    "ovis-plugin-llama": {"llama3-8b", "llama3-tiny"},
-    "ovis-plugin-qwen": {"qwen1.5-7b", "qwen1.5-14b", "qwen2.5-7b", "qwen1.5-tiny", "qwen2.5-tiny", "qwen-toy"},
+FIRST_PARTY = {  # distribution -> builder
+    "ovis-plugin-llama": "llama3", "ovis-plugin-qwen": "qwen", "ovis-plugin-gemma": "gemma",
 }
-#: the real models' parameter counts (published as 8.03B, 7.72B, 14.2B and 7.61B)
+PRESETS = {
+    "ovis-plugin-llama": {"llama3-8b", "llama3-tiny", "llama3.2-1b", "llama3.2-3b", "llama3.2-tiny"},
+    "ovis-plugin-qwen": {
+        "qwen1.5-7b", "qwen1.5-14b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b",
+        "qwen2.5-32b", "qwen3-1.7b", "qwen3-8b", "qwen1.5-tiny", "qwen2.5-tiny", "qwen3-tiny", "qwen-toy",
+    },
+    "ovis-plugin-gemma": {"gemma2-2b", "gemma2-9b", "gemma2-27b", "gemma2-tiny"},
+}
+#: the real models' parameter counts, each tied embedding counted once (published as 8.03B, 7.72B,
+#: 14.2B and 7.61B; Qwen2.5 0.49B / 1.54B / 3.09B / 14.8B / 32.8B; Qwen3 1.7B (2.03B on the hub,
+#: which counts its stored lm_head copy) and 8.19B; Llama 3.2 1.24B / 3.21B; Gemma 2 2.61B / 9.24B / 27.2B)
 PARAMETERS = {
     "llama3-8b": 8_030_261_248,
     "qwen1.5-7b": 7_721_324_544,
     "qwen1.5-14b": 14_167_290_880,
     "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-3b": 3_085_938_688,
+    "qwen2.5-14b": 14_770_033_664,
+    "qwen2.5-32b": 32_763_876_352,
+    "qwen3-1.7b": 1_720_574_976,
+    "qwen3-8b": 8_190_735_360,
+    "llama3.2-1b": 1_235_814_400,
+    "llama3.2-3b": 3_212_749_824,
+    "gemma2-2b": 2_614_341_888,
+    "gemma2-9b": 9_241_705_984,
+    "gemma2-27b": 27_227_128_320,
 }
-#: the families' real special-token ids, by builder
+_LLAMA3 = {
+    "bos": 128000, "eos": 128009, "pad": 128001, "<|begin_of_text|>": 128000,
+    "<|end_of_text|>": 128001, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007, "<|eot_id|>": 128009,
+}
+_QWEN = {
+    "bos": None, "eos": 151645, "pad": 151643, "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+}
+#: the families' real special-token ids, by offline tokenizer (the toy BPEs keep fewer: see below)
 SPECIAL_IDS = {
-    "llama3": {
-        "bos": 128000, "eos": 128009, "pad": 128001, "<|begin_of_text|>": 128000,
-        "<|end_of_text|>": 128001, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
-        "<|eot_id|>": 128009, "<|reserved_special_token_250|>": 128255,
+    "offline:llama3": {**_LLAMA3, "<|reserved_special_token_4|>": 128008, "<|reserved_special_token_250|>": 128255},
+    "offline:llama3.2": {
+        **_LLAMA3, "<|finetune_right_pad_id|>": 128004, "<|eom_id|>": 128008, "<|python_tag|>": 128010,
+        "<|reserved_special_token_2|>": 128005, "<|reserved_special_token_247|>": 128255,
     },
-    "qwen": {
-        "bos": None, "eos": 151645, "pad": 151643, "<|endoftext|>": 151643, "<|im_start|>": 151644,
-        "<|im_end|>": 151645,
+    "offline:qwen": _QWEN,
+    "offline:qwen2.5": _QWEN,
+    "offline:qwen3": {**_QWEN, "<think>": 151667, "</think>": 151668},
+    # Gemma's vocabulary is not available offline; its toy tokenizer keeps the control tokens' ids
+    "offline:gemma-toy": {
+        "bos": 2, "eos": 107, "pad": 0, "<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<start_of_turn>": 106,
+        "<end_of_turn>": 107,
     },
 }
 QWEN25_EXTRA = {
@@ -72,6 +103,9 @@ def test_plugins_register_presets_and_formats_without_errors():
     assert {"llama3", "chatml", "qwen2.5"} <= set(host.chat_formats())
     assert host.llm("qwen2.5-7b-instruct").spec.name == "qwen2.5-7b"
     assert host.llm("llama3-8b-instruct").spec.name == "llama3-8b"
+    assert {"llama3.2", "qwen3", "gemma"} <= set(host.chat_formats())
+    assert host.llm("gemma-2-9b-it").spec.name == "gemma2-9b"
+    assert host.llm("llama-3.2-3b").spec.name == "llama3.2-3b"
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -97,7 +131,7 @@ def test_tiny_llm_contract(name):
     assert len(tok) <= spec.vocab_size
     assert tok.chat_template
     # Tokenizers with the real vocabulary keep the real ids; the toy BPE keeps the tokens only.
-    expected = None if spec.tokenizer == "offline:qwen-toy" else SPECIAL_IDS.get(spec.builder)
+    expected = SPECIAL_IDS.get(spec.tokenizer)
     if expected is None:
         specials = [tok.eos_token, tok.pad_token]
         assert all(t in tok.get_vocab() for t in specials) and tok.pad_token_id != tok.eos_token_id
@@ -162,6 +196,10 @@ def test_real_size_details():
     assert host.llm("qwen2.5-7b").spec.chat_format == "qwen2.5"
     assert host.llm("qwen1.5-7b").spec.conversation_formatter_class == "QwenConversationFormatter"
     assert host.llm("llama3-8b").spec.conversation_formatter_class == "Llama3ConversationFormatter"
+    assert host.llm("qwen3-8b").spec.conversation_formatter_class == "Qwen3ConversationFormatter"
+    assert host.llm("gemma2-9b").spec.conversation_formatter_class == "GemmaConversationFormatter"
+    qwen25_3b = host.llm("qwen2.5-3b").factory(host.llm("qwen2.5-3b").spec).build_config()
+    assert (qwen25_3b.hidden_size, qwen25_3b.num_key_value_heads, qwen25_3b.tie_word_embeddings) == (2048, 2, True)
 
 
 def test_architecture_contradicting_the_spec_fails():
@@ -225,12 +263,19 @@ def test_offline_qwen_tokenizer_equals_the_reference_encoding(text):
 
 
 def test_offline_qwen_tokenizer_facts():
-    qwen, qwen25 = tokenizer("qwen1.5-tiny"), tokenizer("qwen2.5-tiny")
+    qwen, qwen25, qwen3 = tokenizer("qwen1.5-tiny"), tokenizer("qwen2.5-tiny"), tokenizer("qwen3-tiny")
     assert qwen.encode("Hello world", add_special_tokens=False) == [9707, 1879]
     assert qwen("Hello")["input_ids"] == [9707]  # no BOS
-    assert len(qwen) == 151646 and len(qwen25) == 151665
+    assert len(qwen) == 151646 and len(qwen25) == 151665 and len(qwen3) == 151669
     for token, token_id in QWEN25_EXTRA.items():
         assert qwen25.convert_tokens_to_ids(token) == token_id
+        assert qwen3.convert_tokens_to_ids(token) == token_id
+    # Qwen3's thinking and tool-response tokens, whole tokens in text but not skipped on decode
+    assert [qwen3.convert_tokens_to_ids(t) for t in ("<tool_response>", "</tool_response>", "<think>", "</think>")] == [
+        151665, 151666, 151667, 151668
+    ]
+    assert qwen3.encode("<think>\n\n</think>\n\n", add_special_tokens=False) == [151667, 271, 151668, 271]
+    assert qwen3.decode([151667, 9707], skip_special_tokens=True) == "<think>Hello"
     assert qwen25.decode([9707, 151645, 151655], skip_special_tokens=True) == "Hello"
 
 
@@ -311,10 +356,13 @@ def test_local_folder_round_trip_gives_identical_logits(name, tmp_path):
 
 
 #: what a hub tokenizer of a base model looks like: (eos it ships with, expected pad once settled)
-BASE_EOS = {"llama3": ("<|end_of_text|>", "<|end_of_text|>"), "qwen": ("<|endoftext|>", "<|endoftext|>")}
+BASE_EOS = {
+    "llama3": ("<|end_of_text|>", "<|end_of_text|>"), "qwen": ("<|endoftext|>", "<|endoftext|>"),
+    "gemma": ("<eos>", "<pad>"),
+}
 
 
-@pytest.mark.parametrize("name", ["llama3-tiny", "qwen2.5-tiny"])
+@pytest.mark.parametrize("name", ["llama3-tiny", "llama3.2-tiny", "qwen2.5-tiny", "qwen3-tiny", "gemma2-tiny"])
 def test_folder_tokenizer_without_pad_or_template_is_settled(name, tmp_path):
     """Like a base model's hub tokenizer: no pad, end-of-text eos, no chat template."""
     entry = get_host().llm(name)

@@ -18,7 +18,7 @@ from ovis.interfaces.presets import preset_files
 from ovis.plugin_host import PluginHost
 
 FIRST_PARTY = {
-    "ovis-plugin-hf-vision": {"hf-clip-vision", "hf-siglip-vision"},
+    "ovis-plugin-hf-vision": {"hf-clip-vision", "hf-siglip-vision", "hf-siglip2-vision", "hf-aimv2-vision"},
     "ovis-plugin-open-clip": {"open_clip"},
     "ovis-plugin-timm": {"timm-vit"},
 }
@@ -46,6 +46,29 @@ _CLIP_L = _vit_params(width=1024, layers=24, mlp=4096, patch=14, grid=24, cls_to
 _SIGLIP_HEAD = 1152 + 4 * (1152 * 1152 + 1152) + 2 * 1152 + (1152 * 4304 + 4304) + (4304 * 1152 + 1152)
 _SIGLIP_SO400M = _vit_params(width=1152, layers=27, mlp=4304, patch=14, grid=27, cls_token=0, patch_bias=True,
                              final_norms=1, extra=_SIGLIP_HEAD)
+# SigLIP2 so400m/16 @ 512, FixRes: SigLIP's architecture with 32 x 32 positions (428,772,800);
+# NaFlex: a linear patch embedding (same count as the conv) and a 16 x 16 position table that is
+# resized to the grid (427,888,064).
+_SIGLIP2_SO400M_512 = _vit_params(width=1152, layers=27, mlp=4304, patch=16, grid=32, cls_token=0, patch_bias=True,
+                                  final_norms=1, extra=_SIGLIP_HEAD)
+_SIGLIP2_NAFLEX_512 = _SIGLIP2_SO400M_512 - (32 * 32 - 16 * 16) * 1152
+
+
+def _aimv2_params(*, width, mlp, layers=24, patch=14, grid=32):
+    """AIMv2 vision encoder without a head: patch conv (with bias) + RMSNorm + positions, blocks of
+    4 bias-free attention projections, a bias-free SwiGLU (3 matrices) and 2 RMSNorms, final RMSNorm."""
+    embed = 3 * patch * patch * width + width + width + grid * grid * width
+    return embed + layers * (4 * width * width + 3 * width * mlp + 2 * width) + width
+
+
+# AIMv2 sizes: apple/ml-aim aim-v2 (aimv2_large / huge / 1B: width, MLP, heads; 24 blocks), at 448 px
+# (32 x 32 positions). Published as 0.3B, 0.6B and 1.2B; the Ovis2-4B release's safetensors index
+# confirms huge to the parameter (tests/test_ovis2_parts.py).
+_AIMV2 = {
+    "aimv2-large-patch14-448": _aimv2_params(width=1024, mlp=2816),  # 309,984,256
+    "aimv2-huge-patch14-448": _aimv2_params(width=1536, mlp=4096),  # 682,031,616
+    "aimv2-1b-patch14-448": _aimv2_params(width=2048, mlp=5632),  # 1,236,531,200
+}
 EXPECTED_PARAMS = {
     "clip-vit-l-14-336": _CLIP_L,
     "clip-vit-l-14-336-timm": _CLIP_L,
@@ -53,8 +76,11 @@ EXPECTED_PARAMS = {
     "siglip-so400m-384": _SIGLIP_SO400M,
     "siglip-so400m-384-openclip": _SIGLIP_SO400M,
     "siglip-so400m-384-timm": _SIGLIP_SO400M,
+    "siglip2-so400m-patch16-512": _SIGLIP2_SO400M_512,
+    "siglip2-so400m-patch16-naflex-512": _SIGLIP2_NAFLEX_512,
+    **_AIMV2,
 }
-EXPECTED_PATCHES = {"clip": 576, "siglip": 729}
+EXPECTED_PATCHES = {"clip": 576, "siglip": 729, "siglip2": 1024, "aimv2": 1024}
 
 
 def _build(name: str, seed: int = 0, spec: VisionSpec | None = None, pretrained: bool = False):
@@ -86,7 +112,8 @@ def test_first_party_plugins_load_cleanly():
         assert info.registered["vision"], f"{plugin} registered no vision backbone"
         for name in info.registered["vision"]:
             assert HOST.vision(name).spec.builder in builders
-    for required in ("clip-tiny", "clip-tiny-openclip", "clip-tiny-timm", "siglip-tiny", "siglip-tiny-timm"):
+    for required in ("clip-tiny", "clip-tiny-openclip", "clip-tiny-timm", "siglip-tiny", "siglip-tiny-timm",
+                     "siglip2-tiny", "aimv2-tiny"):
         assert required in TINY
     assert HOST.vision("clip").spec.name == "clip-vit-l-14-336"
     assert HOST.vision("siglip").spec.name == "siglip-so400m-384"
@@ -195,6 +222,9 @@ def test_every_vision_preset_file_validates():
             entry = HOST.vision(spec.name)
             assert entry.spec == spec and entry.plugin == spec.plugin
     assert set(EXPECTED_PARAMS) <= names
+    full_first_party = {n for n in names if HOST.vision(n).spec.builder in OUR_BUILDERS
+                        and not HOST.vision(n).spec.tiny}
+    assert full_first_party <= set(EXPECTED_PARAMS), "every full-size first-party preset has a known count"
 
 
 @pytest.mark.parametrize("name", FULL)
@@ -245,20 +275,25 @@ def _local(name: str, weights) -> VisionSpec:
     return HOST.vision(name).spec.model_copy(update={"weights": str(weights)})
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny"])
+HF_TINY = ["clip-tiny", "siglip-tiny", "siglip2-tiny", "aimv2-tiny"]
+
+
+@pytest.mark.parametrize("name", HF_TINY)
 def test_hf_loads_a_local_directory(name, tmp_path):
     model = _build(name)
     model.vision_model.save_pretrained(tmp_path / "vision")
     _same_outputs(_build(name, seed=1, spec=_local(name, tmp_path / "vision"), pretrained=True), model)
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny"])
+# (AIMv2's released encoders are vision-only checkpoints: no two-tower case to load)
+@pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny", "siglip2-tiny"])
 def test_hf_loads_the_vision_half_of_a_full_checkpoint(name, tmp_path):
-    """Like openai/clip-vit-large-patch14-336: a CLIPModel/SiglipModel directory, text tower included."""
-    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+    """Like openai/clip-vit-large-patch14-336: a CLIPModel/SiglipModel/... directory, text tower included."""
+    import transformers
 
-    clip = name.startswith("clip")
-    config_cls, model_cls = (CLIPConfig, CLIPModel) if clip else (SiglipConfig, SiglipModel)
+    family = name.removesuffix("-tiny")
+    prefix = {"clip": "CLIP", "siglip": "Siglip", "siglip2": "Siglip2"}[family]
+    config_cls, model_cls = getattr(transformers, f"{prefix}Config"), getattr(transformers, f"{prefix}Model")
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "vocab_size": 99}
     full = model_cls(config_cls(vision_config=HOST.vision(name).spec.architecture, text_config=text))

@@ -2,8 +2,8 @@
 
 The Ovis2 backbone (aimv2-large / huge / 1B, patch 14 at 448 px: 1024 patch features). No CLS
 token; RMSNorm everywhere and a SwiGLU MLP. The released vision encoders have no pooling head
-(``use_head: false``): their checkpoints hold the patch embedding, positions, blocks and a final
-norm only.
+(``use_head: false``): their checkpoints (vision-only, ``Aimv2VisionModel``) hold the patch
+embedding, positions, blocks and a final norm only.
 
 Features are the last block's output *before* the final RMSNorm, what the Ovis2 release takes
 (``hidden_states[-1]`` of its AIMv2 trunk, whose ``post_trunk_norm`` is stored but not applied).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import Aimv2VisionConfig, Aimv2VisionModel
+from transformers.models.aimv2.modeling_aimv2 import Aimv2RMSNorm
 
 from ovis_hf_vision.base import HFVisionBackbone
 
@@ -29,6 +30,13 @@ class HFAimv2Vision(HFVisionBackbone):
         # Aimv2VisionModel's last_hidden_state is rms_norm'd; take the encoder output directly.
         hidden = self.vision_model.embeddings(pixel_values)
         return self.vision_model.encoder(inputs_embeds=hidden).last_hidden_state
+
+    def reinit_last_block(self) -> None:
+        super().reinit_last_block()
+        # transformers' RMSNorm has no reset_parameters: set its gain back to 1, as its init does.
+        for module in self.blocks()[-1].modules():
+            if isinstance(module, Aimv2RMSNorm):
+                nn.init.ones_(module.weight)
 
     @property
     def final_norm(self) -> nn.Module:

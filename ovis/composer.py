@@ -108,7 +108,9 @@ def compose(
         llm_spec = llm_spec.model_copy(update={"weights": llm_weights, "tokenizer": llm_weights})
     llm_provider: LLMBackbone = llm_entry.factory(llm_spec)
     chat_format = host.chat_format(llm_spec.chat_format)
-    max_length = multimodal_max_length or min(2048, llm_spec.context_length)
+    # A tiled image takes up to ~2600 positions at 9 tiles (docs/high-resolution.md): a longer default.
+    default_length = 8192 if layout["image_layout"] == "tiled" else 2048
+    max_length = multimodal_max_length or min(default_length, llm_spec.context_length)
 
     with torch.device("meta") if dry_run else contextlib.nullcontext():
         backbone: VisionBackbone = _load(

@@ -52,6 +52,7 @@ def test_the_tiled_layout_is_in_the_config_and_the_shapes(tiled):
     assert linear.in_features == 4 * 64 and linear.out_features == V - 5 == norm.normalized_shape[0]
     assert model.vte.weight.shape[0] == V
     assert processor.tiling.max_partition == 4
+    assert processor.max_length == config.multimodal_max_length == 8192  # v1: 2048; a 9-tile image needs ~2600
 
 
 def test_a_large_image_becomes_tiles_indicators_and_merged_tokens(tiled):
@@ -173,7 +174,7 @@ def test_truncation_drops_whole_tiled_blocks(tiled):
 def test_tokens_from_another_layout_are_refused(tiled):
     model, processor = tiled
     batch = processor.collate([processor.encode(_conv("<image>\nWhat?"), [_big_image()], add_generation_prompt=True)])
-    with pytest.raises(ImageCountError):
+    with pytest.raises(ImageCountError, match=r"the tokens hold \d+ view block\(s\) but \d+ view\(s\) were given"):
         model.embed_inputs(batch["input_ids"], batch["pixel_values"][:-1])
 
 

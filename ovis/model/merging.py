@@ -31,21 +31,22 @@ def merge_image_embeddings(
     input_ids: torch.Tensor,
     image_embeds: torch.Tensor | None,
     block: int,
+    unit: str = "image",
 ) -> torch.Tensor:
     """Replace the ``IMAGE_TOKEN_ID`` positions of ``text_embeds`` ``[B, L, H]`` by the rows of
     ``image_embeds`` ``[num_images, block, H]`` (images in batch order, then in order within a
-    sample)."""
+    sample). In the tiled layout the rows are views (``unit="view"``: tiles and global views)."""
     mask = input_ids == IMAGE_TOKEN_ID
     positions = int(mask.sum())
     images = 0 if image_embeds is None else image_embeds.shape[0]
     if positions == 0 and images == 0:
         return text_embeds
     if image_embeds is None or positions != images * block:
-        blocks = f"{positions // block} image block(s)" if positions % block == 0 else (
+        blocks = f"{positions // block} {unit} block(s)" if positions % block == 0 else (
             f"{positions} image positions, not a whole number of {block}-position blocks"
         )
         raise ImageCountError(
-            f"the tokens hold {blocks} but {images} image(s) were given; each <image> in the text "
+            f"the tokens hold {blocks} but {images} {unit}(s) were given; each <image> in the text "
             "needs exactly one image, and the tokens must come from this model's processor"
         )
     return text_embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(text_embeds.dtype))

@@ -250,7 +250,7 @@ class OvisForCausalLM(OvisPreTrainedModel):
             images = self.encode_images(pixel_values)
         if not self.tiled:
             return merge_image_embeddings(embeds, input_ids, images, self.num_image_tokens)
-        embeds = merge_image_embeddings(embeds, input_ids, images, self.tokens_per_tile)
+        embeds = merge_image_embeddings(embeds, input_ids, images, self.tokens_per_tile, unit="view")
         return merge_indicator_embeddings(embeds, input_ids, self.indicator_embeddings())
 
     # -- forward / generate ------------------------------------------------------------------------

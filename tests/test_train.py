@@ -50,7 +50,9 @@ def gumbel_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_info(tmp_path_factory) -> Path:
-    """16 synthetic scenes (3 questions each), 4 text-only conversations, 1 record whose image is missing."""
+    """16 synthetic scenes (3 questions each), 4 text-only conversations, and "bad": a record whose image
+    is missing (left out when the data is read), one whose image is corrupt (skipped when encoded) and
+    a good one. dataset_info.json also holds a broken entry no run names (it must not matter)."""
     from ovis.data.synth import SynthSpec, write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data")
@@ -61,12 +63,16 @@ def data_info(tmp_path_factory) -> Path:
         for i in range(4)
     ]
     (root / "text.json").write_text(json.dumps(text))
-    bad = [{"id": "bad", "image": "missing.png",
-            "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}]
+    (root / "images" / "corrupt.png").write_bytes(b"\x89PNG not really" * 20)
+    bad = [{"id": f"bad-{i}", "image": image,
+            "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}
+           for i, image in enumerate(("missing.png", "corrupt.png"))]
+    bad.append(text[0] | {"id": "good"})
     (root / "bad.json").write_text(json.dumps(bad))
     info = json.loads(info_path.read_text())
     info["text"] = {"meta_file": "text.json", "data_format": "conversation"}
     info["bad"] = {"meta_file": "bad.json", "image_dir": "images", "data_format": "conversation"}
+    info["unused-and-broken"] = {"meta_file": "nothing.csv", "data_format": "captions"}
     info_path.write_text(json.dumps(info))
     return info_path
 
@@ -200,7 +206,7 @@ def test_loss_wrapper_keeps_visual_params_in_the_graph_for_text_only_batches(toy
     apply_train_modules(model, ["visual_tokenizer", "vte"])
     sample = processor.encode([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
     batch = DataCollator(processor)([sample])
-    batch.pop("num_skipped")
+    batch.pop("num_skipped"), batch.pop("skips")  # counts, not model inputs
     size = model.backbone.spec.image_size
     loss, count = TrainStep(model, image_size=size, dummy_visual=False)(**batch)
     assert count > 0 and not loss.requires_grad  # without the zero term the visual path is out of the graph

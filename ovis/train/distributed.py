@@ -1,7 +1,7 @@
 """The processes of a run: joining (or creating) DeepSpeed's process group, or running alone.
 
 :class:`Processes` is what the trainer knows of the others: its rank, how many there are, the
-device to use, and the three collectives it needs (sum, barrier, rank 0's choice for all). A run
+device to use, and the collectives it needs (sum, barrier, gather, rank 0's choice for all). A run
 without DeepSpeed is one process and its collectives are no-ops; a DeepSpeed run has a process
 group even alone (DeepSpeed needs one), created here when no launcher made it.
 """
@@ -41,6 +41,14 @@ class Processes:
     def barrier(self) -> None:
         if self.grouped:
             dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.grouped or self.world_size == 1:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def from_rank0(self, value: Any) -> Any:
         """Rank 0's ``value``, on every rank (``value`` is ignored elsewhere)."""

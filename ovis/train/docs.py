@@ -54,6 +54,20 @@ used unverified). `metrics.jsonl` and the tensorboard logs are cut back to the r
 step is reported once. RNG state is saved as plain tensors and loaded with `weights_only=True`, and
 the PyTorch engine's state likewise; DeepSpeed loads its own engine state with pickle, so resume a
 DeepSpeed run only from checkpoints that come from a trusted source.
+
+Data checks: before the model loads or DeepSpeed starts, `ovis train` checks the data the config
+names: each name in `data.datasets` must be an entry of `data.dataset_info` that is itself valid
+(a broken entry, or a name or field given twice, is refused only when a run names it), its meta file
+must be readable JSON / JSONL / parquet, and every image file its records name must exist (checked
+with a `stat`, not decoded). A record that is malformed, lacks a field its layout requires, or names
+a missing image is skipped, counted and named (with its line, for JSONL); a dataset none of whose
+records is usable, a missing meta file or image directory stops the run with one line naming the
+file, the record and the field. Images that turn out corrupt, truncated or too large when a sample
+is encoded are skipped and counted too. A micro-batch whose samples were all skipped takes no part
+in an optimizer step (the step takes the next micro-batch; checkpoints record the data position, so
+a resumed run reads the same samples). At the end of a run, and of one that fails or is
+interrupted, one total of the skipped records (by reason, with examples and the number of skipped
+sample reads) is logged and written to `output_dir/skips.json`.
 """
 
 

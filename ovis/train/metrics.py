@@ -9,6 +9,8 @@ A run that starts at ``first_step`` (a resume, or a fresh start over a killed ru
 drops every record after that step from ``metrics.jsonl`` and purges the tensorboard events after
 it, so each step is reported once: the steps a killed run logged after its last checkpoint are
 redone, not repeated.
+
+:func:`write_skip_report` writes the run's total of skipped records (``skips.json``).
 """
 
 from __future__ import annotations
@@ -166,6 +168,16 @@ def truncate_metrics(path: Path, step: int) -> int:
         logger.info("%s: dropped %d records after step %d (a run that went on past its checkpoint)",
                     path, dropped, step)
     return dropped
+
+
+def write_skip_report(output_dir: Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` (the run's skipped-record total) to ``output_dir/skips.json``, atomically."""
+    path = output_dir / "skips.json"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _tensorboard(output_dir: Path, first_step: int = 0) -> Any:

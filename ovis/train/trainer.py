@@ -1,10 +1,14 @@
 """The training run: one Ovis stage, from the input model to ``output_dir/final``.
 
-``train(config)`` loads the input model, freezes what the stage does not train, builds the engine
-(DeepSpeed ZeRO-2 / ZeRO-3, or a plain PyTorch loop with ``deepspeed: null``), runs the steps
-(deterministic data order, checkpoints, metrics) and exports ``output_dir/final``, a directory
-``ovis.load`` reads. With DeepSpeed it runs as a single process with no launcher (it starts a
-one-rank process group itself) or under ``torchrun`` / ``deepspeed``.
+``train(config)`` first checks and reads the data the config names (a data error stops the run
+before any model loads or DeepSpeed starts), then loads the input model, freezes what the stage
+does not train, builds the engine (DeepSpeed ZeRO-2 / ZeRO-3, or a plain PyTorch loop with
+``deepspeed: null``), runs the steps (deterministic data order, checkpoints, metrics) and exports
+``output_dir/final``, a directory ``ovis.load`` reads. A micro-batch whose samples were all
+skipped (on every rank) is passed over, not trained on as an empty step; the records skipped
+are totalled once at the end (``output_dir/skips.json``). With DeepSpeed it runs as a single
+process with no launcher (it starts a one-rank process group itself) or under ``torchrun`` /
+``deepspeed``.
 
 The pieces live beside it: the processes (:mod:`~ovis.train.distributed`), the loss
 (:mod:`~ovis.train.step`), the engines (:mod:`~ovis.train.engines`), counting and reporting
@@ -18,13 +22,16 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ovis.composer import load
+from ovis.data import DataCollator, SupervisedDataset, read_datasets
+from ovis.data.schema import DataError
+from ovis.data.skips import SkipLog, Skipped
 from ovis.errors import ConfigError, InputFileError, OvisError
 from ovis.model import OvisForCausalLM
 from ovis.processing import OvisProcessor
@@ -34,7 +41,7 @@ from ovis.train.distributed import Processes, agree_on_precision, set_seed, star
 from ovis.train.engines import Engine, build_engine
 from ovis.train.export import export_model
 from ovis.train.loading import dump_config
-from ovis.train.metrics import StepRecord, StepSums, TrainLog
+from ovis.train.metrics import StepRecord, StepSums, TrainLog, write_skip_report
 from ovis.train.modules import (
     ModuleSummary,
     apply_lora,
@@ -56,7 +63,8 @@ class Position:
     """Where the run is, and what it has read: saved in every checkpoint."""
 
     step: int = 0
-    #: Global micro-batch number (across epochs) of the next micro-batch.
+    #: Global micro-batch number (across epochs) of the next micro-batch. Not ``step *
+    #: accumulation``: micro-batches whose samples were all skipped count here but not in a step.
     micro: int = 0
     samples_seen: int = 0
     skipped_total: int = 0
@@ -66,9 +74,10 @@ class Trainer:
     """One training run. ``Trainer(config).run()`` is :func:`train`.
 
     Args:
-        dataset: a map-style dataset of ``EncodedSample | None`` (default: built from
-            ``config.data`` with ``ovis.data.build_dataset``).
-        collator: ``list[EncodedSample | None] -> batch dict | None`` (default: ``ovis.data``'s).
+        dataset: a map-style dataset of ``EncodedSample | Skipped | None`` (default: the records
+            of ``config.data``, checked by ``ovis.data.read_datasets`` before the model loads).
+        collator: ``list[EncodedSample | Skipped | None] -> batch dict | None`` (default:
+            ``ovis.data``'s); a batch without ``input_ids`` (or None) means every sample was skipped.
         resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``.
         on_step_end: called on every rank after each optimizer step with ``(step, record)``.
         progress: show a progress bar on rank 0.
@@ -108,6 +117,9 @@ class Trainer:
         self.order: DataOrder | None = None
         self.total_steps = 0
         self.engine: Engine | None = None
+        #: Every record and sample left out (read and encode time).
+        self.skip_log = SkipLog()
+        self._records: list[Any] | None = None  # the checked records, until the dataset is built
         self._step_started = 0.0
 
     @property
@@ -122,6 +134,7 @@ class Trainer:
         return self.export()
 
     def setup(self) -> None:
+        self._read_data()  # before the process group, the model and DeepSpeed: data errors come first
         self.processes = start_processes(self.config)
         if self.processes.rank != 0:
             logger.setLevel(logging.WARNING)
@@ -163,19 +176,21 @@ class Trainer:
             logger.info("  %s", line)
 
     # -- data -----------------------------------------------------------------------------------
+    def _read_data(self) -> None:
+        """Check the named datasets and read their records (no model needed: ovis.data.validate)."""
+        config = self.config
+        if self.dataset is not None:
+            return
+        if config.data.dataset_info is None or not config.data.datasets:
+            raise ConfigError("set data.dataset_info and data.datasets (the dataset names to train on)")
+        self._records = read_datasets(config.data.dataset_info, list(config.data.datasets), self.skip_log)
+
     def _build_data(self) -> None:
         config = self.config
         if self.dataset is None:
-            from ovis.data import SkipLog, build_dataset  # pyarrow & co. only when a run reads files
-
-            if config.data.dataset_info is None or not config.data.datasets:
-                raise ConfigError("set data.dataset_info and data.datasets (the dataset names to train on)")
-            self.dataset = build_dataset(
-                config.data.dataset_info, list(config.data.datasets), self.train_processor, skip_log=SkipLog()
-            )
+            self.dataset = SupervisedDataset(self._records, self.train_processor, skip_log=self.skip_log)
+            self._records = None
         if self.collator is None:
-            from ovis.data import DataCollator
-
             self.collator = DataCollator(self.train_processor)
         world_size = self.processes.world_size
         self.order = DataOrder(
@@ -220,10 +235,13 @@ class Trainer:
             ckpt.load_checkpoint(self.engine, latest, rank=rank)
             if state["config_hash"] != self.config.config_hash():
                 logger.warning("resume: the training config differs from the checkpoint's (hash changed)")
+            step = int(state["step"])
             self.position = Position(
-                step=int(state["step"]), micro=int(state["step"]) * self.config.gradient_accumulation_steps,
+                step=step, micro=int(state.get("micro_batch", step * self.config.gradient_accumulation_steps)),
                 samples_seen=int(state["samples_seen"]), skipped_total=int(state["skipped_total"]),
             )
+            # Skips found encoding samples before the checkpoint are not met again: restore them.
+            self.skip_log.merge(_skips_from_state(state.get("skipped_records", [])))
             logger.info("resumed from %s (step %d)", latest, self.position.step)
         if rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -244,25 +262,50 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------
     def fit(self) -> None:
-        """Train from the current position to ``total_steps``."""
+        """Train from the current position to ``total_steps``; the skips are reported at the end
+        (of a failed or interrupted run too)."""
+        finished = False
+        try:
+            self._fit()
+            finished = True
+        finally:
+            self._report_skips(finished)
+
+    def _fit(self) -> None:
         accumulation = self.config.gradient_accumulation_steps
         position = self.position
-        sums = StepSums(lr=0.0)
+        sums: StepSums | None = None
+        used = 0  # micro-batches of the current step that were trained on
+        idle = 0  # micro-batches in a row with no usable sample on any rank
         self.engine.train()
         self._step_started = time.perf_counter()
         with TrainLog(self.output_dir, write=self.processes.rank == 0, progress=self.progress,
                       stage=self.config.stage, total_steps=self.total_steps, first_step=position.step,
                       logging_steps=self.config.logging_steps) as log:
             for batch, size, ids in self._micro_batches():
-                if position.micro % accumulation == 0:
+                if sums is None:
                     sums = self._begin_step()
-                sums.add(*self._micro_step(batch, size))
-                sums.sample_ids += ids
                 position.micro += 1
-                if position.micro % accumulation:
+                sums.sample_ids += ids
+                samples, skipped = self._count(batch, size)
+                if not self._anyone_has(samples):
+                    # Every sample was skipped on every rank: no pass, and the step takes the next
+                    # micro-batch instead (the engines count only the micro-batches they are given).
+                    sums.add(0.0, 0, 0, skipped)
+                    idle += 1
+                    if idle >= self.order.per_epoch:
+                        raise DataError(f"no usable sample in {idle} micro-batches in a row (a whole epoch): "
+                                        f"every sample is skipped. {self.skip_log.summary()}")
                     continue
+                idle = 0
+                sums.add(*self._micro_step(batch, samples, skipped))
+                used += 1
+                if used < accumulation:
+                    continue
+                used = 0
                 position.step += 1
                 self._end_step(sums, log)
+                sums = None
                 if position.step >= self.total_steps:
                     break
 
@@ -292,14 +335,26 @@ class Trainer:
             )
         return StepSums(lr=self._base_lr())
 
-    def _micro_step(self, batch: dict[str, Any] | None, size: int) -> tuple[float, int, int, int]:
+    def _count(self, batch: dict[str, Any] | None, size: int) -> tuple[int, int]:
+        """``(samples, skipped samples)`` of a collated micro-batch of ``size`` samples asked for;
+        its skips join the run's log (they may come from a DataLoader worker)."""
+        if batch is None:  # a collator's way of saying that every sample was skipped
+            return 0, size
+        self.skip_log.merge(batch.get("skips", ()))
+        samples = int(batch["input_ids"].shape[0]) if "input_ids" in batch else 0
+        return samples, int(batch.get("num_skipped", size - samples))
+
+    def _anyone_has(self, samples: int) -> bool:
+        """Whether any rank has a sample in this micro-batch (every rank must agree: a collective)."""
+        if self.processes.world_size == 1:
+            return samples > 0
+        count = torch.tensor([samples], dtype=torch.float64, device=self.engine.device)
+        return self.processes.sum(count).item() > 0
+
+    def _micro_step(self, batch: dict[str, Any] | None, samples: int, skipped: int) -> tuple[float, int, int, int]:
         """One micro-batch through the engine: ``(loss, labelled tokens, samples, skipped samples)``."""
-        if batch is None:  # every sample of this micro-batch was skipped: a zero-loss pass
+        if not samples:  # all skipped here but not on another rank: a zero-loss pass keeps ranks in step
             batch = empty_batch(self.processor.tokenizer.pad_token_id, self.model.backbone.spec.image_size)
-            skipped, samples = size, 0
-        else:
-            skipped = int(batch.get("num_skipped", 0))
-            samples = int(batch["input_ids"].shape[0])
         device = self.engine.device
         inputs = {k: batch[k].to(device) for k in BATCH_KEYS if batch.get(k) is not None}
         loss, tokens = self.engine.micro_step(inputs)
@@ -354,6 +409,8 @@ class Trainer:
             "total_steps": self.total_steps,
             "config_hash": self.config.config_hash(),
             "data_order": self.order.fingerprint(),
+            # what a resumed run would not find again (reading the meta files finds the rest)
+            "skipped_records": [astuple(s) for s in self._all_skips(stage="encode")],
             "world_size": self.processes.world_size,
             "engine": self.engine.kind,
             "zero_stage": self.engine.zero_stage,
@@ -367,6 +424,34 @@ class Trainer:
             logger.info("saved checkpoint %s", path)
         return path
 
+    # -- skips ----------------------------------------------------------------------------------
+    def _all_skips(self, stage: str | None = None) -> list[Skipped]:
+        """Every rank's skips (a collective when there are several ranks)."""
+        mine = self.skip_log.entries(stage)
+        return [skip for part in self.processes.gather(mine) for skip in part]
+
+    def _report_skips(self, finished: bool) -> None:
+        """Log one total of the records left out, read-time and encode-time together, by reason with
+        examples, and write it to ``output_dir/skips.json`` (rank 0). After a failure only this
+        rank's skips are counted: another rank may be gone, so no collective is risked."""
+        try:
+            combined = SkipLog()
+            combined.add_total(self.skip_log.total)  # every rank read every meta file: not summed
+            combined.merge(self._all_skips() if finished else self.skip_log.entries())
+            if self.processes.rank != 0:
+                return
+            report = {"step": self.position.step, "finished": finished,
+                      "samples_skipped": self.position.skipped_total, **combined.report()}
+            path = write_skip_report(self.output_dir, report)
+            level = logging.WARNING if combined.count or self.position.skipped_total else logging.INFO
+            logger.log(level, "data: %s\n  (%d skipped sample reads in %d steps%s; written to %s)",
+                       combined.summary(), self.position.skipped_total, self.position.step,
+                       "" if finished else ", the run did not finish", path)
+        except Exception as exc:
+            if finished:
+                raise
+            logger.warning("could not report the skipped records: %s", exc)  # never hide the run's error
+
     def export(self) -> Path:
         """Write ``output_dir/final`` (every rank must call: ZeRO-3 gathers collectively)."""
         out = self.output_dir / "final"
@@ -378,6 +463,10 @@ class Trainer:
             logger.info("exported %s", out)
         self.processes.barrier()
         return out
+
+
+def _skips_from_state(rows: list[list[Any]]) -> list[Skipped]:
+    return [Skipped(*row) for row in rows if isinstance(row, list | tuple) and len(row) == 5]
 
 
 def train(

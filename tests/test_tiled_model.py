@@ -262,3 +262,48 @@ def test_cli_composes_a_tiled_model(tmp_path, capsys):
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("llm", "adapter", "layout"),
+    [("gemma2-tiny", "structural", "tiled"), ("qwen2.5-tiny", "mlp", "tiled"), ("qwen2.5-tiny", "structural", "v1")],
+)
+def test_scaled_llms_the_mlp_adapter_and_merging_in_v1(llm, adapter, layout):
+    """Gemma scales its text rows, so indicator rows are scaled too; the MLP adapter's table holds
+    the five indicators alone; hidden_stride works in the v1 layout as well (4 tokens + 2)."""
+    torch.manual_seed(0)
+    model, processor = ovis.compose(
+        vit="clip-tiny", llm=llm, visual_vocab_size=V, adapter=adapter, image_layout=layout, hidden_stride=2
+    )
+    model.eval()
+    batch = processor([_conv("<image>\nWhat?")], [[_big_image()]])
+    ids = batch["input_ids"][0]
+    with torch.no_grad():
+        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])
+        new = model.generate(
+            batch["input_ids"], batch["pixel_values"], batch["attention_mask"], max_new_tokens=2, do_sample=False
+        )
+    assert new.shape == (1, 2)
+    scale = model.config.visual_embedding_scale
+    if layout == "v1":
+        assert processor.tiling is None and model.num_image_tokens == 4 + 2
+        assert int((ids == IMAGE_TOKEN_ID).sum()) == 6
+        return
+    assert (scale != 1.0) == (llm == "gemma2-tiny")
+    rows = model.vte.weight[-5:] if adapter == "structural" else model.vte.weight[:5]
+    assert model.vte.weight.shape[0] == (V if adapter == "structural" else 5)
+    where = ids == INDICATOR_IDS[0]
+    torch.testing.assert_close(embeds[0][where][0], rows[0] * scale)
+
+
+def test_topk_inference_covers_the_tiled_layout(tiled):
+    model, processor = tiled
+    batch = processor([_conv("<image>\nWhat?")], [[_big_image()]])
+    with torch.no_grad():
+        dense = model(**batch).logits
+        model.config.visual_topk = V  # every word kept: the dense result up to summation order
+        try:
+            sparse = model(**batch).logits
+        finally:
+            model.config.visual_topk = None
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-5)

@@ -84,8 +84,9 @@ def reply_groups(labels: list[int]) -> list[list[int]]:
 def test_every_first_party_chat_format_is_covered():
     host = get_host()
     ours = {name for name, plugin in host.chat_formats().items() if plugin in FIRST_PARTY}
-    assert ours == {"llama3", "chatml", "qwen2.5"}
-    assert {host.llm(p).spec.chat_format for p in FAMILIES} == ours
+    newer = {"qwen3", "llama3.2"}  # tested with gemma in test_newer_chat_formats.py
+    assert ours == {"llama3", "chatml", "qwen2.5"} | newer
+    assert {host.llm(p).spec.chat_format for p in FAMILIES} == ours - newer
     for plugin in FIRST_PARTY:
         assert host.plugins[plugin].errors == []
 

@@ -204,3 +204,53 @@ def test_bad_tiling_options_are_named():
     with pytest.raises(ConfigError, match="unknown field"):
         TilingOptions.from_dict({"max_partitions": 9})
     assert TilingOptions.from_dict(TilingOptions(max_partition=4).to_dict()) == TilingOptions(max_partition=4)
+
+
+def test_a_tiled_processor_equals_transformers_ovis2_processor_end_to_end(toy_processor):
+    """OvisProcessor (tiled, ``canvas``) and transformers' Ovis2Processor (PIL backend, its special
+    tokens added to the same toy tokenizer) on the table's shapes scaled to a 32 px encoder: the same
+    image span (ids mapped one to one) and the same pixels, on transformers' grid, which is ovis's
+    grid transposed for images that are not square-gridded (its swap, above)."""
+    from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
+
+    from ovis.processing import OvisProcessor
+
+    side, tokens = 32, 4
+    spec = toy_processor.image_processor.spec
+    ours = OvisProcessor(
+        tokenizer=toy_processor.tokenizer,
+        image_processor=toy_processor.image_processor,
+        chat_format=toy_processor.chat_format,
+        num_image_tokens=18,
+        max_length=4096,
+        tiling=TilingOptions(max_partition=9, tile_resize="canvas"),
+        tokens_per_tile=tokens,
+    )
+    tokenizer = toy_processor.tokenizer.__class__(tokenizer_object=toy_processor.tokenizer.backend_tokenizer)
+    names = ["<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>", "<IMG_ATOM>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", *names]})
+    to_ovis = dict(zip(tokenizer.convert_tokens_to_ids(names), [*INDICATOR_IDS, IMAGE_TOKEN_ID], strict=True))
+    image_processor = ovis2_pil.Ovis2ImageProcessorPil(
+        crop_to_patches=True,
+        max_patches=9,
+        size={"height": side, "width": side},
+        image_mean=list(spec.mean),
+        image_std=list(spec.std),
+    )
+    theirs = Ovis2Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens)
+    swapped = 0
+    for width, height in SIZES:
+        image = _image(max(1, width // 14), max(1, height // 14))
+        out = theirs(images=[image], text="<image>\ndescribe", return_tensors="pt")
+        span = [to_ovis[i] for i in out["input_ids"][0].tolist() if i in to_ovis]
+        sample = ours.encode([{"role": "user", "content": "<image>\ndescribe"}], [image])
+        grid = sample.grids[0]
+        if grid != grid[::-1]:
+            swapped += 1
+            assert span == image_block(grid[::-1], tokens), (width, height)
+            assert torch.equal(out["pixel_values"], ours.tiler(image, grid=grid[::-1]).pixel_values)
+            continue
+        start = sample.input_ids.index(INDICATOR_IDS[0])
+        assert span == sample.input_ids[start : start + len(span)], (width, height)
+        assert torch.equal(out["pixel_values"], sample.pixel_values), (width, height)
+    assert 0 < swapped < len(SIZES)

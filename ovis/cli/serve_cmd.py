@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -56,7 +57,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("serve", help="web chat UI and OpenAI-compatible API for a model",
                             description="Serve a model: a Gradio chat at / and an OpenAI-compatible API at "
-                            "/v1 (chat/completions, models). Binds 127.0.0.1 unless --host says otherwise.")
+                            "/v1 (chat/completions, models). Binds 127.0.0.1 unless --host says otherwise; "
+                            "before exposing it, give it a key (--api-key-file, --api-key or $OVIS_API_KEY).")
     add_server_arguments(p)
     p.set_defaults(handler=serve_cmd)
 
@@ -80,8 +82,28 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int, help="pixels per image (default 4096x4096)")
     parser.add_argument("--max-image-bytes", type=int, help="encoded bytes per image (default 10 MiB)")
     parser.add_argument("--max-new-tokens", type=int, help="ceiling for max_tokens (default 1024)")
+    parser.add_argument("--max-body-bytes", type=int,
+                        help="bytes of one request body (default: room for --max-images images and 8 MiB of text)")
     parser.add_argument("--flagging_dir", "--flagging-dir", dest="flagging_dir",
                         help="where the UI stores flagged conversations (default: flagging off)")
+    g = parser.add_argument_group("exposing the server")
+    key = g.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help="the key /v1 (Authorization: Bearer KEY) and the web UI (login password) "
+                     f"ask for; default ${KEY_ENV}; visible to other users of this machine in the process list, "
+                     "so prefer --api-key-file")
+    key.add_argument("--api-key-file", help="a file holding the key (its first line)")
+    g.add_argument("--request-timeout", type=float, dest="request_timeout_s",
+                   help="seconds a whole request may take (default 600)")
+    g.add_argument("--body-timeout", type=float, dest="body_timeout_s",
+                   help="seconds to wait for the next piece of a request body (default 30)")
+    g.add_argument("--max-concurrent-requests", type=int,
+                   help="requests with a body handled at once (default 64)")
+    g.add_argument("--max-queued-requests", type=int,
+                   help="requests waiting for a slot; past it the answer is 503 + Retry-After (default 256)")
+    g.add_argument("--access-log", default="-",
+                   help="JSON lines, one per request, without message text: - (standard error, the default), "
+                   "a file path, or off")
+    g.add_argument("--access-log-client", action="store_true", help="put the client address in the access log")
 
 
 def _runner(args: argparse.Namespace):
@@ -175,7 +197,26 @@ def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None)
         attached = []
 
 
-LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens")
+LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens", "max_body_bytes")
+HTTP_FLAGS = ("request_timeout_s", "body_timeout_s", "max_concurrent_requests", "max_queued_requests")
+KEY_ENV = "OVIS_API_KEY"  # the same name as ovis.serve.auth.KEY_ENV (a test checks), without importing it
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or $OVIS_API_KEY (in that order), or None."""
+    if args.api_key is not None:
+        return args.api_key
+    if args.api_key_file is not None:
+        from ovis.errors import InputFileError  # lazy: keeps the CLI's import light
+
+        try:
+            lines = open(args.api_key_file, encoding="utf-8").read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(f"--api-key-file {args.api_key_file}: cannot read the key ({exc})") from exc
+        if not lines or not lines[0].strip():
+            raise InputFileError(f"--api-key-file {args.api_key_file}: the file is empty (the key goes on line 1)")
+        return lines[0].strip()
+    return os.environ.get(KEY_ENV) or None
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -189,6 +230,10 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
         limits={name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None},
         flagging_dir=args.flagging_dir,
+        api_key=api_key(args),
+        http={name: getattr(args, name) for name in HTTP_FLAGS if getattr(args, name) is not None},
+        access_log=args.access_log,
+        access_log_client=args.access_log_client,
     )
 
 

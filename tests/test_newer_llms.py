@@ -134,3 +134,12 @@ def test_gemma_hub_style_tokenizer_folder_is_settled(tmp_path):
     assert (loaded.eos_token, loaded.eos_token_id, loaded.pad_token_id) == ("<end_of_turn>", 107, 0)
     assert loaded.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == "own template"
     assert local.special_tokens() == {"bos": "<bos>", "eos": "<end_of_turn>", "pad": "<pad>"}
+
+
+def test_gemma2_2b_preset_is_transformers_default_config():
+    """Gemma2Config's defaults describe google/gemma-2-2b: the preset repeats them."""
+    arch = _llm("gemma2-2b").spec.architecture
+    default = transformers.Gemma2Config()
+    skip = {"model_type", "architectures", "dtype", "rope_theta"}  # rope_theta lives in rope_parameters
+    assert {k: getattr(default, k) for k in arch if k not in skip} == {k: v for k, v in arch.items() if k not in skip}
+    assert default.rope_parameters["rope_theta"] == arch["rope_theta"]

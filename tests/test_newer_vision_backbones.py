@@ -135,3 +135,18 @@ def test_bf16_forward_runs(name):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_aimv2_large_preset_is_transformers_default_config_at_448():
+    """Aimv2VisionConfig's defaults describe apple/aimv2-large-patch14-224 (its docstring), and
+    Ovis2VisionConfig's trunk defaults are the same encoder: the preset differs only in image size
+    and in having no pooling head."""
+    from transformers import Ovis2VisionConfig
+
+    arch = HOST.vision("aimv2-large").spec.architecture
+    default = Aimv2VisionConfig()
+    differs = {k for k, v in arch.items() if getattr(default, k) != v}
+    assert differs == {"image_size", "use_head"} and (default.image_size, default.use_head) == (224, True)
+    ovis2 = Ovis2VisionConfig()
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size"):
+        assert getattr(ovis2, key) == arch[key], key

@@ -14,7 +14,17 @@ from PIL import Image
 
 from ovis.data import DataError
 from ovis.train import Trainer
-from tests.test_train import _compose, _config, _run, _weights, one_thread  # noqa: F401 - a fixture, by name
+from tests.test_train import (  # noqa: F401 - one_thread: a fixture, by name
+    VENV_BIN,
+    _compose,
+    _config,
+    _metrics,
+    _run,
+    _run_child,
+    _weights,
+    _yaml,
+    one_thread,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -230,3 +240,42 @@ def test_data_that_is_all_skipped_when_encoded_stops_the_run(toy_dir, tmp_path):
         _run(config)
     report = _skips(tmp_path / "run")
     assert not report["finished"] and report["step"] == 0 and report["by_reason"] == {"image unreadable": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (VENV_BIN / "torchrun").exists(), reason="torchrun not installed")
+def test_two_processes_pass_over_micro_batches_skipped_on_both_and_total_both_ranks_skips(toy_dir, half_bad, tmp_path):
+    # One sample per rank per micro-batch: some micro-batches are empty on one rank (it makes a zero-loss
+    # pass, in step with the other), some on both (passed over by both).
+    config = _yaml(
+        tmp_path,
+        toy_dir,
+        half_bad,
+        "two",
+        deepspeed="zero2",
+        max_steps=6,
+        save_steps=3,
+        per_device_batch_size=1,
+        gradient_accumulation_steps=2,
+        data={"dataset_info": str(half_bad), "datasets": ["half"]},
+    )
+    _run_child(
+        [
+            str(VENV_BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ovis",
+            "train",
+            "--no-progress",
+            "--config",
+            str(config),
+        ]
+    )
+    metrics = _metrics(tmp_path / "two")
+    assert sorted(metrics) == [1, 2, 3, 4, 5, 6]
+    assert all(r["samples"] >= 2 and r["tokens"] > 0 for r in metrics.values())
+    report = _skips(tmp_path / "two")
+    assert report["finished"] and report["samples_skipped"] == sum(r["skipped"] for r in metrics.values())
+    corrupt = {i for r in metrics.values() for i in r["sample_ids"] if i >= 8}  # records 8-13 (of 14 read)
+    assert corrupt and report["by_reason"] == {"image unreadable": len(corrupt), "image not found": 2}

@@ -307,3 +307,14 @@ def test_topk_inference_covers_the_tiled_layout(tiled):
         finally:
             model.config.visual_topk = None
     torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_merging_refuses_a_backbone_without_a_square_patch_grid(tiny_ovis, tiny_llm, monkeypatch):
+    from ovis.model import OvisConfig, OvisForCausalLM
+
+    backbone = tiny_ovis.backbone
+    config = OvisConfig(**{**tiny_ovis.config.to_dict(), "hidden_stride": 2})
+    assert OvisForCausalLM(config, llm=tiny_llm, backbone=backbone).tokens_per_tile == 4  # 4 x 4 patches
+    monkeypatch.setattr(type(backbone), "num_patches", property(lambda self: 17))  # e.g. a class token kept
+    with pytest.raises(ConfigError, match="yields 17 patches; use hidden_stride 1"):
+        OvisForCausalLM(config, llm=tiny_llm, backbone=backbone)

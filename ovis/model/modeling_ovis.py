@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ovis.errors import ConfigError
 from ovis.interfaces import VisionBackbone, VisionSpec
 from ovis.model.configuration_ovis import OvisConfig, merged_tokens
 from ovis.model.directory_check import check_model_directory, check_tensor_shapes
@@ -94,6 +95,12 @@ class OvisForCausalLM(OvisPreTrainedModel):
         if backbone is None:
             backbone = build_backbone(config.vision_spec)
         hidden = config.llm_config.hidden_size
+        stride = getattr(config, "hidden_stride", 1)
+        if stride > 1 and math.isqrt(backbone.num_patches) ** 2 != backbone.num_patches:
+            raise ConfigError(
+                f"hidden_stride {stride} merges a square grid of patches, but vision backbone "
+                f"{backbone.spec.name!r} yields {backbone.num_patches} patches; use hidden_stride 1"
+            )
         self.visual_tokenizer = VisualTokenizer(
             backbone,
             adapter=config.adapter,
@@ -149,8 +156,9 @@ class OvisForCausalLM(OvisPreTrainedModel):
     @property
     def tokens_per_tile(self) -> int:
         """Visual tokens per view (a v1 image, or one tile), indicators not counted."""
-        side = math.isqrt(self.backbone.num_patches)
-        return merged_tokens(side, self.visual_tokenizer.hidden_stride)
+        stride = self.visual_tokenizer.hidden_stride
+        patches = self.backbone.num_patches
+        return patches if stride == 1 else merged_tokens(math.isqrt(patches), stride)
 
     @property
     def num_image_tokens(self) -> int:

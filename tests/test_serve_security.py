@@ -613,7 +613,14 @@ def test_the_web_ui_asks_for_the_key_as_its_password(chatty_model_dir, served):
         with httpx.Client(base_url=server.url, timeout=60) as http:
             login = http.post("/login", data={"username": "me", "password": KEY})
             config_after = http.get("/config")
+        gradio_client = pytest.importorskip("gradio_client")
+        reply = gradio_client.Client(server.url, auth=("me", KEY), verbose=False).predict(
+            {"text": "hello", "files": []}, max_new_tokens=3, api_name="/chat"
+        )
+        with pytest.raises(Exception, match="(?i)login|auth|401|credentials"):
+            gradio_client.Client(server.url, auth=("me", "not-the-key"), verbose=False)
     assert config.status_code == 401 and upload.status_code == 401
     assert wrong.status_code >= 400
     assert login.status_code == 200 and config_after.status_code == 200
     assert MODEL in config_after.text
+    assert isinstance(reply, str) and reply  # the chat itself, through the login

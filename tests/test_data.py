@@ -163,6 +163,7 @@ def test_caption_parquet_and_json(data_root: Path, toy_processor):
                   Message(role="assistant", content="there are three circles.")],
         images=[data_root / "images" / "img1.png"],
         source="pq[1]",
+        file=str(data_root / "caps.parquet"),
     )
     json_records = read_records(path, "js", skips)
     assert json_records[0].id == "c0" and json_records[0].images == [data_root / "images" / "img2.png"]
@@ -271,7 +272,8 @@ def test_bad_records_and_images_are_skipped_counted_and_named(data_root: Path, t
     by_source = dict(zip((r.source for r in dataset.records), samples, strict=True))
     skipped = {s: v for s, v in by_source.items() if isinstance(v, Skipped)}
     assert list(skipped) == ["caps[2]", "caps[3]", "conv[3]"]  # found encoding: in place of the sample
-    assert skipped["conv[3]"] == Skipped("conv[3]", "too long", skips.reasons()["conv[3]"], None, "encode")
+    conv_file = str(data_root / "conv.json")
+    assert skipped["conv[3]"] == Skipped("conv[3]", "too long", skips.reasons()["conv[3]"], conv_file, "encode")
     reasons = skips.reasons()
     assert reasons["caps[1]"].startswith("image not found: ") and "missing.png" in reasons["caps[1]"]
     assert reasons["caps[2]"].startswith("image unreadable: ") and "corrupt.png" in reasons["caps[2]"]
@@ -363,7 +365,8 @@ def test_skip_log_is_picklable_and_counts_each_source_once():
     log.add_total(10)
     copy = pickle.loads(pickle.dumps(log))
     assert copy.count == 4 and copy.by_reason() == {"too long": 3, "image not found": 1}
-    assert copy.summary() == ("skipped 4 of 10 records:\n  3 too long (x[1], x[2], ...); e.g. x[1]: too long: 300 tokens\n"
+    assert copy.summary() == ("skipped 4 of 10 records:\n"
+                              "  3 too long (x[1], x[2], ...); e.g. x[1]: too long: 300 tokens\n"
                               "  1 image not found (x[0]); e.g. x[0]: image not found: /a.png")
     copy.add("x[9]", "bad: y")  # the copy has a working lock and its own counts
     assert copy.count == 5 and log.count == 4
@@ -434,7 +437,7 @@ def test_a_few_bad_records_are_counted_with_their_line_a_wholly_bad_dataset_is_a
         "some[2]": ("image not found", f"{jsonl} line 4"),
         "some[3]": ("missing caption", f"{jsonl} line 5"),
     }
-    assert "gone.png not found" in skips.reasons()["some[2]"]
+    assert skips.reasons()["some[2]"] == f"image not found: {data_root / 'images' / 'gone.png'}"
     with pytest.raises(DataError, match=rf"{data_root / 'none.json'}: dataset 'none' has no usable record "
                                         r"\(all 2 skipped: 1 missing caption, 1 image not found\); first: none\[0\] "
                                         r".*none\.json\): missing caption: 'caption' is ''"):

@@ -98,7 +98,7 @@ def _broken_data(root: Path) -> Path:
         (
             ["good", "gone"],
             r"gone\.json: dataset 'gone' has no usable record \(all 3 skipped: 3 image not found\); "
-            r"first: gone\[0\] .*gone0\.png not found",
+            r"first: gone\[0\] \(.*gone\.json\): image not found: .*gone0\.png",
         ),
         (
             ["fields"],
@@ -194,6 +194,7 @@ def test_all_skipped_micro_batches_take_no_step_and_a_resume_still_matches(engin
     assert report["records_total"] == 16 and report["by_reason"]["image not found"] == 2
     assert report["by_stage"]["read"] == 2 and report["by_stage"]["encode"] == report["by_reason"]["image unreadable"]
     assert report["examples"]["image not found"][0]["source"] == "half[14]"
+    assert all(e["file"] == str(half_bad.parent / "half.json") for kind in report["examples"].values() for e in kind)
     totals = [m for m in caplog.messages if m.startswith("data: skipped")]
     assert len(totals) == 1, totals
     assert "image not found (half[14], half[15])" in totals[0] and "image unreadable (" in totals[0]

@@ -80,7 +80,7 @@ class SupervisedDataset(Dataset):
             return self.processor.encode(record.messages, record.images, overflow=self.overflow)
         except (ImageError, ChatFormatError, SequenceTooLongError) as exc:
             kind = _classify(exc)
-            skip = Skipped(record.source or record.id, kind, f"{kind}: {exc}")
+            skip = Skipped(record.source or record.id, kind, f"{kind}: {exc}", record.file or None)
             self.skip_log.record(skip)
             return skip
 

@@ -31,6 +31,7 @@ class Record:
     messages: list[Message]
     images: list[Path] = field(default_factory=list)
     source: str = ""  # "dataset[row]"
+    file: str = ""  # the meta file it was read from (with the line, for JSONL)
 
 
 class RecordError(OvisError, ValueError):
@@ -60,6 +61,7 @@ def read_records(
     records: list[Record] = []
     for index, row in enumerate(rows):
         source = f"{name}[{index}]"
+        where = f"{path} line {lines[index]}" if lines else str(path)
         try:
             if isinstance(row, _BadLine):
                 raise RecordError("not valid JSON", row.message)
@@ -73,7 +75,6 @@ def read_records(
             if check_images:
                 _check_images(paths)
         except RecordError as exc:
-            where = f"{path} line {lines[index]}" if lines else str(path)
             skip_log.add(source, str(exc), kind=exc.kind, file=where, stage="read")
             continue
         record_id = row.get("id")
@@ -83,6 +84,7 @@ def read_records(
                 messages=messages,
                 images=paths,
                 source=source,
+                file=where,
             )
         )
     return records
@@ -100,8 +102,7 @@ def _check_image_root(info: DatasetInfo, name: str, root: Path, source: str) -> 
 def _check_images(paths: list[Path]) -> None:
     for image in paths:
         if not image.is_file():
-            what = "is a directory, not an image file" if image.is_dir() else "not found"
-            raise RecordError("image not found", f"{image} {what}")
+            raise RecordError("image not found", f"{image} is a directory" if image.is_dir() else str(image))
 
 
 # -- meta files -----------------------------------------------------------------------------------

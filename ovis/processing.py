@@ -340,10 +340,15 @@ def load_original_processor(directory: str | Path, notes: list[str] | None = Non
     if not is_original_config(config):
         raise NotAnOvisCheckpointError(f"{directory}: not an original Ovis v1 checkpoint")
     translation = translate_config(config, read_preprocessor(directory))
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        raise ConversionError(f"{directory}: no tokenizer (none of {', '.join(tokenizer_files)}); "
+                              "copy the tokenizer files of the checkpoint's LLM into it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:
-        raise ConversionError(f"{directory}: could not load the tokenizer ({exc})") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConversionError(f"{directory}: could not load the tokenizer ({first[:300]})") from exc
     _settle_pad_token(tokenizer, notes)
     spec = translation.vision_spec
     return OvisProcessor(

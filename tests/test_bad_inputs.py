@@ -400,3 +400,78 @@ def test_eval_names_a_hostile_benchmark_file_before_loading(name, chatty_model_d
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and name in err and message in err, (code, err[-1500:])
     assert len(err.strip().splitlines()) == 1, err
+
+
+# -- damaged original (v1) checkpoints through `ovis convert --from original` and `ovis run` ----------
+@pytest.fixture(scope="module")
+def v1_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny model in the v1 layout, with pickle weights and with safetensors weights."""
+    import ovis
+
+    root = tmp_path_factory.mktemp("v1")
+    ovis.compose(vit="clip-tiny", llm="qwen1.5-tiny", out=root / "ovis", visual_vocab_size=64)
+    assert main(["convert", str(root / "ovis"), "--to", "original", "--out", str(root / "bin")]) == 0
+    assert main(["convert", str(root / "ovis"), "--to", "original", "--out", str(root / "st"), "--safetensors"]) == 0
+    return {"bin": root / "bin", "st": root / "st"}
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+class _Planted:
+    """A pickle that would run a command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo planted > planted.txt",))
+
+
+def _edit_config(**changes) -> Callable[[Path], None]:
+    def edit(directory: Path) -> None:
+        config = json.loads((directory / "config.json").read_text())
+        config.update(changes)
+        (directory / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+V1_DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    # name: (which checkpoint, the damage, what the one-line error must say)
+    "truncated pickle weights": ("bin", lambda d: _cut_in_half(d / "pytorch_model.bin"), "corrupt, truncated"),
+    "garbage pickle weights": ("bin", lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 9),
+                               "corrupt, truncated"),
+    "planted pickle": ("bin", lambda d: __import__("torch").save({"w": _Planted()}, d / "pytorch_model.bin"),
+                       "holds Python objects, not only tensors"),
+    "truncated safetensors": ("st", lambda d: _cut_in_half(d / "model.safetensors"), "corrupt, truncated"),
+    "image processor config not JSON": ("bin", lambda d: (d / "preprocessor_config.json").write_text("{nope"),
+                                        "preprocessor_config.json: not valid JSON at line 1"),
+    "a number given as text": ("bin", _edit_config(multimodal_max_length="lots"),
+                               "multimodal_max_length is 'lots'; expected a whole number"),
+    "visual vocabulary as text": ("bin", _edit_config(visual_tokenizer_config={"model_type": "clip_visual_tokenizer",
+                                                                               "vocab_size": "big"}),
+                                  r"no backbone_config|vocab_size is 'big'"),
+    "llm_config a string": ("bin", _edit_config(llm_config="qwen"), "llm_config must be a JSON object"),
+    "neither layout": ("bin", _edit_config(visual_tokenizer_config=None), "neither an ovis model"),
+    "tokenizer removed": ("bin", lambda d: [(d / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
+                          "no tokenizer"),
+    "tokenizer.json not JSON": ("bin", lambda d: (d / "tokenizer.json").write_text("{nope"),
+                                "could not load the tokenizer"),
+}
+
+
+@pytest.mark.parametrize("name", list(V1_DAMAGE))
+def test_convert_and_run_name_a_damaged_v1_checkpoint(name, v1_checkpoints, tmp_path, capsys, monkeypatch):
+    which, damage, message = V1_DAMAGE[name]
+    copy = tmp_path / "v1"
+    shutil.copytree(v1_checkpoints[which], copy)
+    damage(copy)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["convert", str(copy), "--from", "original", "--out", str(tmp_path / "out")],
+                 ["run", "--model", str(copy), "--max-new-tokens", "2", "hi"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (argv[0], code, err[-2000:])
+        assert re.search(message, err.strip().splitlines()[-1]), (argv[0], err[-2000:])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "planted.txt").exists()

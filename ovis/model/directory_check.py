@@ -32,7 +32,7 @@ from ovis.model.v1_format import (
     SAFE_NAME,
     ConversionError,
     ShapeMismatchError,
-    is_original_config,
+    config_format,
 )
 
 WRITTEN_BY = "give a directory written by `ovis compose`, `ovis train` or `ovis quickstart`"
@@ -133,7 +133,7 @@ def check_model_directory(directory: str | Path) -> dict[str, dict[str, list[int
     reader checks it), else ``{file: {tensor: shape}}`` from the safetensors headers."""
     directory = Path(directory)
     config = read_model_config(directory)
-    if is_original_config(config):
+    if config_format(config, directory) == "original":
         return None
     shapes: dict[str, dict[str, list[int]]] = {}
     for path in _weight_files(directory):

@@ -113,7 +113,11 @@ def is_original_config(config: Mapping[str, Any]) -> bool:
 
 def checkpoint_format(directory: str | Path) -> Literal["ovis", "original"]:
     """``"ovis"`` or ``"original"``; anything else is a :class:`NotAnOvisCheckpointError`."""
-    config = read_config(directory)
+    return config_format(read_config(directory), directory)
+
+
+def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["ovis", "original"]:
+    """:func:`checkpoint_format` of a ``config.json`` already read from ``directory``."""
     if config.get("model_type") == "ovis":
         if config.get("vision_spec"):
             return "ovis"
@@ -156,7 +160,7 @@ def _as_dict(value: Any, what: str) -> dict:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     if not isinstance(value, Mapping):
-        raise ConversionError(f"{what} must be a JSON object, got {type(value).__name__}")
+        raise ConversionError(f"config.json {what} must be a JSON object, got {type(value).__name__}")
     return dict(value)
 
 
@@ -299,7 +303,7 @@ def _visual_tokenizer_fields(vt: dict[str, Any]) -> tuple[dict, str, int, bool]:
         )
     if "vocab_size" not in vt:
         raise ConversionError("visual_tokenizer_config has no vocab_size")
-    vocab = int(vt["vocab_size"])
+    vocab = _number(vt["vocab_size"], "visual_tokenizer_config.vocab_size", int)
     use_indicators = bool(vt.get("use_indicators", False))
     return backbone, tokenize_function, vocab, use_indicators
 
@@ -308,6 +312,28 @@ def translate_config(
     config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
 ) -> OriginalTranslation:
     """A v1 ``config.json`` (+ its ``preprocessor_config.json``) -> ``OvisConfig`` arguments."""
+    try:
+        return _translate(config, preprocessor, host)
+    except OvisError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # A field of the wrong type or shape deep in the backbone config (the named checks above
+        # cover the common ones): the input is at fault, so say so in one line.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConversionError(
+            f"config.json holds a value of the wrong type or shape ({type(exc).__name__}: {first[:300]})"
+        ) from exc
+
+
+def _number(value: Any, what: str, kind: type[int] | type[float]) -> Any:
+    """``value`` as ``kind``; a ConversionError naming ``what`` for a string, a bool or null."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        expected = "a whole number" if kind is int else "a number"
+        raise ConversionError(f"config.json {what} is {value!r}; expected {expected}")
+    return kind(value)
+
+
+def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, host) -> OriginalTranslation:
     if config.get("model_type", "ovis") != "ovis":
         raise NotAnOvisCheckpointError(f"config model_type {config.get('model_type')!r} is not 'ovis'")
     vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
@@ -348,10 +374,10 @@ def translate_config(
         "llm_spec": None,
         "visual_vocab_size": vocab,
         "tokenize_function": tokenize_function,
-        "tau": float(vt.get("tau", 1.0)),
+        "tau": _number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
         "use_indicators": use_indicators,
         "adapter": "structural",
-        "multimodal_max_length": int(config.get("multimodal_max_length", 2048)),
+        "multimodal_max_length": _number(config.get("multimodal_max_length", 2048), "multimodal_max_length", int),
         "chat_format": chat_format,
         "conversation_formatter_class": config.get("conversation_formatter_class"),
     }

@@ -4,6 +4,7 @@ layout change, :mod:`ovis.model.vit_layouts`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,33 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # not a zip-format file (mmap needs one); read it whole
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConversionError(f"{path}: could not read the weights ({type(exc).__name__}: {exc})") from exc
+        raise ConversionError(f"{path}: {_unreadable(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: not a state dict of tensors")
     return state
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a weight file could not be read, in one line (torch's own messages run to a dozen)."""
+    text = str(exc)
+    planted = re.search(r"GLOBAL ([\w.]+)", text)
+    if planted:
+        return (f"holds Python objects, not only tensors (it would call {planted.group(1)}); refused: pickle "
+                "weights load with weights_only=True, which never runs code. If the file comes from a source "
+                "you trust, load it there and save it as safetensors")
+    return f"could not read the weights: corrupt, truncated or not a weight file ({type(exc).__name__}: {_gist(text)})"
+
+
+#: openings of torch's explanatory lines around the reason in a failed weights_only load
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch",
+                "(1)", "(2)", "WeightsUnpickler error")
+
+
+def _gist(text: str) -> str:
+    """The first sentence of the first line of ``text`` that is not torch's boilerplate."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(_BOILERPLATE)), lines[0] if lines else "")
+    return reason.split(". ")[0][:200]
 
 
 def read_state_dict(directory: str | Path) -> tuple[dict[str, torch.Tensor], WeightFiles]:

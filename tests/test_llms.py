@@ -424,3 +424,19 @@ def test_visual_rows_are_scaled_as_the_llm_scales_its_text_rows(register_plugin)
     torch.testing.assert_close(scaled, plain * 64**0.5)
     qwen, _ = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=64)
     assert qwen.config.visual_embedding_scale == 1.0
+
+
+def test_visual_rows_are_scaled_exactly_as_gemma_scales_text_rows_in_bfloat16():
+    """Gemma rounds its sqrt(hidden) factor to the weights' dtype (59.87 -> 59.75 in bfloat16 for
+    Gemma 2 9B's 3584); visual rows scaled by the unrounded factor would be 0.2% louder than text."""
+    from types import SimpleNamespace
+
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2TextScaledWordEmbedding
+
+    from ovis.model import OvisForCausalLM
+
+    hidden = 3584
+    gemma = Gemma2TextScaledWordEmbedding(6, hidden, padding_idx=0, embed_scale=hidden**0.5).to(torch.bfloat16)
+    ids = torch.arange(6)
+    holder = SimpleNamespace(config=SimpleNamespace(visual_embedding_scale=hidden**0.5))
+    assert torch.equal(OvisForCausalLM._scale_visual(holder, gemma.weight[ids]), gemma(ids))

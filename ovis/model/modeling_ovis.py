@@ -210,8 +210,10 @@ class OvisForCausalLM(OvisPreTrainedModel):
 
     def _scale_visual(self, embeds: torch.Tensor) -> torch.Tensor:
         # The LLM scales its text rows inside its embedding module (Gemma); visual rows get the same.
+        # Rounded to the rows' dtype first, as Gemma rounds its own factor (sqrt(3584) is 59.87 in
+        # float32, 59.75 in bfloat16): the visual rows must be scaled exactly as the text rows are.
         scale = getattr(self.config, "visual_embedding_scale", 1.0)
-        return embeds if scale == 1.0 else embeds * scale
+        return embeds if scale == 1.0 else embeds * torch.tensor(scale, dtype=embeds.dtype)
 
     def indicator_embeddings(self) -> torch.Tensor:
         """The tiled layout's five indicator rows ``[5, hidden]``: the table's last five rows (the

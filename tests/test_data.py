@@ -356,7 +356,7 @@ def test_mixing_datasets_concatenates_their_records(data_root: Path, toy_process
     assert all(dataset[i] is not None for i in range(5))
 
 
-def test_skip_log_is_picklable_and_counts_each_source_once():
+def test_skip_log_is_picklable_and_counts_each_source_once(caplog):
     log = SkipLog(max_listed=2)
     assert log.add("x[0]", "image not found: /a.png")
     assert not log.add("x[0]", "image not found: /a.png")
@@ -370,6 +370,12 @@ def test_skip_log_is_picklable_and_counts_each_source_once():
                               "  1 image not found (x[0]); e.g. x[0]: image not found: /a.png")
     copy.add("x[9]", "bad: y")  # the copy has a working lock and its own counts
     assert copy.count == 5 and log.count == 4
+    copy.quiet = True  # counted, not logged
+    with caplog.at_level(logging.WARNING, logger="ovis.data"):
+        assert copy.add("x[10]", "bad: z") and copy.count == 6
+        copy.quiet = False
+        copy.add("x[11]", "bad: w")
+    assert "x[10]" not in caplog.text and "skipping x[11]: bad: w" in caplog.text
 
 
 # -- checking the named datasets (ovis.data.validate) ------------------------------------------------

@@ -41,6 +41,8 @@ class SkipLog:
 
     def __init__(self, *, max_listed: int = 5) -> None:
         self.max_listed = max_listed
+        #: count without logging (e.g. on every rank but one, where each rank reads the same files)
+        self.quiet = False
         self.total = 0  # records read from meta files, for "skipped N of TOTAL"
         self._skips: dict[str, Skipped] = {}
         self._lock = threading.Lock()
@@ -66,7 +68,7 @@ class SkipLog:
             if skip.source in self._skips:
                 return False
             self._skips[skip.source] = skip
-        if log:
+        if log and not self.quiet:
             where = f" ({skip.file})" if skip.file else ""
             logger.warning("skipping %s%s: %s", skip.source, where, skip.reason)
         return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
@@ -183,7 +184,13 @@ class Trainer:
             return
         if config.data.dataset_info is None or not config.data.datasets:
             raise ConfigError("set data.dataset_info and data.datasets (the dataset names to train on)")
-        self._records = read_datasets(config.data.dataset_info, list(config.data.datasets), self.skip_log)
+        # Every rank reads the same files: only the first names each bad record (the process group,
+        # hence the rank, comes later; this is what the launcher says).
+        self.skip_log.quiet = os.environ.get("RANK", "0") != "0"
+        try:
+            self._records = read_datasets(config.data.dataset_info, list(config.data.datasets), self.skip_log)
+        finally:
+            self.skip_log.quiet = False
 
     def _build_data(self) -> None:
         config = self.config

@@ -17,6 +17,7 @@ What the loop does not cover is left to ``generate``; :func:`needs_hf_generate` 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,12 @@ def needs_hf_generate(llm, num_beams: int = 1) -> str | None:
         return "it keeps a cache of its own kind"
     generation_config = getattr(llm, "generation_config", None)
     if generation_config is not None:
-        extra = sorted(set(generation_config.to_diff_dict()) - HANDLED_CONFIG_FIELDS)
+        defaults = _default_generation_config()
+        extra = sorted(
+            name
+            for name, value in vars(generation_config).items()
+            if not name.startswith("_") and name not in HANDLED_CONFIG_FIELDS and defaults.get(name, value) != value
+        )
         if extra:
             return f"its generation config sets {', '.join(extra)}"
         if generation_config.use_cache is False or getattr(generation_config, "cache_implementation", None):
@@ -194,14 +200,26 @@ def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
 
 
-def _forward_parameters(llm) -> set[str]:
+@functools.cache
+def _default_generation_config() -> dict:
+    from transformers import GenerationConfig
+
+    return dict(vars(GenerationConfig()))
+
+
+def _forward_parameters(llm) -> frozenset[str]:
+    return _class_forward_parameters(type(llm))
+
+
+@functools.cache
+def _class_forward_parameters(cls) -> frozenset[str]:
     try:
-        return set(inspect.signature(llm.forward).parameters)
+        return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):
-        return set()
+        return frozenset()
 
 
-def _cache_argument(params: set[str]) -> str | None:
+def _cache_argument(params: frozenset[str]) -> str | None:
     # transformers renamed past_key_values to cache during 5.x; take whichever this forward has.
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 

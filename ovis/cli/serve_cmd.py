@@ -83,7 +83,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-bytes", type=int, help="encoded bytes per image (default 10 MiB)")
     parser.add_argument("--max-new-tokens", type=int, help="ceiling for max_tokens (default 1024)")
     parser.add_argument("--max-body-bytes", type=int,
-                        help="bytes of one request body (default: room for --max-images images and 8 MiB of text)")
+                        help="bytes of one request body (default: room for --max-images images and 8 MiB of text, "
+                        "at most 32 MiB)")
     parser.add_argument("--flagging_dir", "--flagging-dir", dest="flagging_dir",
                         help="where the UI stores flagged conversations (default: flagging off)")
     g = parser.add_argument_group("exposing the server")

@@ -154,7 +154,7 @@ class HttpGuard:
             if declared is not None and declared > self.max_body_bytes:
                 raise _Refusal(
                     413,
-                    f"the request body is {declared:,} bytes; the limit is {self.max_body_bytes:,}",
+                    f"the request body is {declared:,} bytes; the limit is {self.max_body_bytes:,} (--max-body-bytes)",
                     "body_too_large",
                     close=True,
                 )
@@ -222,7 +222,7 @@ class _Exchange:
                 await self.refuse(
                     _Refusal(
                         413,
-                        f"the request body is over the limit of {self.guard.max_body_bytes:,} bytes",
+                        f"the request body is over the limit of {self.guard.max_body_bytes:,} bytes (--max-body-bytes)",
                         "body_too_large",
                         close=True,
                     )

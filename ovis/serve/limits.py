@@ -19,6 +19,9 @@ from ovis.serve.errors import RequestError
 
 #: room for the JSON around the images, and for the text of a long conversation
 TEXT_BODY_BYTES = 8 * 2**20
+#: the body limit unless set: bodies are buffered whole, up to max_concurrent_requests at once, so
+#: the default keeps that product in a few GB (8 images of 10 MiB need more: --max-body-bytes)
+DEFAULT_BODY_CAP = 32 * 2**20
 
 
 class ServeLimits(BaseModel):
@@ -33,16 +36,17 @@ class ServeLimits(BaseModel):
     max_new_tokens: int = Field(1024, ge=1, description="the ceiling for max_tokens")
     max_stop: int = Field(4, ge=0, description="stop strings in one request")
     max_body_bytes: int | None = Field(
-        None, ge=1, description="bytes of one request body; None: room for max_images images (base64) and 8 MiB of text"
+        None, ge=1, description="bytes of one request body; None: room for max_images images (base64) and "
+        "8 MiB of text, at most 32 MiB"
     )
 
     @property
     def body_limit(self) -> int:
         """The largest request body accepted: ``max_body_bytes``, or what a request within the other
-        limits can need (its images base64-encoded, plus text)."""
+        limits can need (its images base64-encoded, plus text) up to :data:`DEFAULT_BODY_CAP`."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return self.max_images * (self.max_image_bytes * 4 // 3 + 4096) + TEXT_BODY_BYTES
+        return min(self.max_images * (self.max_image_bytes * 4 // 3 + 4096) + TEXT_BODY_BYTES, DEFAULT_BODY_CAP)
 
 
 def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Image.Image:

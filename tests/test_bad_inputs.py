@@ -475,3 +475,37 @@ def test_convert_and_run_name_a_damaged_v1_checkpoint(name, v1_checkpoints, tmp_
         assert code == 2 and "Traceback" not in err, (argv[0], code, err[-2000:])
         assert re.search(message, err.strip().splitlines()[-1]), (argv[0], err[-2000:])
     assert not (tmp_path / "out").exists() and not (tmp_path / "planted.txt").exists()
+
+
+def test_a_training_run_over_the_corpus_finishes_and_totals_its_skips(corpus, odd_files, tmp_path):
+    """A real run (the plain PyTorch loop) on records that are mostly hostile: it trains on the odd
+    but valid ones, never on an empty step, exports, and writes one total naming every skip."""
+    import ovis
+    from ovis.train.config import TrainConfig
+    from ovis.train.trainer import Trainer
+
+    images = tmp_path / "images"
+    shutil.copytree(next(iter(corpus)).parent, images)
+    for path in odd_files:
+        shutil.copy(path, images / path.name)
+    records = [_conversation(name) for name in _by_name(corpus) + _by_name(odd_files)]
+    (tmp_path / "chat.json").write_text(json.dumps(records))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"chat": {"meta_file": "chat.json", "image_dir": "images", "data_format": "conversation"}}))
+    ovis.compose(vit="clip-toy", llm="qwen-toy", out=tmp_path / "model", visual_vocab_size=64)
+    config = TrainConfig.model_validate({
+        "stage": 3, "model": tmp_path / "model", "output_dir": tmp_path / "run", "deepspeed": None,
+        "data": {"dataset_info": tmp_path / "dataset_info.json", "datasets": ["chat"]},
+        # 6 steps take at least the 6 micro-batches of one epoch: every record is met.
+        "per_device_batch_size": 4, "max_steps": 6, "save_steps": 3, "logging_steps": 1, "precision": "fp32",
+    })
+    Trainer(config, progress=False).run()
+    report = json.loads((tmp_path / "run" / "skips.json").read_text())
+    assert report["finished"] and report["records_skipped"] == len(corpus), report
+    assert report["records_total"] == len(corpus) + len(odd_files)
+    named = json.dumps(report["examples"])
+    assert sum(report["by_reason"].values()) == len(corpus) and "bomb.png" in named
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3, 4, 5, 6]
+    assert all(s["loss"] > 0 for s in steps if "loss" in s)  # no step on zero samples
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

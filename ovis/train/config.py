@@ -110,7 +110,7 @@ class TrainConfig(_Strict):
     )
     output_dir: Path = Field(
         description="Where the run writes `checkpoints/`, `metrics.jsonl`, `tensorboard/`, "
-        "`train_config.yaml` and the exported model `final/`.",
+        "`train_config.yaml`, `skips.json` (the records left out) and the exported model `final/`.",
     )
     train_modules: list[str] = Field(
         default_factory=lambda: ["all"],

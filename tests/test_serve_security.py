@@ -631,3 +631,20 @@ def test_the_web_ui_asks_for_the_key_as_its_password(chatty_model_dir, served):
     assert login.status_code == 200 and config_after.status_code == 200
     assert MODEL in config_after.text
     assert isinstance(reply, str) and reply  # the chat itself, through the login
+
+
+def test_text_too_long_for_any_tokenization_is_refused_before_the_tokenizer(keyed, monkeypatch):
+    """Megabytes of text cost the tokenizer far more memory than the body (a 100 MB message took a
+    server past 20 GB): text longer than the prompt limit times the longest token is refused unread."""
+    service, server = keyed
+    prepared = []
+    real_prepare = service.runner.prepare
+    monkeypatch.setattr(service.runner, "prepare", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k))
+    most = service.prompt_limit * service._longest_token_chars
+    with httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        refused = http.post("/v1/chat/completions", json=chat("x" * (most + 1)))
+        assert prepared == []
+        fits = http.post("/v1/chat/completions", json=chat("hello"))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+    assert "characters of text cannot fit" in refused.json()["error"]["message"]
+    assert fits.status_code == 200 and prepared == [1]

@@ -9,6 +9,7 @@ worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,7 @@ class Service:
     ) -> PreparedRequest:
         check_image_count(len(images), self.limits)
         check_max_new_tokens(params.max_new_tokens, self.limits, param="max_new_tokens")
+        self._refuse_overlong_text(messages)
         self._refuse_special_tokens(messages)
         try:
             request = self.runner.prepare(messages, list(images), params)
@@ -97,12 +99,28 @@ class Service:
         check_prompt_tokens(len(request.sample.input_ids), self.prompt_limit)
         return request
 
+    @functools.cached_property
+    def _longest_token_chars(self) -> int:
+        """The most characters one token of the vocabulary stands for (at least 1)."""
+        return max((len(token) for token in self.runner.tokenizer.get_vocab()), default=1) or 1
+
+    def _refuse_overlong_text(self, messages: Sequence[Message | dict]) -> None:
+        """Text that cannot fit the prompt limit whatever its tokens is refused before the tokenizer
+        sees it: tokenizing megabytes costs far more memory and time than the text itself."""
+        chars = sum(len(_content(message)) for message in messages)
+        most = self.prompt_limit * self._longest_token_chars
+        if chars > most:
+            raise RequestError(
+                f"the prompt is too long: {chars:,} characters of text cannot fit in {self.prompt_limit:,} tokens "
+                f"(the limit)", param="messages",
+            )
+
     def _refuse_special_tokens(self, messages: Sequence[Message | dict]) -> None:
         """Chat-template tokens typed into a message would be read as real turn boundaries (a
         client could forge an assistant turn or end the reply): refuse them."""
         specials = [t for t in self.runner.tokenizer.all_special_tokens if t]
         for i, message in enumerate(messages):
-            content = message.content if isinstance(message, Message) else str(message.get("content", ""))
+            content = _content(message)
             found = [t for t in specials if t in content]
             if found:
                 raise RequestError(
@@ -115,3 +133,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+
+
+def _content(message: Message | dict) -> str:
+    return message.content if isinstance(message, Message) else str(message.get("content", ""))

@@ -229,6 +229,28 @@ def test_the_default_body_limit_is_capped_and_can_be_set():
     assert ServeLimits(max_body_bytes=10 * 2**30).body_limit == 10 * 2**30
 
 
+def test_the_access_log_goes_to_a_file_with_the_client_address_when_asked(tmp_path):
+    from ovis.serve.access_log import AccessLogMiddleware
+
+    path = tmp_path / "access.jsonl"
+    log = AccessLog(path, client_address=True)
+    client = Client([b'{"messages": [{"content": "private words"}]}'])
+    guard = guarded(Recorder())
+    asyncio.run(AccessLogMiddleware(guard, log=log)(http_scope(headers=[(b"x", b"y")]), client.receive, client.send))
+    too_big = Client(endless())
+    asyncio.run(
+        AccessLogMiddleware(guarded(Recorder(), max_body_bytes=10), log=log)(
+            http_scope(), too_big.receive, too_big.send
+        )
+    )
+    log.close()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["status"] == 200 and first["client"] == "10.0.0.7" and "private" not in path.read_text()
+    assert second["status"] == 413 and second["refused"] == "body_too_large"
+    assert ServeOptions(model_path="m", access_log="off").access_log is None
+    assert ServeOptions(model_path="m").access_log == "-"
+
+
 # -- the key -----------------------------------------------------------------------------------------------
 def test_keys_are_compared_with_compare_digest(monkeypatch):
     import hmac

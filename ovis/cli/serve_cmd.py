@@ -90,7 +90,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("exposing the server")
     key = g.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="the key /v1 (Authorization: Bearer KEY) and the web UI (login password) "
-                     f"ask for; default ${KEY_ENV}; visible to other users of this machine in the process list, "
+                     "ask for; default $OVIS_API_KEY; visible to other users of this machine in the process list, "
                      "so prefer --api-key-file")
     key.add_argument("--api-key-file", help="a file holding the key (its first line)")
     g.add_argument("--request-timeout", type=float, dest="request_timeout_s",
@@ -200,7 +200,6 @@ def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None)
 
 LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens", "max_body_bytes")
 HTTP_FLAGS = ("request_timeout_s", "body_timeout_s", "max_concurrent_requests", "max_queued_requests")
-KEY_ENV = "OVIS_API_KEY"  # the same name as ovis.serve.auth.KEY_ENV (a test checks), without importing it
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -217,6 +216,8 @@ def api_key(args: argparse.Namespace) -> str | None:
         if not lines or not lines[0].strip():
             raise InputFileError(f"--api-key-file {args.api_key_file}: the file is empty (the key goes on line 1)")
         return lines[0].strip()
+    from ovis.serve.auth import KEY_ENV  # lazy: `ovis --help` must not load the serving stack
+
     return os.environ.get(KEY_ENV) or None
 
 

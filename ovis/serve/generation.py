@@ -23,7 +23,8 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class GenerationParams(BaseModel):
-    """Every knob a request can turn. All of them reach ``generate`` (the v1 runner dropped them)."""
+    """Every knob a request can turn. All of them reach the decode loop or ``generate`` (the v1 runner
+    dropped them)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,7 +70,7 @@ class GenerationParams(BaseModel):
         return self
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call (limits and stops are per row)."""
+        """Requests with equal keys can share one batch (limits and stops are per row)."""
         return (
             self.do_sample,
             self.temperature,

@@ -20,10 +20,10 @@ def red_png(tmp_path_factory):
 def test_run_streams_the_same_answer_as_the_runner(chatty_model_dir, chatty_runner, red_png, capsys):
     expected = chatty_runner.run(red_png, "What colour?", max_new_tokens=6)
     assert main(["run", "--model", str(chatty_model_dir), "--image", str(red_png), "What colour?",
-                 "--max-new-tokens", "6"]) == 0
+                 "--max-new-tokens", "6", "--dtype", "float32"]) == 0
     assert capsys.readouterr().out == expected["output"] + "\n"
     assert main(["run", "--model", str(chatty_model_dir), "--image", str(red_png), "What colour?",
-                 "--max-new-tokens", "6", "--json"]) == 0
+                 "--max-new-tokens", "6", "--json", "--dtype", "float32"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == expected
 
@@ -52,7 +52,8 @@ def test_chat_keeps_history_survives_bad_images_and_resets(chatty_model_dir, cha
             raise EOFError from None
 
     monkeypatch.setattr("builtins.input", fake_input)
-    assert main(["chat", "--model", str(chatty_model_dir), "--max-new-tokens", "5"]) == 0
+    # float32 as the runner fixture: "auto" may pick bf16 on this CPU when a timing probe says so
+    assert main(["chat", "--model", str(chatty_model_dir), "--max-new-tokens", "5", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     session = chatty_runner.session()
     first = session.ask("What colour?", [red_png], max_new_tokens=5)["output"]

@@ -32,6 +32,7 @@ from ovis.interfaces import (
 )
 from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
 from ovis.model.merging import BEGIN_INDICATOR, END_INDICATOR, IGNORE_INDEX, IMAGE_TOKEN_ID
+from ovis.model.ovis2_format import is_hf_ovis2_checkpoint, read_hf_configs, translate_hf_config
 from ovis.model.v1_format import (
     ConversionError,
     NotAnOvisCheckpointError,
@@ -296,6 +297,8 @@ class OvisProcessor:
         directory = Path(directory)
         if is_original_checkpoint(directory):  # an original Ovis v1 checkpoint: CLIPImageProcessor config
             return load_original_processor(directory)
+        if is_hf_ovis2_checkpoint(directory):  # transformers' Ovis2 layout: Ovis2Processor's files
+            return load_hf_ovis2_processor(directory)
         path = directory / PREPROCESSOR_FILE
         try:
             config = json.loads(path.read_text())
@@ -340,15 +343,7 @@ def load_original_processor(directory: str | Path, notes: list[str] | None = Non
     if not is_original_config(config):
         raise NotAnOvisCheckpointError(f"{directory}: not an original Ovis v1 checkpoint")
     translation = translate_config(config, read_preprocessor(directory))
-    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
-    if not any((directory / name).is_file() for name in tokenizer_files):
-        raise ConversionError(f"{directory}: no tokenizer (none of {', '.join(tokenizer_files)}); "
-                              "copy the tokenizer files of the checkpoint's LLM into it")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ConversionError(f"{directory}: could not load the tokenizer ({first[:300]})") from exc
+    tokenizer = _checkpoint_tokenizer(directory)
     _settle_pad_token(tokenizer, notes)
     spec = translation.vision_spec
     return OvisProcessor(
@@ -358,4 +353,40 @@ def load_original_processor(directory: str | Path, notes: list[str] | None = Non
         num_image_tokens=spec.num_patches + (2 if translation.config["use_indicators"] else 0),
         max_length=translation.config["multimodal_max_length"],
         image_marker_separator=" ",  # the v1 runner's "<image> " + text
+    )
+
+
+def _checkpoint_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a converted checkpoint directory, or an error saying why there is none."""
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        raise ConversionError(
+            f"{directory}: no tokenizer (none of {', '.join(tokenizer_files)}); "
+            "copy the tokenizer files of the checkpoint's LLM into it"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConversionError(f"{directory}: could not load the tokenizer ({first[:300]})") from exc
+
+
+def load_hf_ovis2_processor(directory: str | Path, notes: list[str] | None = None) -> OvisProcessor:
+    """The ``OvisProcessor`` of a transformers Ovis2 (hf-ovis2) directory: its tokenizer, its
+    Ovis2ImageProcessor settings as the tiled layout, the chat format its config.json names (or the
+    one assumed for its LLM; see :mod:`ovis.model.ovis2_format`)."""
+    directory = Path(directory)
+    notes = [] if notes is None else notes
+    translation = translate_hf_config(*read_hf_configs(directory))
+    tokenizer = _checkpoint_tokenizer(directory)
+    _settle_pad_token(tokenizer, notes)
+    config = translation.config
+    return OvisProcessor(
+        tokenizer=tokenizer,
+        image_processor=ImageProcessor(translation.vision_spec.preprocess),
+        chat_format=get_host().chat_format(translation.chat_format),
+        num_image_tokens=translation.tokens_per_tile + 2,
+        max_length=config["multimodal_max_length"],
+        tiling=TilingOptions(config["max_partition"], config["covering_threshold"], config["tile_resize"]),
+        tokens_per_tile=translation.tokens_per_tile,
     )

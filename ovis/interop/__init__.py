@@ -4,10 +4,15 @@
   (:mod:`ovis.interop.v1_writer` writes it). Detecting and reading it is the model layer's
   (:mod:`ovis.model.v1_format`, :mod:`ovis.model.v1_weights`), so that
   ``OvisForCausalLM.from_pretrained`` / ``ovis.load`` read v1 directories directly.
+* :mod:`ovis.interop.hf_ovis2`: transformers' native Ovis2 layout (``Ovis2ForConditionalGeneration``,
+  "hf-ovis2"): load, write; reading it is :mod:`ovis.model.ovis2_format`'s.
+* :func:`convert` (:mod:`ovis.interop.conversion`) converts between all of them.
 * One CLIP ViT's weights in the transformers, open_clip and timm layouts, converted between each
   other: :mod:`ovis.model.vit_layouts`, re-exported here.
 """
 
+from ovis.interop.conversion import FORMATS, convert
+from ovis.interop.hf_ovis2 import load_hf_ovis2, save_hf_ovis2
 from ovis.interop.original import (
     ConversionError,
     ConversionReport,
@@ -17,11 +22,11 @@ from ovis.interop.original import (
     UnknownFormatterError,
     UnsupportedError,
     checkpoint_format,
-    convert,
     is_original_checkpoint,
     load_original,
     save_original,
 )
+from ovis.model.ovis2_format import is_hf_ovis2_checkpoint
 from ovis.model.vit_layouts import (
     LAYOUTS,
     ViTLayoutError,
@@ -31,6 +36,7 @@ from ovis.model.vit_layouts import (
 )
 
 __all__ = [
+    "FORMATS",
     "LAYOUTS",
     "ConversionError",
     "ConversionReport",
@@ -44,8 +50,11 @@ __all__ = [
     "clip_vision_config",
     "convert",
     "convert_vit_state_dict",
+    "is_hf_ovis2_checkpoint",
     "is_original_checkpoint",
+    "load_hf_ovis2",
     "load_original",
     "load_vit_state_dict",
+    "save_hf_ovis2",
     "save_original",
 ]

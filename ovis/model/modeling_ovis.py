@@ -22,6 +22,13 @@ from ovis.model.merging import (
     merge_image_embeddings,
     merge_indicator_embeddings,
 )
+from ovis.model.ovis2_format import (
+    HfOvis2Checkpoint,
+    is_hf_ovis2_checkpoint,
+    read_hf_configs,
+    state_from_hf,
+    translate_hf_config,
+)
 from ovis.model.v1_format import (
     ConversionError,
     checkpoint_format,
@@ -118,8 +125,17 @@ class OvisForCausalLM(OvisPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
-        """Load an ovis model directory, or an original Ovis v1 checkpoint directory (its config is
-        translated and its weights checked on load; a warning lists what was mapped)."""
+        """Load an ovis model directory, an original Ovis v1 checkpoint directory or a transformers Ovis2
+        (hf-ovis2) directory (their config is translated and their weights checked on load; a warning
+        lists what was mapped)."""
+        if kwargs.get("state_dict") is None and is_hf_ovis2_checkpoint(pretrained_model_name_or_path):
+            checkpoint = read_hf_ovis2(pretrained_model_name_or_path)
+            kwargs.pop("config", None)
+            model = super().from_pretrained(
+                None, *model_args, config=checkpoint.config, state_dict=checkpoint.state, **kwargs
+            )
+            logger.warning(checkpoint.message(pretrained_model_name_or_path))
+            return model
         shapes = _check_local_directory(pretrained_model_name_or_path, kwargs)
         if shapes is not None:
             config = kwargs.get("config")
@@ -324,3 +340,29 @@ def read_original(directory: str | Path) -> OriginalCheckpoint:
         config.dtype = dtype
     notes = [*translation.notes, f"weights: {len(state)} tensors from {files.describe()}, key names unchanged", *notes]
     return OriginalCheckpoint(config, state, translation, notes)
+
+
+def read_hf_ovis2(directory: str | Path) -> HfOvis2Checkpoint:
+    """Read a transformers Ovis2 (hf-ovis2) directory into an ``OvisConfig`` and a state dict under
+    ovis's names, checked against the model that config builds."""
+    directory = Path(directory)
+    if checkpoint_format(directory) != "hf-ovis2":
+        raise ConversionError(f"{directory} is not a transformers Ovis2 (hf-ovis2) checkpoint")
+    translation = translate_hf_config(*read_hf_configs(directory))
+    config = OvisConfig(**translation.config)
+    state, files = read_state_dict(directory)
+    state = state_from_hf(state, str(directory))
+    with torch.device("meta"):
+        skeleton = OvisForCausalLM(config)
+    state, notes = check_state_dict(state, skeleton, str(directory))
+    dtype = state_dtype(state)
+    if dtype is not None:
+        config.dtype = dtype
+    notes = [
+        *translation.notes,
+        f"weights: {len(state)} tensors from {files.describe()}, hf-ovis2 names mapped "
+        "(model.vision_tower.transformer -> visual_tokenizer.backbone.vision_model, head_linear/head_norm -> "
+        "visual_tokenizer.head.0/1, visual_embeddings_table -> vte, model.language_model -> llm.model)",
+        *notes,
+    ]
+    return HfOvis2Checkpoint(config, state, translation, notes)

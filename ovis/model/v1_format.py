@@ -111,13 +111,16 @@ def is_original_config(config: Mapping[str, Any]) -> bool:
     )
 
 
-def checkpoint_format(directory: str | Path) -> Literal["ovis", "original"]:
-    """``"ovis"`` or ``"original"``; anything else is a :class:`NotAnOvisCheckpointError`."""
+def checkpoint_format(directory: str | Path) -> Literal["ovis", "original", "hf-ovis2"]:
+    """``"ovis"``, ``"original"`` or ``"hf-ovis2"`` (transformers' Ovis2 layout, read by
+    :mod:`ovis.model.ovis2_format`); anything else is a :class:`NotAnOvisCheckpointError`."""
     return config_format(read_config(directory), directory)
 
 
-def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["ovis", "original"]:
+def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["ovis", "original", "hf-ovis2"]:
     """:func:`checkpoint_format` of a ``config.json`` already read from ``directory``."""
+    if config.get("model_type") == "ovis2":
+        return "hf-ovis2"
     if config.get("model_type") == "ovis":
         if config.get("vision_spec"):
             return "ovis"
@@ -128,6 +131,7 @@ def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["
         f"{directory}: neither an ovis model (config.json with model_type 'ovis' and a vision_spec) nor an "
         f"original Ovis v1 checkpoint (model_type 'ovis' with a visual_tokenizer_config); its config.json has "
         f"model_type {found!r}" + ("" if found != "ovis" else " but neither field")
+        + " (transformers Ovis2 checkpoints, model_type 'ovis2', are read too)"
     )
 
 

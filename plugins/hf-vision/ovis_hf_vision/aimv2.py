@@ -8,7 +8,8 @@ embedding, positions, blocks and a final norm only.
 Features are the last block's output *before* the final RMSNorm, what the Ovis2 release takes
 (``hidden_states[-1]`` of its AIMv2 trunk, whose ``post_trunk_norm`` is stored but not applied).
 transformers' own ``Ovis2VisionModel`` applies that norm; :meth:`HFAimv2Vision.final_norm` gives it
-for anyone converting to that layout.
+for anyone converting to that layout; a spec whose ``architecture`` sets ``apply_final_norm: true``
+(what ``ovis convert --from hf-ovis2`` writes) applies it, as that model does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class HFAimv2Vision(HFVisionBackbone):
     def _last_hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # Aimv2VisionModel's last_hidden_state is rms_norm'd; take the encoder output directly.
         hidden = self.vision_model.embeddings(pixel_values)
-        return self.vision_model.encoder(inputs_embeds=hidden).last_hidden_state
+        hidden = self.vision_model.encoder(inputs_embeds=hidden).last_hidden_state
+        if getattr(self.vision_model.config, "apply_final_norm", False):
+            hidden = self.vision_model.rms_norm(hidden)
+        return hidden
 
     def reinit_last_block(self) -> None:
         super().reinit_last_block()

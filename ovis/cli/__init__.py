@@ -11,7 +11,17 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ovis.cli import compose_cmd, convert_cmd, data_cmd, eval_cmd, plugins_cmd, quickstart_cmd, serve_cmd, train_cmd
+from ovis.cli import (
+    compose_cmd,
+    convert_cmd,
+    data_cmd,
+    eval_cmd,
+    inspect_cmd,
+    plugins_cmd,
+    quickstart_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart_cmd.add_commands(commands)
     serve_cmd.add_commands(commands)
     eval_cmd.add_commands(commands)
+    inspect_cmd.add_commands(commands)
     # One --debug for every command, accepted before or after the command's name.
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     for sub in commands.choices.values():

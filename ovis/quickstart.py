@@ -166,9 +166,12 @@ class _Run:
     def make_data(self, spec) -> None:
         from ovis.data.synth import write_synthetic_dataset
 
-        if not _reusable(self.data / "dataset_info.json", self.data, "data", asdict(spec)):
+        # Options left unset (the high-resolution ones) stay out of the key, so data made before they
+        # existed is still recognised as the same.
+        key = {k: v for k, v in asdict(spec).items() if v is not None}
+        if not _reusable(self.data / "dataset_info.json", self.data, "data", key):
             write_synthetic_dataset(self.data, spec, progress=self.progress)
-            _record_key(self.data, asdict(spec))
+            _record_key(self.data, key)
         self.lap("data")
 
     def compose(self, adapter: str) -> None:

@@ -22,15 +22,61 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--questions-per-image", type=int, default=3, choices=range(1, 6), metavar="1-5")
     p.add_argument("--text-scenes", type=int, default=12000, help="scenes told in words, for stage 0")
-    p.add_argument("--compositional-images", type=int, default=500,
-                   help="held-out questions on the colour-shape pairs kept out of training (0: none)")
+    p.add_argument(
+        "--compositional-images",
+        type=int,
+        default=500,
+        help="held-out questions on the colour-shape pairs kept out of training (0: none)",
+    )
     p.add_argument("--blank", action="store_true", help="draw no objects (a blind baseline's data)")
     p.add_argument("--seed", type=int, default=0)
+    hires = p.add_argument_group("high resolution (for the tiled layout; docs/high-resolution.md)")
+    hires.add_argument(
+        "--hires",
+        action="store_true",
+        help="256x128 scenes with objects 5-8 px across: small objects that one padded "
+        "square of the toy ViT cannot resolve and 64 px tiles can (the defaults below)",
+    )
+    hires.add_argument(
+        "--image-shape",
+        type=_pair("x", int),
+        metavar="WxH",
+        help="a width x height canvas instead of the --image-size square (e.g. 256x128)",
+    )
+    hires.add_argument(
+        "--object-px",
+        type=_pair("-", float),
+        metavar="MIN-MAX",
+        help="objects' extent in pixels (e.g. 5-8); default: 0.55-0.8 of a quarter's side",
+    )
     p.set_defaults(handler=run_synth)
 
 
+def _pair(separator: str, kind: type):
+    """An argparse type for two numbers joined by ``separator`` ("256x128", "5-8")."""
+
+    def parse(text: str) -> tuple:
+        parts = text.lower().split(separator)
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return kind(parts[0]), kind(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected two {kind.__name__} numbers joined by {separator!r}"
+            ) from None
+
+    return parse
+
+
 def run_synth(args: argparse.Namespace) -> int:
-    from ovis.data.synth import SynthSpec, write_synthetic_dataset
+    from ovis.data.synth import HIRES, SynthSpec, write_synthetic_dataset
+
+    hires = dict(HIRES) if args.hires else {}
+    if args.image_shape:
+        hires["image_shape"] = args.image_shape
+    if args.object_px:
+        hires["object_px"] = args.object_px
 
     spec = SynthSpec(
         train_images=args.train_images,
@@ -41,8 +87,12 @@ def run_synth(args: argparse.Namespace) -> int:
         text_scenes=args.text_scenes,
         compositional_images=args.compositional_images,
         blank=args.blank,
+        **hires,
     )
     info = write_synthetic_dataset(args.out, spec)
-    print(f"wrote {spec.train_images} training, {spec.eval_images} evaluation and {spec.compositional_images} "
-          f"compositional images, {spec.text_scenes} text-only scenes; dataset info: {info}")
+    print(
+        f"wrote {spec.canvas[0]}x{spec.canvas[1]} images: {spec.train_images} training, "
+        f"{spec.eval_images} evaluation and {spec.compositional_images} compositional images, "
+        f"{spec.text_scenes} text-only scenes; dataset info: {info}"
+    )
     return 0

@@ -51,7 +51,10 @@ BACKGROUND = (30, 30, 30)
 #: colour-shape pairs kept out of training: one per shape, four different colours, so every colour
 #: and every shape is still seen in training, just not in these combinations
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square"),
+    ("red", "triangle"),
+    ("green", "cross"),
+    ("blue", "circle"),
+    ("yellow", "square"),
 )
 #: the prompt of a scene told in words, before its first question
 SCENE_TEXT_PREFIX = "The picture shows "
@@ -94,15 +97,28 @@ def random_scene(
     return things
 
 
-def draw_scene(scene: list[Thing], size: int, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (size, size), BACKGROUND)
+def draw_scene(
+    scene: list[Thing],
+    size: int | tuple[int, int],
+    rng: random.Random,
+    *,
+    object_px: tuple[float, float] | None = None,
+) -> Image.Image:
+    """The scene on a ``size`` square (or a ``(width, height)`` canvas), each object in its quarter.
+
+    An object's extent is drawn from 0.55-0.8 of a quarter's short side, or from ``object_px``
+    (pixels) when given: the high-resolution variant's small objects in a big image."""
+    width, height = (size, size) if isinstance(size, int) else size
+    image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    half = size // 2
+    half_w, half_h = width / 2, height / 2
+    if width == height:
+        half_w = half_h = width // 2  # as the square layout always drew (bit-identical images)
     for thing in scene:
         row, col = divmod(thing.cell, 2)
-        extent = rng.uniform(0.55, 0.8) * half
-        cx = col * half + half / 2 + rng.uniform(-1, 1) * (half - extent) / 2
-        cy = row * half + half / 2 + rng.uniform(-1, 1) * (half - extent) / 2
+        extent = rng.uniform(*object_px) if object_px else rng.uniform(0.55, 0.8) * min(half_w, half_h)
+        cx = col * half_w + half_w / 2 + rng.uniform(-1, 1) * (half_w - extent) / 2
+        cy = row * half_h + half_h / 2 + rng.uniform(-1, 1) * (half_h - extent) / 2
         r = extent / 2
         box = (cx - r, cy - r, cx + r, cy + r)
         fill = COLOURS[thing.colour]
@@ -140,8 +156,15 @@ def caption(scene: list[Thing], style: str = "ordered", rng: random.Random | Non
     return ", ".join(f"a {t.colour} {t.shape} at the {CELLS[t.cell]}" for t in things) + "."
 
 
-def question(kind: str, scene: list[Thing], rng: random.Random, *, thing: Thing | None = None,
-             exclude: Iterable[Pair] = (), ask_pair: Pair | None = None) -> QA:
+def question(
+    kind: str,
+    scene: list[Thing],
+    rng: random.Random,
+    *,
+    thing: Thing | None = None,
+    exclude: Iterable[Pair] = (),
+    ask_pair: Pair | None = None,
+) -> QA:
     """A question of ``kind`` about ``thing`` (default: a random object of the scene).
 
     For ``exists``, ``ask_pair`` fixes the pair asked about; otherwise it is the thing's own pair
@@ -174,6 +197,14 @@ def question(kind: str, scene: list[Thing], rng: random.Random, *, thing: Thing 
     raise ConfigError(f"unknown question type {kind!r}; expected one of {', '.join(QUESTION_TYPES)}")
 
 
+#: The high-resolution variant (``SynthSpec(**HIRES)``, ``ovis data synth --hires``): a 256 x 128
+#: canvas (4 x 2 sides of the toy ViT's 64 px square) with objects 5-8 px across. Squeezed into one
+#: padded square (the v1 layout) an object is under 2 px, its shape gone and its colour left in a
+#: pixel or so; cut into a 2 x 4 grid of 64 px tiles (``max_partition`` >= 8) every tile is at full
+#: scale and the object keeps its 25-70 pixels (tests/test_hires_training.py measures both).
+HIRES: dict = {"image_shape": (256, 128), "object_px": (5.0, 8.0)}
+
+
 @dataclass
 class SynthSpec:
     train_images: int = 12000
@@ -190,8 +221,30 @@ class SynthSpec:
     #: pairs kept out of training, and the size of the compositional split that asks about them
     held_out_pairs: tuple[Pair, ...] = HELD_OUT_PAIRS
     compositional_images: int = 500
+    #: a ``(width, height)`` canvas instead of the ``image_size`` square (the high-resolution variant)
+    image_shape: tuple[int, int] | None = None
+    #: objects' extent in pixels, drawn uniformly from this range (default: 0.55-0.8 of a quarter)
+    object_px: tuple[float, float] | None = None
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """The images' ``(width, height)``."""
+        return tuple(self.image_shape) if self.image_shape else (self.image_size, self.image_size)
 
     def __post_init__(self) -> None:
+        if self.image_shape is not None:
+            if len(self.image_shape) != 2 or any(int(v) != v or v < 8 for v in self.image_shape):
+                raise ConfigError(f"image_shape must be (width, height), whole pixels >= 8; got {self.image_shape}")
+            self.image_shape = (int(self.image_shape[0]), int(self.image_shape[1]))
+        if self.object_px is not None:
+            lo, hi = self.object_px
+            room = min(self.canvas) / 2
+            if not 0 < lo <= hi <= room:
+                raise ConfigError(
+                    f"object_px must be (min, max) with 0 < min <= max <= {room:g} (half the "
+                    f"canvas's short side, a quarter's side); got {self.object_px}"
+                )
+            self.object_px = (float(lo), float(hi))
         if not 1 <= self.questions_per_image <= len(QUESTION_TYPES):
             raise ConfigError(f"questions_per_image must be 1-{len(QUESTION_TYPES)}, got {self.questions_per_image}")
         unknown = [p for p in self.held_out_pairs if p[0] not in COLOURS or p[1] not in SHAPES]
@@ -253,7 +306,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
     bar = tqdm(total=total, desc="drawing scenes", unit="img", disable=not progress)
 
     def save(scene: list[Thing], name: str) -> None:
-        image = draw_scene(scene, spec.image_size, rng)
+        image = draw_scene(scene, spec.canvas, rng, object_px=spec.object_px)
         if spec.blank:
             image = Image.new("RGB", image.size, BACKGROUND)
         image.save(out / "images" / name)
@@ -272,14 +325,30 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
         name = f"eval-{i:06d}.png"
         save(scene, name)
         qa = question(QUESTION_TYPES[i % len(QUESTION_TYPES)], scene, rng, exclude=held_out)
-        evaluation.append({"id": f"eval-{i}", "image": name, "type": qa.kind, "question": qa.question,
-                           "answer": qa.answer, "scene": scene_text(scene)})
+        evaluation.append(
+            {
+                "id": f"eval-{i}",
+                "image": name,
+                "type": qa.kind,
+                "question": qa.question,
+                "answer": qa.answer,
+                "scene": scene_text(scene),
+            }
+        )
     for k in range(spec.compositional_images):
         scene, qa = compositional_item(rng, k, held_out)
         name = f"compositional-{k:06d}.png"
         save(scene, name)
-        compositional.append({"id": f"compositional-{k}", "image": name, "type": qa.kind, "question": qa.question,
-                              "answer": qa.answer, "scene": scene_text(scene)})
+        compositional.append(
+            {
+                "id": f"compositional-{k}",
+                "image": name,
+                "type": qa.kind,
+                "question": qa.question,
+                "answer": qa.answer,
+                "scene": scene_text(scene),
+            }
+        )
     bar.close()
 
     text = []

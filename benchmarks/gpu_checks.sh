@@ -1,23 +1,106 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one short script (a lent GPU session has ~15 minutes):
-#   1. the visual path at paper scale in bf16 (benchmarks/visual_path.py);
-#   2. the quick-start trained on the GPU: DeepSpeed ZeRO-2 over NCCL, bf16, then evaluated;
-#   3. fused == naive on CUDA, OvisRunner's CUDA + bf16 answers against CPU float32, and ZeRO-3 +
-#      gradient checkpointing training over NCCL, resumed, exported and loaded;
-#   4. generation speed on the GPU (benchmarks/generation_speed.py).
-# Usage: benchmarks/gpu_checks.sh OUTDIR   (each step is time-boxed; results land in OUTDIR; about
-# 7 minutes on an H100, so it fits one 10-minute device call; the quick-start is shortened there)
+#   tiled        the Ovis2 tiled layout: a tiny tiled model's lean vs naive visual path on CUDA in
+#                float32 and bf16 (equal within tolerance, timed), then the full-size tiled visual
+#                path benchmark in bf16 (benchmarks/tiled_visual_path.py --full: aimv2-huge, 9 tiles
+#                + a global view, hidden_stride 2, V 65536);
+#   visual_path  the v1 visual path at paper scale in bf16 (benchmarks/visual_path.py);
+#   quickstart   the quick-start trained on the GPU: DeepSpeed ZeRO-2 over NCCL, bf16, then evaluated;
+#   cuda_checks  fused == naive on CUDA, OvisRunner's CUDA + bf16 answers against CPU float32, and
+#                ZeRO-3 + gradient checkpointing training over NCCL, resumed, exported and loaded;
+#   generation_speed  generation speed on the GPU (benchmarks/generation_speed.py);
+#   vllm         (only with OVIS_GPU_VLLM=1 or =install, or when named) the tiny tiled model exported
+#                with `python -m ovis convert DIR --to ovis2`, served by `vllm serve` and asked one
+#                question through the openai client; skipped with the reason when the converter
+#                has no --to ovis2 or vllm is not importable. OVIS_GPU_VLLM=install first runs
+#                `pip install ${OVIS_VLLM_PIP:-vllm}` (time-boxed; vLLM stays out of the default install).
+#
+# Usage: benchmarks/gpu_checks.sh [--cpu-dry-run] OUTDIR [STEP ...]
+#   STEPs default to: tiled visual_path quickstart cuda_checks generation_speed (+ vllm, see above).
+#   The whole run is held to OVIS_GPU_BUDGET_S seconds (default 470: under 8 minutes): each step's
+#   limit is cut to what is left, and a step is skipped when under 30 s are left. A summary of every
+#   step (ok / rc / timed out / skipped, seconds) ends the output and OUTDIR/summary.txt.
+#   --cpu-dry-run runs the Python parts of the tiled and vllm steps on the CPU at tiny sizes
+#   (no nvidia-smi; the vllm step asks `ovis serve` when vLLM is absent), to check the script
+#   where no GPU is. No test needs this script.
 set -u
-out=${1:?usage: gpu_checks.sh OUTDIR}
+dry=0
+if [ "${1:-}" = "--cpu-dry-run" ]; then dry=1; shift; fi
+out=${1:?usage: gpu_checks.sh [--cpu-dry-run] OUTDIR [STEP ...]}
+shift
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false
 py=${PYTHON:-python3}
-step() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"; echo "=== $name: rc ${PIPESTATUS[0]}, $((SECONDS - t0)) s"; }
+budget=${OVIS_GPU_BUDGET_S:-470}
+vllm_mode=${OVIS_GPU_VLLM:-0}
+start=$SECONDS
+summary=()
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
-step visual_path 200 $py benchmarks/visual_path.py --device cuda --dtype bfloat16 --repeats 5 --json "$out/visual_path.json"
-step quickstart 240 $py -m ovis quickstart --out /tmp/ovis-qs-gpu --easy-steps 300 --stage3-steps 1500 --no-progress
-step cuda_checks 180 $py benchmarks/cuda_checks.py --model /tmp/ovis-qs-gpu/stage3/final --data /tmp/ovis-qs-gpu/data --zero3 /tmp/ovis-zero3
-step generation_speed 120 $py benchmarks/generation_speed.py
+if [ $# -gt 0 ]; then steps=("$@")
+elif [ $dry = 1 ]; then steps=(tiled vllm)
+else
+  steps=(tiled visual_path quickstart cuda_checks generation_speed)
+  if [ "$vllm_mode" != 0 ]; then steps+=(vllm); fi
+fi
+
+# step NAME LIMIT CMD...: run CMD under min(LIMIT, what the budget leaves), tee'd to OUTDIR/NAME.txt.
+step() {
+  local name=$1 limit=$2; shift 2
+  local left=$((budget - (SECONDS - start) - 10))
+  if [ $left -lt 30 ]; then
+    echo "=== $name: SKIPPED (budget of ${budget}s spent)"; summary+=("$name: skipped (budget spent)"); return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$out/$name.txt"
+  local rc=${PIPESTATUS[0]} verdict=ok
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then verdict="TIMED OUT"; elif [ "$rc" != 0 ]; then verdict="FAILED (rc $rc)"; fi
+  echo "=== $name: rc $rc, $((SECONDS - t0)) s"
+  summary+=("$name: $verdict, $((SECONDS - t0)) s")
+}
+
+if [ $dry = 1 ]; then
+  dev=cpu
+  echo "CPU dry run: $($py -c 'import torch; print("torch", torch.__version__)')" | tee "$out/gpu.txt"
+else
+  dev=cuda
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+  $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
+fi
+
+for s in "${steps[@]}"; do
+  case $s in
+    tiled)
+      step tiled_check $([ $dry = 1 ] && echo 240 || echo 90) $py benchmarks/cuda_checks.py --device $dev --tiled
+      if [ $dry = 1 ]; then
+        step tiled_benchmark 90 $py benchmarks/tiled_visual_path.py --device cpu --repeats 1 --warmup 0 --images 1 \
+          --json "$out/tiled_visual_path.json"
+      else
+        step tiled_benchmark 120 $py benchmarks/tiled_visual_path.py --full --device cuda --dtype bfloat16 \
+          --warmup 1 --repeats 5 --vit-views 10 --json "$out/tiled_visual_path.json"
+      fi ;;
+    visual_path)
+      step visual_path 200 $py benchmarks/visual_path.py --device cuda --dtype bfloat16 --repeats 5 --json "$out/visual_path.json" ;;
+    quickstart)
+      step quickstart 240 $py -m ovis quickstart --out /tmp/ovis-qs-gpu --easy-steps 300 --stage3-steps 1500 --no-progress ;;
+    cuda_checks)
+      step cuda_checks 180 $py benchmarks/cuda_checks.py --model /tmp/ovis-qs-gpu/stage3/final --data /tmp/ovis-qs-gpu/data --zero3 /tmp/ovis-zero3 ;;
+    generation_speed)
+      step generation_speed 120 $py benchmarks/generation_speed.py ;;
+    vllm)
+      if [ "$vllm_mode" = install ] && ! $py -c "import vllm" 2>/dev/null; then
+        # shellcheck disable=SC2086  # OVIS_VLLM_PIP may hold several pip arguments (e.g. --find-links DIR vllm)
+        step vllm_install 300 $py -m pip install ${OVIS_VLLM_PIP:-vllm}
+      fi
+      step vllm 240 $py benchmarks/cuda_checks.py --device $dev --vllm "$out/vllm" --ready-timeout 180 ;;
+    *) echo "=== $s: unknown step (tiled visual_path quickstart cuda_checks generation_speed vllm)"
+       summary+=("$s: unknown step") ;;
+  esac
+done
+
+{
+  echo "=== summary ($((SECONDS - start)) s of a ${budget}s budget$([ $dry = 1 ] && echo ', CPU dry run'))"
+  for line in "${summary[@]}"; do echo "  $line"; done
+  grep -h "^vllm: SKIPPED:" "$out"/vllm.txt 2>/dev/null | sed 's/^/  /'
+} | tee "$out/summary.txt"

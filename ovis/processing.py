@@ -33,6 +33,7 @@ from ovis.interfaces import (
 from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
 from ovis.model.merging import BEGIN_INDICATOR, END_INDICATOR, IGNORE_INDEX, IMAGE_TOKEN_ID
 from ovis.model.ovis2_format import is_hf_ovis2_checkpoint, read_hf_configs, translate_hf_config
+from ovis.model.ovis2_release_format import is_release_checkpoint, translate_release_config
 from ovis.model.v1_format import (
     ConversionError,
     NotAnOvisCheckpointError,
@@ -299,6 +300,8 @@ class OvisProcessor:
             return load_original_processor(directory)
         if is_hf_ovis2_checkpoint(directory):  # transformers' Ovis2 layout: Ovis2Processor's files
             return load_hf_ovis2_processor(directory)
+        if is_release_checkpoint(directory):  # the AIDC-AI Ovis2 release: CLIPImageProcessor config, tiling by call
+            return load_release_processor(directory)
         path = directory / PREPROCESSOR_FILE
         try:
             config = json.loads(path.read_text())
@@ -389,4 +392,27 @@ def load_hf_ovis2_processor(directory: str | Path, notes: list[str] | None = Non
         max_length=config["multimodal_max_length"],
         tiling=TilingOptions(config["max_partition"], config["covering_threshold"], config["tile_resize"]),
         tokens_per_tile=translation.tokens_per_tile,
+    )
+
+
+def load_release_processor(directory: str | Path, notes: list[str] | None = None) -> OvisProcessor:
+    """The ``OvisProcessor`` of an AIDC-AI Ovis2 release directory: its tokenizer, its CLIPImageProcessor
+    settings as the ``pad`` tiles the release cuts, the chat format of ``conversation_formatter_class``."""
+    directory = Path(directory)
+    notes = [] if notes is None else notes
+    translation = translate_release_config(read_config(directory), read_preprocessor(directory))
+    tokenizer = _checkpoint_tokenizer(directory)
+    _settle_pad_token(tokenizer, notes)
+    config = translation.config
+    spec = translation.vision_spec
+    side = spec.image_size // spec.patch_size
+    tokens = (-(-side // config["hidden_stride"])) ** 2
+    return OvisProcessor(
+        tokenizer=tokenizer,
+        image_processor=ImageProcessor(spec.preprocess),
+        chat_format=get_host().chat_format(translation.chat_format),
+        num_image_tokens=tokens + 2,
+        max_length=config["multimodal_max_length"],
+        tiling=TilingOptions(config["max_partition"], config["covering_threshold"], config["tile_resize"]),
+        tokens_per_tile=tokens,
     )

@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, Ovis2Config, Ovis2ForConditionalGeneration
+from transformers import Aimv2VisionConfig, AutoTokenizer, Ovis2Config, Ovis2ForConditionalGeneration
 from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
 from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
 
 import ovis
 from ovis.cli import main
-from ovis.interop import UnsupportedError, checkpoint_format, convert, load_hf_ovis2
+from ovis.interop import UnsupportedError, checkpoint_format, convert, load_hf_ovis2, save_hf_ovis2
 from ovis.model import OvisForCausalLM
 from ovis.model.merging import IMAGE_TOKEN_ID, INDICATOR_IDS
 from ovis.model.ovis2_format import IMAGE_ATOM_TOKEN, IMAGE_MARKER_TOKEN, INDICATOR_TOKENS
@@ -349,9 +349,8 @@ def test_hf_ovis2_ovis_hf_ovis2_round_trip_is_bit_exact(hf_dir, tmp_path):
 )
 def test_what_hf_ovis2_cannot_express_is_refused_with_the_reason(tmp_path, kwargs, reason):
     model, processor = ovis.compose(visual_vocab_size=V, **kwargs)
-    ovis.save(model, processor, tmp_path / "src")
     with pytest.raises(UnsupportedError, match=reason):
-        convert(tmp_path / "src", tmp_path / "out", to="hf-ovis2")
+        save_hf_ovis2(model, processor, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -397,3 +396,191 @@ def test_from_hf_ovis2_refuses_another_format_and_bad_configs(hf_dir, normed_ovi
         with pytest.raises(ConversionError, match=reason):
             ovis.load(bad)
     assert main(["convert", str(bad), "--from", "hf-ovis2", "--out", str(tmp_path / "y")]) == 2
+
+
+# -- the AIDC-AI Ovis2 release layout ("ovis2") -----------------------------------------------------------
+# Hand-built: tensors under the release's names (Apple's AIMv2 modules: preprocessor.patchifier, fused
+# trunk.blocks.N.attn.qkv, mlp.fc1/fc2/fc3), its config.json fields, a CLIPImageProcessor config. The
+# reference below is the release's AIMv2 forward spelled out (features: the last block's output).
+
+D, MLP, LAYERS, HEADS = 64, 176, 2, 4
+RELEASE_TOKENIZER = {"model_type": "aimv2_visual_tokenizer", "vocab_size": V, "tokenize_function": "softmax",
+                     "tau": 1.0, "depths": None, "drop_cls_token": False, "hidden_stride": STRIDE}  # fmt: skip
+RELEASE_AIMV2 = {"model_type": "aimv2", "hidden_size": D, "intermediate_size": MLP, "num_hidden_layers": LAYERS,
+                 "num_attention_heads": HEADS, "num_channels": 3, "image_size": SIDE, "patch_size": PATCH,
+                 "rms_norm_eps": 1e-5, "attention_dropout": 0.0, "projection_dropout": 0.0, "qkv_bias": False,
+                 "use_bias": False}  # fmt: skip
+
+
+def _release_tensors(llm_state: dict, hidden: int, seed: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.05):
+        return torch.randn(*shape, generator=g) * scale
+
+    prefix = "visual_tokenizer.backbone."
+    state = {
+        prefix + "preprocessor.patchifier.proj.weight": rand(D, 3, PATCH, PATCH),
+        prefix + "preprocessor.patchifier.proj.bias": rand(D),
+        prefix + "preprocessor.patchifier.norm.weight": 1 + rand(D),
+        prefix + "preprocessor.pos_embed": rand(1, (SIDE // PATCH) ** 2, D),
+        prefix + "trunk.post_trunk_norm.weight": 1 + rand(D),
+        "visual_tokenizer.head.0.weight": rand(V - 5, D * STRIDE * STRIDE),
+        "visual_tokenizer.head.1.weight": 1 + rand(V - 5),
+        "visual_tokenizer.head.1.bias": rand(V - 5),
+        "vte.weight": rand(V, hidden, scale=1.0),
+    }
+    for i in range(LAYERS):
+        block = f"{prefix}trunk.blocks.{i}."
+        state |= {
+            block + "attn.qkv.weight": rand(3 * D, D),
+            block + "attn.proj.weight": rand(D, D),
+            block + "norm_1.weight": 1 + rand(D),
+            block + "norm_2.weight": 1 + rand(D),
+            block + "mlp.fc1.weight": rand(MLP, D),
+            block + "mlp.fc2.weight": rand(D, MLP),
+            block + "mlp.fc3.weight": rand(MLP, D),
+        }
+    return state | {"llm." + k: v.clone() for k, v in llm_state.items()}
+
+
+def _rms(x, weight, eps=1e-5):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _release_features(state: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """The release's AIMv2 trunk: patchify, RMSNorm, + pos_embed; blocks of fused-qkv attention and
+    SwiGLU (silu(fc1) * fc3 -> fc2); the last block's output, post_trunk_norm not applied."""
+    p = "visual_tokenizer.backbone."
+    x = torch.nn.functional.conv2d(pixels, state[p + "preprocessor.patchifier.proj.weight"],
+                                   state[p + "preprocessor.patchifier.proj.bias"], stride=PATCH)  # fmt: skip
+    x = _rms(x.flatten(2).transpose(1, 2), state[p + "preprocessor.patchifier.norm.weight"])
+    x = x + state[p + "preprocessor.pos_embed"]
+    batch, n, _ = x.shape
+    for i in range(LAYERS):
+        b = f"{p}trunk.blocks.{i}."
+        h = _rms(x, state[b + "norm_1.weight"])
+        qkv = (h @ state[b + "attn.qkv.weight"].T).reshape(batch, n, 3, HEADS, D // HEADS).permute(2, 0, 3, 1, 4)
+        attn = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + attn.transpose(1, 2).reshape(batch, n, D) @ state[b + "attn.proj.weight"].T
+        h = _rms(x, state[b + "norm_2.weight"])
+        gate = torch.nn.functional.silu(h @ state[b + "mlp.fc1.weight"].T) * (h @ state[b + "mlp.fc3.weight"].T)
+        x = x + gate @ state[b + "mlp.fc2.weight"].T
+    return x
+
+
+@pytest.fixture(scope="module")
+def chatml_composed():
+    """aimv2-tiny + qwen1.5-tiny: chat format chatml, whose release formatter is QwenConversationFormatter."""
+    torch.manual_seed(0)
+    return ovis.compose(vit="aimv2-tiny", llm="qwen1.5-tiny", max_partition=4, hidden_stride=STRIDE,
+                        visual_vocab_size=V)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def release_dir(tmp_path_factory, chatml_composed):
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model, processor = chatml_composed
+    directory = tmp_path_factory.mktemp("ovis2-release")
+    llm_config = model.config.llm_config
+    torch.manual_seed(6)
+    llm = AutoModelForCausalLM.from_config(llm_config)
+    state = _release_tensors(llm.state_dict(), llm_config.hidden_size)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    config = {
+        "architectures": ["Ovis"], "model_type": "ovis",
+        "auto_map": {"AutoConfig": "configuration_ovis.OvisConfig", "AutoModelForCausalLM": "modeling_ovis.Ovis"},
+        "conversation_formatter_class": "QwenConversationFormatter", "hidden_size": llm_config.hidden_size,
+        "multimodal_max_length": 32768, "llm_config": llm_config.to_dict(),
+        "visual_tokenizer_config": {**RELEASE_TOKENIZER, "backbone_config": RELEASE_AIMV2},
+    }  # fmt: skip
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": SIDE, "width": SIDE},
+        "size": {"shortest_edge": SIDE}, "do_center_crop": False, "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }))  # fmt: skip
+    processor.tokenizer.save_pretrained(directory)
+    return directory, state
+
+
+def test_an_ovis2_release_directory_reads_with_the_release_features(release_dir):
+    directory, state = release_dir
+    assert checkpoint_format(directory) == "ovis2"
+    model, processor = ovis.load(directory)
+    config = model.config
+    assert (config.image_layout, config.hidden_stride, config.max_partition, config.tile_resize) == (
+        "tiled",
+        STRIDE,
+        9,
+        "pad",
+    )
+    assert processor.chat_format.name == "chatml" and processor.tokens_per_tile == TOKENS_PER_VIEW
+    pixels = processor.tiler(_image(150, 70)).pixel_values
+    with torch.no_grad():
+        got = model.backbone(pixels)
+    torch.testing.assert_close(got, _release_features(state, pixels), atol=1e-5, rtol=0)
+    assert torch.equal(model.vte.weight, state["vte.weight"])
+    assert torch.equal(model.visual_tokenizer.head[0].weight, state["visual_tokenizer.head.0.weight"])
+    assert torch.equal(model.llm.lm_head.weight, state["llm.lm_head.weight"])
+
+
+def test_ovis2_release_ovis_ovis2_release_round_trip_is_bit_exact(release_dir, tmp_path):
+    directory, state = release_dir
+    assert main(["convert", str(directory), "--from", "ovis2", "--out", str(tmp_path / "ovis")]) == 0
+    assert checkpoint_format(tmp_path / "ovis") == "ovis"
+    assert main(["convert", str(tmp_path / "ovis"), "--to", "ovis2", "--out", str(tmp_path / "back")]) == 0
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    first = json.loads((directory / "config.json").read_text())
+    again = json.loads((tmp_path / "back" / "config.json").read_text())
+    for key in ("architectures", "model_type", "auto_map", "conversation_formatter_class", "hidden_size",
+                "multimodal_max_length"):  # fmt: skip
+        assert again[key] == first[key], key
+    assert again["visual_tokenizer_config"]["backbone_config"] == RELEASE_AIMV2
+    assert {k: again["visual_tokenizer_config"][k] for k in RELEASE_TOKENIZER} == RELEASE_TOKENIZER
+
+
+def test_ovis_ovis2_release_ovis_round_trip_is_bit_exact(chatml_composed, tmp_path):
+    model, processor = chatml_composed
+    _perturb(model, 7)
+    ovis.save(model, processor, tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "release", to="ovis2")
+    assert checkpoint_format(tmp_path / "release") == "ovis2"
+    convert(tmp_path / "release", tmp_path / "back", to="ovis", from_format="ovis2")
+    first, first_processor = ovis.load(tmp_path / "src")
+    back, back_processor = ovis.load(tmp_path / "back")
+    a, b = first.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("image_layout", "hidden_stride", "max_partition", "covering_threshold", "tile_resize",
+                 "visual_vocab_size", "tokenize_function", "tau", "multimodal_max_length", "chat_format"):  # fmt: skip
+        assert getattr(first.config, name) == getattr(back.config, name), name
+    assert back_processor.tiling == first_processor.tiling
+    # the same AIMv2 (the preset leaves transformers' defaults out; the release writes every field)
+    built = [Aimv2VisionConfig(**m.config.vision_spec["architecture"]).to_dict() for m in (first, back)]
+    assert built[0] == built[1]
+
+
+def test_what_the_ovis2_release_cannot_express_is_refused(release_dir, hf_dir, composed, tmp_path):
+    from ovis.interop import save_release
+
+    directory, _ = release_dir
+    model, processor = ovis.load(hf_dir[0])  # applies AIMv2's final norm
+    with pytest.raises(UnsupportedError, match="applies the final norm"):
+        save_release(model, processor, tmp_path / "a")
+    with pytest.raises(UnsupportedError, match="chat format 'qwen2.5' has no release"):
+        save_release(*composed, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    siglip = tmp_path / "siglip"
+    siglip.mkdir()
+    for path in directory.iterdir():
+        (siglip / path.name).write_bytes(path.read_bytes())
+    config = json.loads((directory / "config.json").read_text())
+    config["visual_tokenizer_config"]["model_type"] = "siglip_visual_tokenizer"
+    (siglip / "config.json").write_text(json.dumps(config))
+    assert checkpoint_format(siglip) == "ovis2"
+    with pytest.raises(UnsupportedError, match="SigLIP tokenizer is not converted yet"):
+        ovis.load(siglip)

@@ -16,6 +16,8 @@ native Ovis2 layout (hf-ovis2: Ovis2ForConditionalGeneration, the converted *-hf
   --to original SRC     read an ovis model (or a v1 checkpoint), write the v1 layout
   --from hf-ovis2 SRC   read a transformers Ovis2 checkpoint, write an ovis model directory
   --to hf-ovis2 SRC     read an ovis model (or a v1 / hf-ovis2 checkpoint), write the hf-ovis2 layout
+  --from ovis2 SRC      read an AIDC-AI Ovis2 release checkpoint (AIDC-AI/Ovis2-*), write an ovis model
+  --to ovis2 SRC        read an ovis model (or an hf-ovis2 / ovis2 checkpoint), write the release layout
 
 The v1 layout: config.json (model_type "ovis", architectures ["Ovis"], auto_map, llm_config,
 visual_tokenizer_config of model_type "clip_visual_tokenizer" with a clip_vision_model
@@ -43,8 +45,18 @@ covering threshold, chat format, tau, max length) is kept in config.json under "
 ovis -> hf-ovis2 -> ovis round trip is exact; a checkpoint without it reads as transformers'
 processor works (tile_resize canvas) with the chat format assumed for its LLM (qwen2: chatml).
 
-OvisForCausalLM.from_pretrained / ovis.load / OvisProcessor.from_pretrained also read a v1 or an
-hf-ovis2 directory directly (converted on load, with a warning listing what was mapped).
+The Ovis2 release layout (remote-code "Ovis", what the Ovis2 model cards and vLLM's Ovis support
+load): config.json like v1's but with a visual_tokenizer_config of model_type
+"aimv2_visual_tokenizer" (hidden_stride, an "aimv2" backbone_config), safetensors weights whose
+AIMv2 trunk uses Apple's names (preprocessor.patchifier, trunk.blocks.N.attn.qkv fused, mlp.fc1 /
+fc2 / fc3, post_trunk_norm), a CLIPImageProcessor config. Features are taken before AIMv2's final
+norm, as ovis's AIMv2 presets do; the chat format maps to conversation_formatter_class (chatml <->
+QwenConversationFormatter). Tiling (max_partition, default 9) is not part of the release's
+checkpoint; ovis keeps its own under "ovis" in config.json. Ovis 1.6's siglip_visual_tokenizer is
+recognised and refused.
+
+OvisForCausalLM.from_pretrained / ovis.load / OvisProcessor.from_pretrained also read a v1, an
+hf-ovis2 or an Ovis2 release directory directly (converted on load, with a warning listing what was mapped).
 
 Errors name the problem: a directory that is neither format, a missing shard, a tensor whose
 shape does not match the config, an unknown conversation_formatter_class. DST is written to a
@@ -65,14 +77,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     direction.add_argument(
         "--from",
         dest="from_format",
-        choices=["original", "hf-ovis2"],
-        help="SRC is an original Ovis v1 / a transformers Ovis2 checkpoint; write an ovis model",
+        choices=["original", "hf-ovis2", "ovis2"],
+        help="SRC is an original Ovis v1 / a transformers Ovis2 / an AIDC-AI Ovis2 release checkpoint; "
+        "write an ovis model",
     )
     direction.add_argument(
         "--to",
         dest="to_format",
-        choices=["original", "hf-ovis2"],
-        help="write the original Ovis v1 format / transformers' Ovis2 layout",
+        choices=["original", "hf-ovis2", "ovis2"],
+        help="write the original Ovis v1 format / transformers' Ovis2 layout / the AIDC-AI Ovis2 release layout",
     )
     p.add_argument(
         "--dtype",
@@ -109,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
     from ovis.interop import convert
 
     to_original = args.to_format == "original"
-    if not to_original and (args.safetensors or args.code_from):
-        raise UsageError("--safetensors and --code-from apply to --to original only")
+    if not to_original and args.safetensors:
+        raise UsageError("--safetensors applies to --to original only (the others always write safetensors)")
+    if args.code_from and args.to_format not in ("original", "ovis2"):
+        raise UsageError("--code-from applies to --to original and --to ovis2 only")
     if args.to_format is None and args.max_shard_size != "5GB":
-        raise UsageError("--max-shard-size applies to --to original and --to hf-ovis2 only")
+        raise UsageError("--max-shard-size applies to --to original, hf-ovis2 and ovis2 only")
     if args.keep_unnormalised and args.to_format != "hf-ovis2":
         raise UsageError("--keep-unnormalised applies to --to hf-ovis2 only")
     report = convert(
@@ -127,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
         code_from=args.code_from,
         keep_unnormalised=args.keep_unnormalised,
     )
-    target = {"original": "the original Ovis v1 format", "hf-ovis2": "transformers' Ovis2 layout (hf-ovis2)"}.get(
-        args.to_format, "ovis format"
-    )
+    target = {
+        "original": "the original Ovis v1 format",
+        "hf-ovis2": "transformers' Ovis2 layout (hf-ovis2)",
+        "ovis2": "the AIDC-AI Ovis2 release layout",
+    }.get(args.to_format, "ovis format")
     if args.json:
         print(
             json.dumps(

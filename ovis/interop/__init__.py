@@ -6,6 +6,8 @@
   ``OvisForCausalLM.from_pretrained`` / ``ovis.load`` read v1 directories directly.
 * :mod:`ovis.interop.hf_ovis2`: transformers' native Ovis2 layout (``Ovis2ForConditionalGeneration``,
   "hf-ovis2"): load, write; reading it is :mod:`ovis.model.ovis2_format`'s.
+* :mod:`ovis.interop.ovis2_release`: the AIDC-AI Ovis2 release layout ("ovis2"): load, write; reading
+  it is :mod:`ovis.model.ovis2_release_format`'s.
 * :func:`convert` (:mod:`ovis.interop.conversion`) converts between all of them.
 * One CLIP ViT's weights in the transformers, open_clip and timm layouts, converted between each
   other: :mod:`ovis.model.vit_layouts`, re-exported here.
@@ -26,7 +28,9 @@ from ovis.interop.original import (
     load_original,
     save_original,
 )
+from ovis.interop.ovis2_release import load_release, save_release
 from ovis.model.ovis2_format import is_hf_ovis2_checkpoint
+from ovis.model.ovis2_release_format import is_release_checkpoint
 from ovis.model.vit_layouts import (
     LAYOUTS,
     ViTLayoutError,
@@ -52,9 +56,12 @@ __all__ = [
     "convert_vit_state_dict",
     "is_hf_ovis2_checkpoint",
     "is_original_checkpoint",
+    "is_release_checkpoint",
     "load_hf_ovis2",
     "load_original",
+    "load_release",
     "load_vit_state_dict",
     "save_hf_ovis2",
     "save_original",
+    "save_release",
 ]

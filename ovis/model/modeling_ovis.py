@@ -29,6 +29,12 @@ from ovis.model.ovis2_format import (
     state_from_hf,
     translate_hf_config,
 )
+from ovis.model.ovis2_release_format import (
+    ReleaseCheckpoint,
+    is_release_checkpoint,
+    state_from_release,
+    translate_release_config,
+)
 from ovis.model.v1_format import (
     ConversionError,
     checkpoint_format,
@@ -125,11 +131,13 @@ class OvisForCausalLM(OvisPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
-        """Load an ovis model directory, an original Ovis v1 checkpoint directory or a transformers Ovis2
-        (hf-ovis2) directory (their config is translated and their weights checked on load; a warning
-        lists what was mapped)."""
-        if kwargs.get("state_dict") is None and is_hf_ovis2_checkpoint(pretrained_model_name_or_path):
-            checkpoint = read_hf_ovis2(pretrained_model_name_or_path)
+        """Load an ovis model directory, an original Ovis v1 checkpoint directory, a transformers Ovis2
+        (hf-ovis2) directory or an AIDC-AI Ovis2 release directory (their config is translated and their
+        weights checked on load; a warning lists what was mapped)."""
+        path = pretrained_model_name_or_path
+        if kwargs.get("state_dict") is None and (is_hf_ovis2_checkpoint(path) or is_release_checkpoint(path)):
+            read = read_hf_ovis2 if is_hf_ovis2_checkpoint(path) else read_release
+            checkpoint = read(pretrained_model_name_or_path)
             kwargs.pop("config", None)
             model = super().from_pretrained(
                 None, *model_args, config=checkpoint.config, state_dict=checkpoint.state, **kwargs
@@ -366,3 +374,29 @@ def read_hf_ovis2(directory: str | Path) -> HfOvis2Checkpoint:
         *notes,
     ]
     return HfOvis2Checkpoint(config, state, translation, notes)
+
+
+def read_release(directory: str | Path) -> ReleaseCheckpoint:
+    """Read an AIDC-AI Ovis2 release directory into an ``OvisConfig`` and a state dict under ovis's
+    names (its AIMv2 trunk's fused qkv split), checked against the model that config builds."""
+    directory = Path(directory)
+    if checkpoint_format(directory) != "ovis2":
+        raise ConversionError(f"{directory} is not an AIDC-AI Ovis2 release checkpoint")
+    translation = translate_release_config(read_config(directory), read_preprocessor(directory))
+    config = OvisConfig(**translation.config)
+    state, files = read_state_dict(directory)
+    state = state_from_release(state, str(directory))
+    with torch.device("meta"):
+        skeleton = OvisForCausalLM(config)
+    state, notes = check_state_dict(state, skeleton, str(directory))
+    dtype = state_dtype(state)
+    if dtype is not None:
+        config.dtype = dtype
+    notes = [
+        *translation.notes,
+        f"weights: {len(state)} tensors from {files.describe()}; AIMv2 trunk renamed (preprocessor.patchifier -> "
+        "embeddings, trunk.blocks -> encoder.layers, fused attn.qkv split into q/k/v, mlp.fc1/fc3/fc2 -> "
+        "gate/up/down), the rest unchanged",
+        *notes,
+    ]
+    return ReleaseCheckpoint(config, state, translation, notes)

@@ -102,22 +102,36 @@ def read_config(directory: str | Path) -> dict:
     return read_json(directory / CONFIG_FILE, "the model config")
 
 
+#: ``visual_tokenizer_config.model_type`` of the Ovis 1.6 / Ovis2 releases ("ovis2",
+#: :mod:`ovis.model.ovis2_release_format`), which share v1's top-level fields
+RELEASE_TOKENIZER_TYPES = ("aimv2_visual_tokenizer", "siglip_visual_tokenizer")
+
+
+def _release_tokenizer(config: Mapping[str, Any]) -> bool:
+    vt = config.get("visual_tokenizer_config")
+    return isinstance(vt, Mapping) and vt.get("model_type") in RELEASE_TOKENIZER_TYPES
+
+
 def is_original_config(config: Mapping[str, Any]) -> bool:
-    """A v1 config: ``visual_tokenizer_config`` and no ovis ``vision_spec``."""
+    """A v1 config: ``visual_tokenizer_config`` (not an Ovis2 release's) and no ovis ``vision_spec``."""
     return (
         config.get("model_type", "ovis") == "ovis"
         and config.get("visual_tokenizer_config") is not None
         and not config.get("vision_spec")
+        and not _release_tokenizer(config)
     )
 
 
-def checkpoint_format(directory: str | Path) -> Literal["ovis", "original", "hf-ovis2"]:
-    """``"ovis"``, ``"original"`` or ``"hf-ovis2"`` (transformers' Ovis2 layout, read by
-    :mod:`ovis.model.ovis2_format`); anything else is a :class:`NotAnOvisCheckpointError`."""
+def checkpoint_format(directory: str | Path) -> Literal["ovis", "original", "hf-ovis2", "ovis2"]:
+    """``"ovis"``, ``"original"``, ``"hf-ovis2"`` (transformers' Ovis2 layout, read by
+    :mod:`ovis.model.ovis2_format`) or ``"ovis2"`` (the AIDC-AI Ovis2 release layout,
+    :mod:`ovis.model.ovis2_release_format`); anything else is a :class:`NotAnOvisCheckpointError`."""
     return config_format(read_config(directory), directory)
 
 
-def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["ovis", "original", "hf-ovis2"]:
+def config_format(
+    config: Mapping[str, Any], directory: str | Path
+) -> Literal["ovis", "original", "hf-ovis2", "ovis2"]:
     """:func:`checkpoint_format` of a ``config.json`` already read from ``directory``."""
     if config.get("model_type") == "ovis2":
         return "hf-ovis2"
@@ -126,6 +140,8 @@ def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["
             return "ovis"
         if is_original_config(config):
             return "original"
+        if not config.get("vision_spec") and _release_tokenizer(config):
+            return "ovis2"
     found = config.get("model_type")
     raise NotAnOvisCheckpointError(
         f"{directory}: neither an ovis model (config.json with model_type 'ovis' and a vision_spec) nor an "

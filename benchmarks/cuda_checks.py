@@ -134,10 +134,10 @@ def zero3_training(root: str) -> None:
 TILED = {"vit": "aimv2-tiny", "llm": "qwen2.5-tiny", "visual_vocab_size": 8192, "max_partition": 9, "hidden_stride": 2}
 
 
-def compose_tiled(out: Path | None = None):
+def compose_tiled(out: Path | None = None, llm: str | None = None):
     import ovis
 
-    return ovis.compose(**TILED, out=out, overwrite=True)
+    return ovis.compose(**{**TILED, "llm": llm or TILED["llm"]}, out=out, overwrite=True)
 
 
 def tiled_visual_path(device: str, dtype: torch.dtype, repeats: int = 5) -> float:
@@ -280,12 +280,12 @@ def serve_and_ask(cmd: list[str], port: int, model: str, log: Path, ready_s: flo
                 os.killpg(server.pid, 9)
 
 
-def vllm_check(workdir: Path, device: str, ready_s: float) -> str:
+def vllm_check(workdir: Path, device: str, ready_s: float, llm: str | None = None) -> str:
     """Compose the tiny tiled model, export it to the Ovis2 layout, serve it with vLLM, ask it."""
     workdir.mkdir(parents=True, exist_ok=True)
     composed, exported = workdir / "tiny-tiled", workdir / "tiny-tiled-ovis2"
-    compose_tiled(composed)
-    print(f"  composed {composed}")
+    compose_tiled(composed, llm)
+    print(f"  composed {composed} ({TILED['vit']} + {llm or TILED['llm']})")
     why = convert_to_ovis2_available()
     if why is None:
         cmd = [
@@ -333,15 +333,16 @@ def vllm_check(workdir: Path, device: str, ready_s: float) -> str:
         reasons.append("vllm is not importable (gpu_checks.sh installs it with OVIS_GPU_VLLM=install)")
     skipped = "vllm: SKIPPED: " + "; ".join(reasons)
     print(f"  {skipped}")
-    if device == "cpu":  # the dry run: the same client code against ovis serve on the composed model
+    if device == "cpu":  # the dry run: the same client code against ovis serve (on the export, when made)
         port = free_port()
+        target = exported if why is None else composed
         cmd = [
             sys.executable,
             "-m",
             "ovis",
             "serve",
             "--model",
-            str(composed),
+            str(target),
             "--port",
             str(port),
             "--no-ui",
@@ -353,7 +354,7 @@ def vllm_check(workdir: Path, device: str, ready_s: float) -> str:
             "tiny-tiled",
         ]
         serve_and_ask(cmd, port, "tiny-tiled", workdir / "ovis-serve.log", ready_s)
-        print("  dry run: the client code asked ovis serve (CPU) the same question")
+        print(f"  dry run: the client code asked ovis serve (CPU) on {target} the same question")
     return skipped
 
 
@@ -365,6 +366,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu: the --tiled/--vllm dry run")
     parser.add_argument("--tiled", action="store_true", help="only the tiled-layout checks (lean vs naive)")
     parser.add_argument("--vllm", default=None, metavar="WORKDIR", help="only: export, vllm serve, ask")
+    parser.add_argument("--vllm-llm", default=None, help=f"the tiny LLM of the --vllm model (default {TILED['llm']})")
     parser.add_argument("--ready-timeout", type=float, default=240, help="seconds a server may take to start")
     opts = parser.parse_args()
     where = torch.cuda.get_device_name() if opts.device.startswith("cuda") else "the CPU (dry run)"
@@ -375,7 +377,7 @@ def main() -> None:
                 # On the CPU (the dry run) one timed round is enough: the figures there mean little.
                 tiled_visual_path(opts.device, dtype, repeats=1 if opts.device == "cpu" else 5)
         if opts.vllm:
-            print(vllm_check(Path(opts.vllm), opts.device, opts.ready_timeout))
+            print(vllm_check(Path(opts.vllm), opts.device, opts.ready_timeout, opts.vllm_llm))
         return
     worst32 = visual_path(torch.float32)
     worst16 = visual_path(torch.bfloat16)

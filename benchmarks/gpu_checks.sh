@@ -13,7 +13,8 @@
 #                with `python -m ovis convert DIR --to ovis2`, served by `vllm serve` and asked one
 #                question through the openai client; skipped with the reason when the converter
 #                has no --to ovis2 or vllm is not importable. OVIS_GPU_VLLM=install first runs
-#                `pip install ${OVIS_VLLM_PIP:-vllm}` (time-boxed; vLLM stays out of the default install).
+#                `pip install ${OVIS_VLLM_PIP:-vllm}` (time-boxed; vLLM stays out of the default install);
+#                OVIS_VLLM_LLM picks the tiny LLM (default qwen2.5-tiny, Ovis2's family).
 #
 # Usage: benchmarks/gpu_checks.sh [--cpu-dry-run] OUTDIR [STEP ...]
 #   STEPs default to: tiled visual_path quickstart cuda_checks generation_speed (+ vllm, see above).
@@ -93,7 +94,8 @@ for s in "${steps[@]}"; do
         # shellcheck disable=SC2086  # OVIS_VLLM_PIP may hold several pip arguments (e.g. --find-links DIR vllm)
         step vllm_install 300 $py -m pip install ${OVIS_VLLM_PIP:-vllm}
       fi
-      step vllm 240 $py benchmarks/cuda_checks.py --device $dev --vllm "$out/vllm" --ready-timeout 180 ;;
+      step vllm 240 $py benchmarks/cuda_checks.py --device $dev --vllm "$out/vllm" --ready-timeout 180 \
+        --vllm-llm "${OVIS_VLLM_LLM:-qwen2.5-tiny}" ;;
     *) echo "=== $s: unknown step (tiled visual_path quickstart cuda_checks generation_speed vllm)"
        summary+=("$s: unknown step") ;;
   esac

@@ -302,7 +302,9 @@ def vllm_check(workdir: Path, device: str, ready_s: float, llm: str | None = Non
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
+            reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"vllm: FAILED: `ovis convert --to ovis2` exited {proc.returncode}: {reason}")
+            raise SystemExit(1)
         print(f"  exported to the Ovis2 layout: {exported}")
     have_vllm = importlib.util.find_spec("vllm") is not None
     if why is None and have_vllm:

@@ -104,5 +104,5 @@ done
 {
   echo "=== summary ($((SECONDS - start)) s of a ${budget}s budget$([ $dry = 1 ] && echo ', CPU dry run'))"
   for line in "${summary[@]}"; do echo "  $line"; done
-  grep -h "^vllm: SKIPPED:" "$out"/vllm.txt 2>/dev/null | sed 's/^/  /'
+  grep -hE "^vllm: (SKIPPED|FAILED):" "$out"/vllm.txt 2>/dev/null | sed 's/^/  /'
 } | tee "$out/summary.txt"

@@ -118,6 +118,8 @@ def test_rows_stop_on_their_own_and_then_get_pad_tokens(runner):
     assert stopped[1] == free[1] and stopped[3] == free[3]
     # When every row is done the loop ends before max_new_tokens.
     assert _decode(runner, [0], eos_ids=set(), on_step=lambda tokens: [True]).shape == (1, 1)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1; got 0"):
+        _decode(runner, [0], max_new_tokens=0)
 
 
 def test_what_the_loop_leaves_to_generate(runner, monkeypatch):

@@ -112,6 +112,8 @@ def decode(
     ``pad_token_id`` after a row's end, as ``generate`` returns them. Call under ``torch.inference_mode``
     and seed the global generator first for reproducible sampling.
     """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
     batch, length = inputs_embeds.shape[:2]
     device = inputs_embeds.device
     mask = attention_mask.to(device)

@@ -25,7 +25,9 @@ and once for ``--new-tokens``; decode ms/token is the difference over ``--new-to
 in turn, ``--repeats`` times after a warm-up; figures are the best of the repeats. Ratios are against
 ``original-style`` at batch 1 and ``hf-text`` at larger batches. One torch thread by default
 (``--threads``), float32 on a CPU, timed in that thread's CPU time (other processes' load barely
-moves it); with more threads or on a GPU, in wall time.
+moves it); with more threads or on a GPU, in wall time. "Outside forward" is each step's time
+outside the LLM's forward call (the loop's own Python); on a GPU, where the forward returns before
+its kernels finish, it also holds the wait for them.
 
     python benchmarks/generation_speed.py                 # embedded default + a larger config
     python benchmarks/generation_speed.py --configs default --batches 1 --new-tokens 64 --repeats 9

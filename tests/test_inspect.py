@@ -442,3 +442,24 @@ def test_help_stays_light():
     code = "import sys; from ovis.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_view_maps_invert_every_resize_and_the_canvas_tiles():
+    from ovis.inspect.layout import token_boxes, token_square_boxes, view_maps
+
+    squares = token_square_boxes(64, 16, 1)
+    # crop: a 128 x 64 image keeps its middle 64 px square
+    boxes, _ = token_boxes(view_maps((128, 64), 64, "crop", None), squares)
+    assert boxes[0].tolist() == [32.0, 0.0, 48.0, 16.0] and boxes[15].tolist() == [80.0, 48.0, 96.0, 64.0]
+    # squash: the whole image, 32 x 16 px per patch
+    boxes, _ = token_boxes(view_maps((128, 64), 64, "squash", None), squares)
+    assert boxes[5].tolist() == [32.0, 16.0, 64.0, 32.0]
+    # canvas tiles (1 x 2 grid): each tile its half, the global view the whole image squashed
+    boxes, views = token_boxes(view_maps((256, 64), 64, "pad", (1, 2), tile_resize="canvas"), squares)
+    assert views.tolist() == [0] * 16 + [1] * 16 + [2] * 16
+    assert boxes[0].tolist() == [0.0, 0.0, 64.0, 16.0]  # global: 256 / 4 px per patch across
+    # canvas 128 x 64 from 256 x 64: 2 image px per canvas px across, 1 down
+    assert boxes[16].tolist() == [0.0, 0.0, 32.0, 16.0] and boxes[32].tolist() == [128.0, 0.0, 160.0, 16.0]
+    # merged 3 x 3 over a 4 x 4 grid: the last block row and column hold one patch
+    merged = token_square_boxes(64, 16, 3)
+    assert merged == [(0, 0, 48, 48), (48, 0, 64, 48), (0, 48, 48, 64), (48, 48, 64, 64)]

@@ -9,7 +9,7 @@ level), and linear-probe accuracies on the word probabilities and on the raw ViT
 trained model's MI with colour is printed as a ratio to the random-init model's.
 
     python benchmarks/inspect_meaning.py                                  # runs/quickstart
-    python benchmarks/inspect_meaning.py --run runs/final --images 300
+    python benchmarks/inspect_meaning.py --run runs/final --images 300 --chart stages.png
     python benchmarks/inspect_meaning.py --model random=DIR --model trained=DIR2 --json out.json
 
 **Speed** (``--speed``): ``ovis.inspect.word_stats`` (top-k, entropy, chunked) against
@@ -53,7 +53,7 @@ def meaning(args: argparse.Namespace) -> dict:
     import torch
 
     from ovis.composer import load
-    from ovis.inspect import measure_meaning, vocab_usage
+    from ovis.inspect import draw, vocabulary_figures
     from ovis.inspect.meaning import synthetic_scenes
 
     torch.set_num_threads(args.threads)
@@ -65,33 +65,31 @@ def meaning(args: argparse.Namespace) -> dict:
         if scenes is None:
             scenes = synthetic_scenes(args.images, processor.image_processor.image_size, args.seed)
         start = time.perf_counter()
-        usage = vocab_usage(model, processor, [image for image, _ in scenes]).summary()
-        report = measure_meaning(model, processor, scenes, seed=args.seed).to_dict()
         rows[label] = {
             "model": str(directory),
-            "usage": usage,
-            "meaning": report["by_kind"],
-            "seconds": round(time.perf_counter() - start, 1),
+            **vocabulary_figures(model, processor, scenes, seed=args.seed, probe=True),
         }
+        rows[label]["seconds"] = round(time.perf_counter() - start, 1)
         print(_line(label, rows[label]), flush=True)
     base = next(iter(rows))
     for label, row in rows.items():
         if label != base:
-            ratio = row["meaning"]["colour"]["mi_bits"] / max(rows[base]["meaning"]["colour"]["mi_bits"], 1e-12)
+            ratio = row["mi_colour_bits"] / max(rows[base]["mi_colour_bits"], 1e-12)
             print(f"MI with colour, {label} / {base}: {ratio:.2f}x")
+    if args.chart:
+        draw.figures_by_stage(rows, args.chart, title=f"visual vocabulary over {args.images} synthetic scenes")
+        print(f"chart: {args.chart}")
     return {"images": args.images, "seed": args.seed, "threads": args.threads, "models": rows}
 
 
 def _line(label: str, row: dict) -> str:
-    u, c, s = row["usage"], row["meaning"]["colour"], row["meaning"]["shape"]
     return (
-        f"{label:>12}: words used {u['words_used']:4d}/{u['vocab_size']} (perplexity {u['usage_perplexity']:7.1f}), "
-        f"entropy {u['mean_token_entropy']:.2f} nats | colour MI {c['mi_bits']:.3f} bits (shuffled "
-        f"{c['mi_shuffled_bits']:.3f}, H {c['label_entropy_bits']:.2f}), probe words "
-        f"{c['probe_accuracy_word_probs']:.1%} / ViT {c['probe_accuracy_vit_features']:.1%} | "
-        f"shape MI {s['mi_bits']:.3f} (shuffled "
-        f"{s['mi_shuffled_bits']:.3f}), probe words {s['probe_accuracy_word_probs']:.1%} / ViT "
-        f"{s['probe_accuracy_vit_features']:.1%}"
+        f"{label:>12}: words used {row['words_used']:4d}/{row['vocab_size']} (perplexity "
+        f"{row['usage_perplexity']:7.1f}), entropy {row['mean_token_entropy']:.2f} nats | colour MI "
+        f"{row['mi_colour_bits']:.3f} bits (shuffled {row['mi_colour_shuffled_bits']:.3f}), probe words "
+        f"{row['colour_probe_accuracy_word_probs']:.1%} / ViT {row['colour_probe_accuracy_vit_features']:.1%} | "
+        f"shape MI {row['mi_shape_bits']:.3f} (shuffled {row['mi_shape_shuffled_bits']:.3f}), probe words "
+        f"{row['shape_probe_accuracy_word_probs']:.1%} / ViT {row['shape_probe_accuracy_vit_features']:.1%}"
     )
 
 
@@ -154,6 +152,7 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=576)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--chart", help="meaning: also draw the figures per model (PNG), e.g. across stages")
     args = parser.parse_args()
     result = speed(args) if args.speed else meaning(args)
     if args.json:

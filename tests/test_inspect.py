@@ -463,3 +463,21 @@ def test_view_maps_invert_every_resize_and_the_canvas_tiles():
     # merged 3 x 3 over a 4 x 4 grid: the last block row and column hold one patch
     merged = token_square_boxes(64, 16, 3)
     assert merged == [(0, 0, 48, 48), (48, 0, 64, 48), (0, 48, 48, 64), (48, 48, 64, 64)]
+
+
+def test_vocabulary_figures_and_their_chart(v1_model, tmp_path):
+    from ovis.inspect import FIGURES, draw, vocabulary_figures
+
+    model, processor = v1_model
+    scenes = [(_blocks(PATTERN, 16), [Thing("circle", "red", 0), Thing("square", "green", 1)])]
+    scenes.append((_blocks([["red"] * 4] * 4, 16), [Thing("circle", "red", 0)]))
+    figures = vocabulary_figures(model, processor, scenes)
+    assert set(FIGURES) <= set(figures) and figures["images"] == 2 and figures["vocab_size"] == V - 2
+    assert figures["words_used"] == 7  # the pattern's seven colours
+    # labels come from the scenes' objects (red and green; the other colours are no object, so
+    # background); each word names one label: MI = H(label) over the 32 tokens
+    colours = [n if n in ("red", "green") else "background" for row in PATTERN for n in row] + ["red"] * 16
+    assert figures["mi_colour_bits"] == pytest.approx(entropy_bits(colours), abs=1e-6)
+    assert "colour_probe_accuracy_word_probs" not in figures  # probes only when asked
+    chart = draw.figures_by_stage({"a": figures, "b": figures}, tmp_path / "stages.png")
+    assert chart.stat().st_size > 10_000

@@ -146,6 +146,42 @@ def usage_histogram(usage: VocabUsage, path: str | Path, *, title: str | None = 
     return path
 
 
+def figures_by_stage(figures: dict[str, dict], path: str | Path, *, title: str | None = None) -> Path:
+    """Words used, mean token entropy and MI with colour / shape against the stages (or any ordered
+    labels) of ``{label: ovis.inspect.figures.vocabulary_figures(...)}``: the vocabulary organising
+    itself over training."""
+    plt = _pyplot()
+    labels = list(figures)
+    x = list(range(len(labels)))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
+    left.plot(x, [figures[k]["words_used"] for k in labels], marker="o")
+    left.set_yscale("log")
+    left.set_title("words used as top words")
+    middle.plot(x, [figures[k]["mean_token_entropy"] for k in labels], marker="o", color="#9467bd")
+    middle.set_title("mean token entropy (nats)")
+    for kind, colour in (("colour", "#d62728"), ("shape", "#1f77b4")):
+        right.plot(x, [figures[k][f"mi_{kind}_bits"] for k in labels], marker="o", color=colour, label=kind)
+        right.plot(
+            x,
+            [figures[k][f"mi_{kind}_shuffled_bits"] for k in labels],
+            linestyle=":",
+            color=colour,
+            label=f"{kind}, shuffled labels",
+        )
+    right.set_title("MI of the top word with the label (bits)")
+    right.legend(fontsize=8)
+    for axis in (left, middle, right):
+        axis.set_xticks(x)
+        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def exemplar_sheet(
     usage: VocabUsage,
     images: Sequence[ImageInput],

@@ -9,8 +9,9 @@ from ovis.errors import UsageError
 
 DESCRIPTION = """\
 Convert between ovis model directories, the original Ovis v1 checkpoint format
-(AIDC-AI/Ovis-Clip-Llama3-8B, Ovis-Clip-Qwen1_5-7B, Ovis-Clip-Qwen1_5-14B) and transformers'
-native Ovis2 layout (hf-ovis2: Ovis2ForConditionalGeneration, the converted *-hf checkpoints).
+(AIDC-AI/Ovis-Clip-Llama3-8B, Ovis-Clip-Qwen1_5-7B, Ovis-Clip-Qwen1_5-14B), transformers'
+native Ovis2 layout (hf-ovis2: Ovis2ForConditionalGeneration, the converted *-hf checkpoints) and
+the original AIDC-AI Ovis2 release layout (ovis2: AIDC-AI/Ovis2-1B ... -34B).
 
   --from original SRC   read a v1 checkpoint, write an ovis model directory (safetensors)
   --to original SRC     read an ovis model (or a v1 checkpoint), write the v1 layout
@@ -56,7 +57,8 @@ checkpoint; ovis keeps its own under "ovis" in config.json. Ovis 1.6's siglip_vi
 recognised and refused.
 
 OvisForCausalLM.from_pretrained / ovis.load / OvisProcessor.from_pretrained also read a v1, an
-hf-ovis2 or an Ovis2 release directory directly (converted on load, with a warning listing what was mapped).
+hf-ovis2 or an Ovis2 release directory directly (converted on load, with a warning listing what
+was mapped).
 
 Errors name the problem: a directory that is neither format, a missing shard, a tensor whose
 shape does not match the config, an unknown conversation_formatter_class. DST is written to a
@@ -94,7 +96,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="cast the weights (default: keep the source's dtype; v1 releases are bfloat16)",
     )
     p.add_argument(
-        "--max-shard-size", default="5GB", help="--to original: largest weight file, e.g. 5GB, 500MB (default 5GB)"
+        "--max-shard-size",
+        default="5GB",
+        help="--to original / hf-ovis2 / ovis2: largest weight file, e.g. 5GB, 500MB (default 5GB)",
     )
     p.add_argument(
         "--safetensors",
@@ -104,7 +108,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--code-from",
         metavar="DIR",
-        help="--to original: copy the *.py files of DIR (a released v1 checkpoint's remote code) into "
+        help="--to original / ovis2: copy the *.py files of DIR (a released checkpoint's remote code) into "
         "DST, for loaders that use trust_remote_code",
     )
     p.add_argument(

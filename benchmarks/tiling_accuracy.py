@@ -6,10 +6,12 @@ The same tiny pair (clip-toy + qwen-toy, visual vocabulary 1024), the same high-
 one-object warm-up then every scene) are trained twice: composed in the v1 layout (one padded 64 px
 square per image) and in the tiled layout (``max_partition`` 9: a 2 x 4 grid of 64 px tiles at full
 scale plus a global view, ``hidden_stride`` 2). Each is then asked the held-out questions; the
-accuracy per question type goes to a JSON and a bar chart::
+accuracy per question type goes to a JSON and a chart (beside the training loss of both)::
 
-    python benchmarks/tiling_accuracy.py --out runs/tiling-bench
-    python benchmarks/tiling_accuracy.py --steps stage3=300 --train-images 3000   # a shorter budget
+    python benchmarks/tiling_accuracy.py --out runs/tiling-bench      # the configs' budget (2,050 steps)
+    python benchmarks/tiling_accuracy.py --steps stage0-text=150 stage1=60 stage2=60 \
+        stage3-max1=150 stage3=500                                     # the run in docs/high-resolution.md
+    python benchmarks/tiling_accuracy.py --reuse                       # redraw from the runs in --out
 
 By default the two layouts train at the same time, one thread each, so that both see the same
 machine load (``--sequential`` runs one after the other on every thread). Numbers depend on the
@@ -122,7 +124,21 @@ def run_arm(layout: str, out: Path, data_info: Path, steps: dict[str, int], seed
     return result
 
 
-def draw(results: list[dict], path: Path, title: str) -> Path:
+def loss_curve(arm: Path, window: int = 25) -> tuple[list[float], list[tuple[str, int]]]:
+    """The multimodal stages' training loss, step after step, as a moving average over ``window``
+    steps within each stage; and where each stage ends."""
+    smoothed, ends = [], []
+    for name in STAGES[1:]:
+        losses = [json.loads(line)["loss"] for line in (arm / name / "metrics.jsonl").read_text().splitlines()]
+        for i in range(len(losses)):
+            recent = losses[max(0, i - window + 1) : i + 1]
+            smoothed.append(sum(recent) / len(recent))
+        ends.append((name, len(smoothed)))
+    return smoothed, ends
+
+
+def draw(results: list[dict], out: Path, path: Path, title: str) -> Path:
+    """Accuracy per question type for each layout (bars, chance dotted) beside their training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,25 +148,36 @@ def draw(results: list[dict], path: Path, title: str) -> Path:
     from ovis.eval.synth import CHANCE
 
     groups = [*QUESTION_TYPES, "all"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, (ax, lx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(results)
     colours = {"v1": "#9e9e9e", "tiled": "#1f77b4"}
     for k, result in enumerate(results):
         values = [result["by_type"].get(g, 0.0) if g != "all" else result["accuracy"] for g in groups]
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
         label = f"{result['layout']} ({result['image_positions']} positions per image)"
-        bars = ax.bar(xs, values, width, label=label, color=colours.get(result["layout"]))
+        colour = colours.get(result["layout"])
+        bars = ax.bar(xs, values, width, label=label, color=colour)
         for bar, value in zip(bars, values, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.0%}", ha="center", fontsize=8)
+        curve, ends = loss_curve(out / result["layout"])
+        lx.plot(range(1, len(curve) + 1), curve, color=colour, label=result["layout"])
     for i, g in enumerate(QUESTION_TYPES):
-        ax.hlines(
-            CHANCE[g], i - 0.45, i + 0.45, colors="black", linestyles="dotted", label="chance" if i == 0 else None
-        )
+        ax.hlines(CHANCE[g], i - 0.45, i + 0.45, colors="black", linestyles="dotted", label="chance" if not i else None)
+    lx.set_yscale("log")
+    start = 0
+    for name, end in ends:
+        lx.axvline(end, color="black", linewidth=0.5, alpha=0.4)
+        lx.text(start + 1, lx.get_ylim()[1], name, rotation=90, va="top", ha="left", fontsize=7)
+        start = end
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
+    lx.set_xlabel("multimodal training step (batch 16)")
+    lx.set_ylabel("training loss (moving average, 25 steps)")
+    lx.set_title("stages 1-2: captions; stage 3: conversations + captions", fontsize=9)
+    lx.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -171,6 +198,7 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true", help="one layout after the other, every thread")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "images" / "tiling-accuracy.png")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "tiling_accuracy.json")
+    parser.add_argument("--reuse", action="store_true", help="report the runs already in --out (no training)")
     parser.add_argument("--arm", choices=list(LAYOUTS), help=argparse.SUPPRESS)  # one layout, in a child process
     args = parser.parse_args()
     steps = parse_steps(args.steps)
@@ -180,8 +208,9 @@ def main() -> None:
         run_arm(args.arm, out, data_info, steps, args.seed, args.precision)
         return
 
-    began = time.perf_counter()
-    if args.sequential:
+    if args.reuse:
+        pass
+    elif args.sequential:
         for layout in args.layouts:
             run_arm(layout, out, data_info, steps, args.seed, args.precision)
     else:
@@ -223,7 +252,8 @@ def main() -> None:
         },
         "steps": ran,
         "parallel": not args.sequential,
-        "minutes": round((time.perf_counter() - began) / 60, 1),
+        # each arm's training and evaluation time (under the machine's load at the time)
+        "arm_minutes": {r["layout"]: round((sum(r["seconds"].values()) + r["eval_seconds"]) / 60, 1) for r in results},
         "machine": machine(),
         "results": results,
     }
@@ -235,14 +265,14 @@ def main() -> None:
         f"(clip-toy + qwen-toy; {ran['stage0-text']} text + {multimodal} multimodal steps of 16; "
         f"{results[0]['questions']} questions)"
     )
-    draw(results, args.chart, title)
+    draw(results, out, args.chart, title)
     print(f"\n{'type':<10}" + "".join(f"{r['layout']:>10}" for r in results))
     from ovis.data.synth import QUESTION_TYPES
 
     for kind in QUESTION_TYPES:
         print(f"{kind:<10}" + "".join(f"{r['by_type'].get(kind, 0):>10.1%}" for r in results))
     print(f"{'all':<10}" + "".join(f"{r['accuracy']:>10.1%}" for r in results))
-    print(f"chart: {args.chart}; figures: {args.json}; {summary['minutes']} min")
+    print(f"chart: {args.chart}; figures: {args.json}; minutes per layout: {summary['arm_minutes']}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from ovis.interfaces import (
     Message,
 )
 from ovis.interfaces.chat import IMAGE_PLACEHOLDER_ID, tokenize_segments
+from ovis.interfaces.image import load_image
+from ovis.model.configuration_ovis import check_tiling
 from ovis.model.merging import BEGIN_INDICATOR, END_INDICATOR, IGNORE_INDEX, IMAGE_TOKEN_ID
 from ovis.model.ovis2_format import is_hf_ovis2_checkpoint, read_hf_configs, translate_hf_config
 from ovis.model.ovis2_release_format import is_release_checkpoint, translate_release_config
@@ -44,7 +46,7 @@ from ovis.model.v1_format import (
     translate_config,
 )
 from ovis.plugin_host import get_host
-from ovis.tiling import Grid, Tiler, TilingOptions, block_length, image_block
+from ovis.tiling import Grid, TiledImage, Tiler, TilingOptions, block_length, choose_grid, image_block
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 ImageInput = Image.Image | str | Path
@@ -123,12 +125,15 @@ class OvisProcessor:
         *,
         add_generation_prompt: bool = False,
         overflow: Literal["error", "truncate"] = "error",
+        max_partition: int | Sequence[int | None] | None = None,
     ) -> EncodedSample:
         """Render, tokenize and expand one conversation.
 
         The k-th ``<image>`` gets the k-th image. ``overflow="truncate"`` cuts a too-long
         training sample at the end, before any image block the cut would split (dropping that
         image and those after it); it still fails if nothing learnable is left.
+        ``max_partition`` (tiled layout only): the most tiles for every image, or one value per
+        image (None: the processor's own), in place of ``tiling.max_partition``.
         """
         messages = ChatFormat.coerce(messages)
         markers = count_markers(messages)
@@ -137,9 +142,14 @@ class OvisProcessor:
                 f"the conversation has {markers} {IMAGE_MARKER} marker(s) but {len(images)} image(s) "
                 "were given; they must match one to one"
             )
+        partitions = self._partitions(max_partition, len(images))
         segments = self.chat_format.segments(messages, add_generation_prompt=add_generation_prompt)
         ids, labels = tokenize_segments(self.tokenizer, segments)
-        tiled = [self.tiler(image) for image in images] if self.tiler is not None else None
+        tiled = (
+            [self._tile(image, n) for image, n in zip(images, partitions, strict=True)]
+            if self.tiler is not None
+            else None
+        )
         blocks = (
             [image_block(t.grid, self.tokens_per_tile) for t in tiled]
             if tiled is not None
@@ -164,6 +174,30 @@ class OvisProcessor:
         size = self.image_processor.image_size
         pixel_values = torch.cat([t.pixel_values for t in tiled[:kept]]) if kept else torch.zeros(0, 3, size, size)
         return EncodedSample(ids, labels, pixel_values, grids=[t.grid for t in tiled[:kept]])
+
+    def _partitions(self, max_partition: int | Sequence[int | None] | None, count: int) -> list[int | None]:
+        """``encode``'s ``max_partition`` as one value (or None) per image, checked."""
+        if max_partition is None:
+            return [None] * count
+        values = [max_partition] * count if isinstance(max_partition, int) else list(max_partition)
+        if len(values) != count:
+            raise ConfigError(f"max_partition has {len(values)} value(s) for {count} image(s)")
+        if self.tiling is None and any(v is not None for v in values):
+            raise ConfigError(
+                "max_partition applies to the tiled image layout only; this model uses the v1 layout "
+                "(one square per image)"
+            )
+        for value in values:
+            if value is not None:
+                check_tiling(value, self.tiling.covering_threshold, self.tiling.tile_resize)
+        return values
+
+    def _tile(self, image: ImageInput, max_partition: int | None) -> TiledImage:
+        if max_partition is None or max_partition == self.tiling.max_partition:
+            return self.tiler(image)
+        image = load_image(image)
+        grid = choose_grid(*image.size, self.tiler.side, max_partition, self.tiling.covering_threshold)
+        return self.tiler(image, grid)
 
     def _describe_blocks(self, tiled) -> str:
         if tiled is None:

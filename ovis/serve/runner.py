@@ -28,6 +28,14 @@ from ovis.composer import load
 from ovis.errors import ConfigError, InputFileError
 from ovis.interfaces import IMAGE_MARKER, ChatFormatError, Message
 from ovis.interfaces.image import load_image
+from ovis.interfaces.video import (
+    DEFAULT_NUM_FRAMES,
+    VIDEO_MARKER,
+    VideoInput,
+    check_num_frames,
+    expand_videos,
+    load_video,
+)
 from ovis.precision import resolve_precision
 from ovis.processing import EncodedSample, OvisProcessor, with_image_markers
 from ovis.serve.decode_loop import Sampling, decode, needs_hf_generate
@@ -158,18 +166,40 @@ class OvisRunner:
         return {int(i) for i in ids}
 
     # -- building prompts -------------------------------------------------------------------------
+    def check_max_partition(self, max_partition: Any) -> int | None:
+        """A per-request ``max_partition``: None, or a whole number >= 1 for a tiled model (a v1-layout
+        model has no tiles to set, so asking is an error rather than silently ignored)."""
+        if max_partition is None:
+            return None
+        if isinstance(max_partition, bool) or not isinstance(max_partition, int) or max_partition < 1:
+            raise ConfigError(f"max_partition must be a whole number >= 1, got {max_partition!r}")
+        if self.processor.tiling is None:
+            raise ConfigError(
+                "max_partition applies to models with the tiled image layout; this model uses the v1 layout "
+                "(one square per image)"
+            )
+        return max_partition
+
     def prepare(
         self,
         messages: Sequence[Message | dict] | str,
         images: Sequence[ImageInput] | ImageInput | None = None,
         params: GenerationParams | None = None,
+        *,
+        max_partition: int | None = None,
+        videos: Sequence[VideoInput] | None = None,
+        num_frames: int = DEFAULT_NUM_FRAMES,
         **callbacks: Any,
     ) -> PreparedRequest:
         """A conversation (or a single question) and its images -> a :class:`PreparedRequest`.
 
         Without ``<image>`` markers the images go first in the first user message, as the v1
-        runner did (``"<image> " + text``).
+        runner did (``"<image> " + text``). ``max_partition`` (tiled models): the most tiles per
+        image for this request. ``videos``: one per ``<video>`` marker (else before the text), each
+        a file, its bytes or a list of frames; ``num_frames`` frames are sampled uniformly and each
+        is one tile (see :mod:`ovis.interfaces.video`).
         """
+        max_partition = self.check_max_partition(max_partition)
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if images is None:
@@ -177,8 +207,18 @@ class OvisRunner:
         elif isinstance(images, (str, Path, Image.Image)):
             images = [images]
         loaded = [load_image(image, what=_label(image, i)) for i, image in enumerate(images)]
-        messages = with_image_markers(messages, len(loaded), separator=self.processor.image_marker_separator)
-        sample = self.processor.encode(messages, loaded, add_generation_prompt=True)
+        separator = self.processor.image_marker_separator
+        partitions: list[int | None] | None = None
+        if videos or any(VIDEO_MARKER in _text_of(m) for m in messages):
+            check_num_frames(num_frames)
+            clips = [load_video(video, num_frames, what=_video_label(video, i)) for i, video in enumerate(videos or [])]
+            messages, loaded, is_frame = expand_videos(messages, loaded, clips, separator=separator)
+            if self.processor.tiling is not None:
+                partitions = [1 if frame else max_partition for frame in is_frame]
+        messages = with_image_markers(messages, len(loaded), separator=separator)
+        if partitions is None and max_partition is not None:
+            partitions = [max_partition] * len(loaded)
+        sample = self.processor.encode(messages, loaded, add_generation_prompt=True, max_partition=partitions)
         prompt = self.processor.chat_format.render(
             self.processor.chat_format.prepare(messages, add_generation_prompt=True), add_generation_prompt=True
         )
@@ -284,33 +324,84 @@ class OvisRunner:
         return next(self.model.visual_tokenizer.parameters()).dtype
 
     # -- the friendly calls -----------------------------------------------------------------------
-    def run(self, image: ImageInput | Sequence[ImageInput] | None, text: str, **gen: Any) -> dict[str, Any]:
-        """Answer ``text`` about ``image`` (one, several, or None for a text-only prompt)."""
-        request = self.prepare(text, image, self.args.generation_params(**gen))
+    def run(
+        self,
+        image: ImageInput | Sequence[ImageInput] | None,
+        text: str,
+        *,
+        max_partition: int | None = None,
+        video: VideoInput | None = None,
+        num_frames: int = DEFAULT_NUM_FRAMES,
+        **gen: Any,
+    ) -> dict[str, Any]:
+        """Answer ``text`` about ``image`` (one, several, or None for a text-only prompt) and/or
+        ``video`` (a file, its bytes or a list of frames)."""
+        request = self.prepare(
+            text,
+            image,
+            self.args.generation_params(**gen),
+            max_partition=max_partition,
+            videos=[video] if video is not None else None,
+            num_frames=num_frames,
+        )
         return self.generate([request])[0].as_dict()
 
     def run_batch(
-        self, items: Sequence[tuple[ImageInput | Sequence[ImageInput] | None, str]], **gen: Any
+        self,
+        items: Sequence[tuple[ImageInput | Sequence[ImageInput] | None, str]],
+        *,
+        max_partition: int | None = None,
+        **gen: Any,
     ) -> list[dict[str, Any]]:
         """``run`` over many ``(image, text)`` pairs, generated in batches."""
         params = self.args.generation_params(**gen)
-        return [c.as_dict() for c in self.generate([self.prepare(text, image, params) for image, text in items])]
+        requests = [self.prepare(text, image, params, max_partition=max_partition) for image, text in items]
+        return [c.as_dict() for c in self.generate(requests)]
 
-    def chat(self, messages: Sequence[Message | dict], images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
-        """One reply to a whole conversation (history included); ``<image>`` markers place images."""
-        return self.generate([self.prepare(messages, images, self.args.generation_params(**gen))])[0].as_dict()
+    def chat(
+        self,
+        messages: Sequence[Message | dict],
+        images: Sequence[ImageInput] = (),
+        *,
+        max_partition: int | None = None,
+        videos: Sequence[VideoInput] | None = None,
+        num_frames: int = DEFAULT_NUM_FRAMES,
+        **gen: Any,
+    ) -> dict[str, Any]:
+        """One reply to a whole conversation (history included); ``<image>`` / ``<video>`` markers
+        place images and videos."""
+        request = self.prepare(
+            messages,
+            images,
+            self.args.generation_params(**gen),
+            max_partition=max_partition,
+            videos=videos,
+            num_frames=num_frames,
+        )
+        return self.generate([request])[0].as_dict()
 
     def stream(
         self,
         image: ImageInput | Sequence[ImageInput] | None,
         text: str | Sequence[Message | dict],
+        *,
+        max_partition: int | None = None,
+        video: VideoInput | None = None,
+        num_frames: int = DEFAULT_NUM_FRAMES,
         **gen: Any,
     ) -> Iterator[str]:
         """Yield the answer piece by piece as it is generated (beam search yields it whole at the end)."""
         deltas: queue.Queue = queue.Queue()
         stop = threading.Event()
         request = self.prepare(
-            text, image, self.args.generation_params(**gen), on_text=deltas.put, cancelled=stop.is_set
+            text,
+            image,
+            self.args.generation_params(**gen),
+            max_partition=max_partition,
+            videos=[video] if video is not None else None,
+            num_frames=num_frames,
+            on_text=deltas.put,
+            cancelled=stop.is_set,
         )
         done = object()
         failure: list[BaseException] = []
@@ -336,15 +427,17 @@ class OvisRunner:
         if failure:
             raise failure[0]
 
-    def session(self, system: str | None = None) -> ChatSession:
-        return ChatSession(self, system=system)
+    def session(self, system: str | None = None, *, max_partition: int | None = None) -> ChatSession:
+        """A multi-turn chat; ``max_partition`` (tiled models) applies to each turn unless a turn gives its own."""
+        return ChatSession(self, system=system, max_partition=max_partition)
 
 
 class ChatSession:
     """A multi-turn conversation that remembers its history and images."""
 
-    def __init__(self, runner: OvisRunner, system: str | None = None) -> None:
+    def __init__(self, runner: OvisRunner, system: str | None = None, *, max_partition: int | None = None) -> None:
         self.runner = runner
+        self.max_partition = runner.check_max_partition(max_partition)
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.images: list[Image.Image] = []
 
@@ -357,6 +450,7 @@ class ChatSession:
     def ask(self, text: str, images: Sequence[ImageInput] = (), **gen: Any) -> dict[str, Any]:
         self._user_turn(text, images)
         try:
+            gen.setdefault("max_partition", self.max_partition)
             result = self.runner.chat(self.messages, self.images, **gen)
         except Exception:
             self._undo()
@@ -368,6 +462,7 @@ class ChatSession:
         self._user_turn(text, images)
         pieces: list[str] = []
         try:
+            gen.setdefault("max_partition", self.max_partition)
             for piece in self.runner.stream(self.images, self.messages, **gen):
                 pieces.append(piece)
                 yield piece
@@ -396,6 +491,14 @@ def user_turn_content(text: str, num_images: int, *, separator: str = "\n") -> s
             "leave the markers out to put the images before the text"
         )
     return with_image_markers([Message(role="user", content=text)], num_images, separator=separator)[0].content
+
+
+def _text_of(message: Message | dict) -> str:
+    return message.content if isinstance(message, Message) else str(message.get("content") or "")
+
+
+def _video_label(video: VideoInput, index: int) -> str:
+    return f"video {index + 1} ({video})" if isinstance(video, (str, Path)) else f"video {index + 1}"
 
 
 def _label(image: ImageInput, index: int) -> str:

@@ -1,0 +1,87 @@
+"""Per-request ``max_partition``: the runner, batches mixing settings, the HTTP API and ``ovis eval``'s
+VLMEvalKit-style defaults (and that they are part of the eval fingerprint)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import ovis
+from ovis.errors import ConfigError
+from ovis.serve.runner import OvisRunner, RunnerArguments
+from ovis.tiling import choose_grid
+
+
+def _wide_image(width: int = 400, height: int = 100) -> Image.Image:
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(0, width, 19):
+        draw.rectangle((i, (i * 5) % height, i + 8, (i * 5) % height + 8), fill=(i % 256, 60, 190))
+    return image
+
+
+@pytest.fixture(scope="module")
+def tiled_runner():
+    torch.manual_seed(0)
+    model, processor = ovis.compose(
+        vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=256, max_partition=9, hidden_stride=2
+    )
+    return OvisRunner(RunnerArguments(model_path="<tiny>", max_new_tokens=4), model=model.eval(), processor=processor)
+
+
+@pytest.fixture(scope="module")
+def v1_runner():
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=256)
+    args = RunnerArguments(model_path="<tiny v1>", max_new_tokens=4)
+    return OvisRunner(args, model=model.eval(), processor=processor)
+
+
+def test_max_partition_sets_the_grid_per_request(tiled_runner):
+    image = _wide_image()
+    side = tiled_runner.processor.tiler.side
+    default = tiled_runner.prepare("What?", image)
+    assert default.sample.grids == [choose_grid(400, 100, side, 9)]
+    for n in (1, 2, 4):
+        request = tiled_runner.prepare("What?", image, max_partition=n)
+        (grid,) = request.sample.grids
+        assert grid == choose_grid(400, 100, side, n) and grid[0] * grid[1] <= n
+    assert tiled_runner.prepare("What?", image, max_partition=1).sample.grids == [(1, 1)]
+    assert len(tiled_runner.prepare("What?", image, max_partition=1).sample.input_ids) < len(default.sample.input_ids)
+
+
+def test_run_generate_and_session_take_max_partition(tiled_runner):
+    image = _wide_image()
+    one = tiled_runner.run(image, "What?", max_partition=1)
+    nine = tiled_runner.run(image, "What?")
+    assert one["prompt_tokens"] < nine["prompt_tokens"]
+    session = tiled_runner.session(max_partition=1)
+    assert session.ask("What?", [image])["prompt_tokens"] == one["prompt_tokens"]
+    # a turn may override the session's setting
+    assert session.ask("And?", [image], max_partition=2)["prompt_tokens"] > one["prompt_tokens"]
+
+
+def test_a_batch_may_mix_max_partition_and_equals_one_at_a_time(tiled_runner):
+    image = _wide_image()
+    params = tiled_runner.args.generation_params(max_new_tokens=5)
+    requests = [tiled_runner.prepare("What?", image, params, max_partition=n) for n in (1, 2, 9)]
+    assert len({len(r.sample.input_ids) for r in requests}) >= 2  # different grids, so different lengths
+    together = tiled_runner.generate(requests)
+    alone = [tiled_runner.generate([r])[0] for r in requests]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert [c.prompt_tokens for c in together] == [len(r.sample.input_ids) for r in requests]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "4"])
+def test_bad_max_partition_is_refused_naming_it(tiled_runner, bad):
+    with pytest.raises(ConfigError, match="max_partition"):
+        tiled_runner.run(_wide_image(), "What?", max_partition=bad)
+
+
+def test_v1_models_refuse_an_explicit_max_partition(v1_runner):
+    with pytest.raises(ConfigError, match="tiled image layout.*v1 layout"):
+        v1_runner.run(_wide_image(), "What?", max_partition=4)
+    with pytest.raises(ConfigError, match="v1 layout"):
+        v1_runner.session(max_partition=2)
+    assert v1_runner.run(_wide_image(), "What?")["prompt_tokens"] > 0  # unset: fine

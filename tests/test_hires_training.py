@@ -19,7 +19,7 @@ from PIL import Image
 import ovis
 from ovis.cli import main
 from ovis.data.synth import BACKGROUND, COLOURS, HIRES, SHAPES, SynthSpec, Thing, draw_scene, write_synthetic_dataset
-from ovis.errors import ConfigError
+from ovis.errors import ConfigError, OutputExistsError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hires"
 
@@ -91,6 +91,27 @@ def test_bad_hires_specs_are_refused(fields, message):
         SynthSpec(**fields)
 
 
+def test_quickstart_data_made_before_the_hires_options_is_still_reused(tmp_path):
+    """A quick-start data directory recorded before ``image_shape``/``object_px`` existed is the same
+    data: its key lacks the two fields, and the run reuses it instead of refusing it."""
+    from dataclasses import asdict
+
+    from ovis.quickstart import KEY_FILE, _Run
+
+    spec = SynthSpec(train_images=4, eval_images=2)
+    old_key = {k: v for k, v in asdict(spec).items() if k not in ("image_shape", "object_px")}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text("{}")
+    (data / KEY_FILE).write_text(json.dumps(old_key))
+    _Run(tmp_path, blind=False, seed=0, progress=False, log=lambda _: None).make_data(spec)
+    assert not (data / "images").exists()  # reused, not redrawn
+    # A hi-res spec is other data: refused, naming what differs.
+    hires = SynthSpec(train_images=4, eval_images=2, **HIRES)
+    with pytest.raises(OutputExistsError, match=r"\(image_shape, object_px differ\)"):
+        _Run(tmp_path, blind=False, seed=0, progress=False, log=lambda _: None).make_data(hires)
+
+
 def test_cli_data_synth_hires_and_explicit_shape(tmp_path, capsys):
     assert (
         main(
@@ -148,7 +169,6 @@ def test_cli_data_synth_hires_and_explicit_shape(tmp_path, capsys):
     assert "object_px must be (min, max) with 0 < min <= max <= 64" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # ~40 s on 2 cores: three short training runs with nine views per image
 def test_all_three_stages_train_on_tiled_hires_images_and_the_loss_falls(tmp_path):
     """Stages 1, 2 and 3 of configs/hires/ on the tiled layout, each for a few steps over one fixed
     batch (the whole tiny dataset), so the loss of one step is comparable with the next."""

@@ -66,6 +66,7 @@ def compose(
     covering_threshold: float | None = None,
     tile_resize: str | None = None,
     hidden_stride: int = 1,
+    chat_format: str | None = None,
     pretrained: bool | None = None,
     vit_weights: str | None = None,
     llm_weights: str | None = None,
@@ -90,6 +91,9 @@ def compose(
         max_partition, covering_threshold, tile_resize: the tiled layout's options (defaults 9, 0.9,
             ``pad``: the Ovis2 release's).
         hidden_stride: merge each ``s x s`` block of patches into one visual token before the head.
+        chat_format: a registered chat format (``ovis list chat``) instead of the LLM preset's,
+            e.g. ``chatml`` for a Qwen2.5 LLM as the Ovis2 releases prompt it (their
+            ``QwenConversationFormatter``); its end-of-turn token must be one token of the LLM's tokenizer.
 
     Returns ``(model, processor)``.
     """
@@ -107,7 +111,10 @@ def compose(
     if llm_weights:
         llm_spec = llm_spec.model_copy(update={"weights": llm_weights, "tokenizer": llm_weights})
     llm_provider: LLMBackbone = llm_entry.factory(llm_spec)
-    chat_format = host.chat_format(llm_spec.chat_format)
+    chosen_format = host.chat_format(chat_format or llm_spec.chat_format)
+    # A preset's own formatter class describes its own chat format, not one chosen instead of it.
+    formatter_class = (chosen_format.v1_formatter_class if chat_format
+                       else llm_spec.conversation_formatter_class or chosen_format.v1_formatter_class)
     # A tiled image takes up to ~2600 positions at 9 tiles (docs/high-resolution.md): a longer default.
     default_length = 8192 if layout["image_layout"] == "tiled" else 2048
     max_length = multimodal_max_length or min(default_length, llm_spec.context_length)
@@ -127,8 +134,8 @@ def compose(
             use_indicators=use_indicators,
             adapter=adapter,
             multimodal_max_length=max_length,
-            chat_format=chat_format.name,
-            conversation_formatter_class=llm_spec.conversation_formatter_class or chat_format.v1_formatter_class,
+            chat_format=chosen_format.name,
+            conversation_formatter_class=formatter_class,
             visual_embedding_scale=1.0 if dry_run else llm_provider.embedding_scale(llm_model),
             hidden_stride=hidden_stride,
             **layout,
@@ -137,7 +144,7 @@ def compose(
     if dry_run:
         return model, None
     model = model.to(DTYPES[dtype])
-    processor = _processor(model, llm_provider, backbone, chat_format, max_length)
+    processor = _processor(model, llm_provider, backbone, chosen_format, max_length)
     if out is not None:
         save(model, processor, out, overwrite=overwrite)
     return model, processor
@@ -165,6 +172,10 @@ def _processor(model: OvisForCausalLM, llm_provider: LLMBackbone, backbone: Visi
                max_length: int) -> OvisProcessor:
     """The processor of a freshly composed model; the LLM's generation config learns its pad and eos."""
     tokenizer = llm_provider.build_tokenizer()
+    turn_end = chat_format.end_of_turn
+    if turn_end is not None and not chat_format.stop_token_ids(tokenizer):
+        raise ConfigError(f"chat format {chat_format.name!r} ends turns with {turn_end!r}, which is not one token "
+                          "of this LLM's tokenizer; choose a chat format of the LLM's family (ovis list chat)")
     tiling = tiling_options(model.config)
     processor = OvisProcessor(
         tokenizer=tokenizer,

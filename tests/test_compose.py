@@ -174,3 +174,19 @@ def test_written_directories_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_chat_format_chosen_instead_of_the_presets(tmp_path):
+    """Ovis2 prompts Qwen2.5 with chatml (QwenConversationFormatter), not Qwen2.5's own prompt: the
+    composer takes another chat format of the LLM's family, and refuses one of another family."""
+    from ovis.composer import compose
+    from ovis.errors import ConfigError
+
+    model, processor = compose("aimv2-tiny", "qwen2.5-tiny", chat_format="chatml", max_partition=4, hidden_stride=2,
+                               visual_vocab_size=64)
+    assert model.config.chat_format == "chatml" and processor.chat_format.name == "chatml"
+    assert model.config.conversation_formatter_class == "QwenConversationFormatter"
+    own, _ = compose("aimv2-tiny", "qwen2.5-tiny", visual_vocab_size=64, dry_run=True)
+    assert own.config.chat_format == "qwen2.5" and own.config.conversation_formatter_class is None
+    with pytest.raises(ConfigError, match=r"chat format 'llama3' ends turns with '<\|eot_id\|>'.*not one token"):
+        compose("clip-tiny", "qwen2.5-tiny", chat_format="llama3", visual_vocab_size=64)

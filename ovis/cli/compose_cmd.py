@@ -30,6 +30,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural",
                    help="structural embedding (Ovis) or an MLP projector (LLaVA-style ablation)")
     p.add_argument("--max-length", type=int, default=None, help="multimodal max length")
+    p.add_argument("--chat-format", default=None,
+                   help="a chat format instead of the LLM preset's (ovis list chat), e.g. chatml for "
+                        "Qwen2.5 as the Ovis2 releases prompt it")
     tiles = p.add_argument_group("high resolution (docs/high-resolution.md)")
     tiles.add_argument("--image-layout", choices=["v1", "tiled"], default=None,
                        help="v1: one padded square per image; tiled: Ovis 1.6 / Ovis2 tiles plus a global view "
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         covering_threshold=args.covering_threshold,
         tile_resize=args.tile_resize,
         hidden_stride=args.hidden_stride,
+        chat_format=args.chat_format,
         pretrained=args.pretrained,
         vit_weights=args.vit_weights,
         llm_weights=args.llm_weights,

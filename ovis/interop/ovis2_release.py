@@ -75,7 +75,8 @@ def release_config(model, chat_format) -> dict:
     formatter = getattr(chat_format, "v1_formatter_class", None) or config.conversation_formatter_class
     if not why and not formatter:
         why = (f"chat format {getattr(chat_format, 'name', config.chat_format)!r} has no release "
-               "conversation_formatter_class (e.g. chatml -> QwenConversationFormatter)")  # fmt: skip
+               "conversation_formatter_class (e.g. chatml -> QwenConversationFormatter; the Ovis2 releases "
+               "prompt Qwen2.5 with chatml: compose with --chat-format chatml)")  # fmt: skip
     if why:
         raise UnsupportedError(f"the Ovis2 release layout cannot express this model: {why}")
     backbone = {k: arch.get(k, default) for k, default in AIMV2_DEFAULTS.items() if k != "use_bias"}

@@ -85,3 +85,92 @@ def test_v1_models_refuse_an_explicit_max_partition(v1_runner):
     with pytest.raises(ConfigError, match="v1 layout"):
         v1_runner.session(max_partition=2)
     assert v1_runner.run(_wide_image(), "What?")["prompt_tokens"] > 0  # unset: fine
+
+
+# -- the HTTP API -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiled_http(tmp_path_factory, served):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from ovis.composer import save
+    from ovis.serve.limits import ServeLimits
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(
+        vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=256, max_partition=9, hidden_stride=2
+    )
+    directory = save(model, processor, tmp_path_factory.mktemp("tiled") / "tiled")
+    limits = ServeLimits(max_partition=12, max_new_tokens=8)
+    runner = {"max_new_tokens": 3, "dtype": "float32"}
+    with served(directory, runner=runner, limits=limits, model_name="tiled", window_s=0.2) as (service, server):
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            yield service, http
+
+
+def _png_part(image: Image.Image) -> dict:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()},
+    }
+
+
+def _ask(http, model: str, **extra):
+    content = [_png_part(_wide_image()), {"type": "text", "text": "What?"}]
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 3, **extra}
+    return http.post("/v1/chat/completions", json=body)
+
+
+def test_the_api_takes_max_partition_as_an_extra_field(tiled_http):
+    service, http = tiled_http
+    replies = {n: _ask(http, "tiled", max_partition=n) for n in (1, 9)}
+    for n, reply in replies.items():
+        assert reply.status_code == 200, reply.text
+        params = service.params(max_new_tokens=3)
+        request = service.runner.prepare("<image>\nWhat?", [_wide_image()], params, max_partition=n)
+        expected = service.runner.generate([request])[0]
+        assert reply.json()["usage"]["prompt_tokens"] == expected.prompt_tokens
+        assert reply.json()["choices"][0]["message"]["content"] == expected.output
+    assert replies[1].json()["usage"]["prompt_tokens"] < replies[9].json()["usage"]["prompt_tokens"]
+    assert _ask(http, "tiled").json()["usage"] == replies[9].json()["usage"]  # the model's own: 9
+
+
+def test_concurrent_requests_with_different_max_partition_share_a_batch(tiled_http):
+    from concurrent.futures import ThreadPoolExecutor
+
+    service, http = tiled_http
+    before = service.batcher.stats.batches
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda n: _ask(http, "tiled", max_partition=n), (1, 2, 9)))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    assert service.batcher.stats.batches - before < 3  # at least two of them generated together
+    alone = [_ask(http, "tiled", max_partition=n).json() for n in (1, 2, 9)]
+    assert [r.json()["choices"][0]["message"]["content"] for r in replies] == [
+        a["choices"][0]["message"]["content"] for a in alone
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(0, "at least 1"), (13, "limit is 12"), (True, "boolean"), (2.5, "integer"), ("4", "integer")],
+)
+def test_bad_max_partition_is_a_400_naming_the_field(tiled_http, value, words):
+    _, http = tiled_http
+    reply = _ask(http, "tiled", max_partition=value)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert "max_partition" in (error["param"] or "") and words in error["message"], error
+
+
+def test_a_v1_model_refuses_max_partition_over_http(chatty_model_dir, served):
+    httpx = pytest.importorskip("httpx")
+    with served(chatty_model_dir, runner={"max_new_tokens": 2}, model_name="chatty") as (_, server):
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            reply = _ask(http, "chatty", max_partition=4)
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == "max_partition"
+            assert "v1 layout" in reply.json()["error"]["message"]
+            assert _ask(http, "chatty").status_code == 200

@@ -32,6 +32,12 @@ class ServeLimits(BaseModel):
     max_image_bytes: int = Field(10 * 2**20, ge=1, description="encoded size of one image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one image")
     max_images: int = Field(8, ge=0, description="images in one request")
+    max_partition: int = Field(16, ge=1, description="the largest max_partition (tiles per image) a request asks")
+    max_videos: int = Field(1, ge=0, description="videos (video_url parts) in one request")
+    max_video_bytes: int | None = Field(
+        None, ge=1, description="encoded size of one video; None: the images' share, max_images x max_image_bytes"
+    )
+    max_video_frames: int = Field(32, ge=1, description="frames taken from one video (num_frames' ceiling)")
     max_prompt_tokens: int | None = Field(None, ge=1, description="None: the processor's max_length")
     max_new_tokens: int = Field(1024, ge=1, description="the ceiling for max_tokens")
     max_stop: int = Field(4, ge=0, description="stop strings in one request")
@@ -46,7 +52,17 @@ class ServeLimits(BaseModel):
         limits can need (its images base64-encoded, plus text) up to :data:`DEFAULT_BODY_CAP`."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return min(self.max_images * (self.max_image_bytes * 4 // 3 + 4096) + TEXT_BODY_BYTES, DEFAULT_BODY_CAP)
+        images = self.max_images * (self.max_image_bytes * 4 // 3 + 4096)
+        videos = self.max_videos * (self.video_bytes_limit * 4 // 3 + 4096)
+        # a request with both at their largest may hit the body limit (a 413): the common one fits
+        return min(max(images, videos) + TEXT_BODY_BYTES, DEFAULT_BODY_CAP)
+
+    @property
+    def video_bytes_limit(self) -> int:
+        """``max_video_bytes``, or by default the bytes the images of one request may take."""
+        if self.max_video_bytes is not None:
+            return self.max_video_bytes
+        return self.max_images * self.max_image_bytes
 
 
 def open_image(data: bytes, limits: ServeLimits, *, what: str = "image") -> Image.Image:
@@ -99,6 +115,53 @@ def decode_data_url(url: str, limits: ServeLimits, *, what: str = "image_url") -
     except (binascii.Error, ValueError) as exc:
         raise RequestError(f"{what}: the base64 payload is invalid ({exc})", param=what) from exc
     return open_image(data, limits, what=what)
+
+
+def decode_video_data_url(
+    url: str, limits: ServeLimits, num_frames: int, *, what: str = "video_url"
+) -> list[Image.Image]:
+    """``num_frames`` frames sampled uniformly from a ``data:video/...;base64,...`` URL (decoded with
+    PyAV), within the limits: encoded size, frame size (``max_image_pixels``), frame count."""
+    from ovis.errors import UsageError
+    from ovis.interfaces.video import VideoError, load_video
+
+    if not url.startswith("data:"):
+        shown = url if len(url) <= 60 else url[:57] + "..."
+        raise RequestError(
+            f"{what}: only data: URLs are accepted (data:video/mp4;base64,...), got {shown!r}", param=what
+        )
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise RequestError(f"{what}: expected data:<mime>;base64,<payload>", param=what)
+    if len(payload) * 3 // 4 > limits.video_bytes_limit + 3:
+        raise RequestError(
+            f"{what} is about {len(payload) * 3 // 4:,} bytes; the limit is {limits.video_bytes_limit:,}",
+            status=413, param=what,
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"{what}: the base64 payload is invalid ({exc})", param=what) from exc
+    try:
+        return load_video(data, num_frames, what=what, max_pixels=limits.max_image_pixels)
+    except UsageError as exc:  # PyAV missing on the server: its setup, not the request
+        raise RequestError(f"{what}: this server cannot read video files ({exc})", status=501, param=what) from exc
+    except VideoError as exc:
+        raise RequestError(str(exc), param=what) from exc
+
+
+def check_num_frames(value: int, limits: ServeLimits, *, param: str = "num_frames") -> None:
+    if value < 1:
+        raise RequestError(f"{param} must be at least 1, got {value}", param=param)
+    if value > limits.max_video_frames:
+        raise RequestError(f"{param} is {value}; the limit is {limits.max_video_frames}", param=param)
+
+
+def check_max_partition(value: int, limits: ServeLimits, *, param: str = "max_partition") -> None:
+    if value < 1:
+        raise RequestError(f"{param} must be at least 1, got {value}", param=param)
+    if value > limits.max_partition:
+        raise RequestError(f"{param} is {value}; the limit is {limits.max_partition}", param=param)
 
 
 def check_image_count(count: int, limits: ServeLimits) -> None:

@@ -42,6 +42,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, description="only 1")
+    # Extensions (send them with the openai client's extra_body):
+    max_partition: int | None = Field(None, strict=True, description="extension: tiled models only; tiles per image")
+    num_frames: int | None = Field(None, strict=True, description="extension: frames taken from each video_url")
     # Refused unless neutral:
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -57,7 +60,8 @@ class ChatCompletionRequest(BaseModel):
     audio: Any = None
 
     @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
-                     "seed", "n", "top_logprobs", "presence_penalty", "frequency_penalty", mode="before")
+                     "seed", "n", "top_logprobs", "presence_penalty", "frequency_penalty", "max_partition",
+                     "num_frames", mode="before")
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
         # JSON true is not 1: pydantic would otherwise read `max_tokens: true` as one token.

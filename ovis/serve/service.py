@@ -18,13 +18,21 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
+from ovis.errors import ConfigError
 from ovis.interfaces import ChatFormatError, Message
 from ovis.interfaces.image import ImageError
+from ovis.interfaces.video import VideoError
 from ovis.processing import SequenceTooLongError
 from ovis.serve.batcher import Batcher, Handle
 from ovis.serve.errors import GenerationSettingsError, RequestError
 from ovis.serve.generation import GenerationParams
-from ovis.serve.limits import ServeLimits, check_image_count, check_max_new_tokens, check_prompt_tokens
+from ovis.serve.limits import (
+    ServeLimits,
+    check_image_count,
+    check_max_new_tokens,
+    check_max_partition,
+    check_prompt_tokens,
+)
 from ovis.serve.runner import OvisRunner, PreparedRequest, RunnerArguments
 
 
@@ -83,18 +91,45 @@ class Service:
         except GenerationSettingsError as exc:
             raise RequestError(str(exc)) from exc
 
+    def check_max_partition(self, max_partition: int) -> None:
+        """A request's ``max_partition``: within the limit, and for a tiled model only (RequestError)."""
+        check_max_partition(max_partition, self.limits)
+        try:
+            self.runner.check_max_partition(max_partition)
+        except ConfigError as exc:
+            raise RequestError(str(exc), param="max_partition") from exc
+
     def request(
-        self, messages: Sequence[Message | dict], images: Sequence[Image.Image], params: GenerationParams
+        self,
+        messages: Sequence[Message | dict],
+        images: Sequence[Image.Image],
+        params: GenerationParams,
+        *,
+        max_partition: int | None = None,
+        videos: Sequence[Sequence[Image.Image]] = (),
     ) -> PreparedRequest:
+        """``videos``: each video's frames, already sampled (one ``<video>`` marker each)."""
         check_image_count(len(images), self.limits)
+        if max_partition is not None:
+            self.check_max_partition(max_partition)
+        if len(videos) > self.limits.max_videos:
+            raise RequestError(f"the request has {len(videos)} videos; the limit is {self.limits.max_videos}",
+                               param="messages")
+        frames = max((len(v) for v in videos), default=1)
+        if frames > self.limits.max_video_frames:
+            raise RequestError(f"a video has {frames} frames; the limit is {self.limits.max_video_frames}",
+                               param="messages")
         check_max_new_tokens(params.max_new_tokens, self.limits, param="max_new_tokens")
         self._refuse_overlong_text(messages)
         self._refuse_special_tokens(messages)
         try:
-            request = self.runner.prepare(messages, list(images), params)
+            request = self.runner.prepare(
+                messages, list(images), params, max_partition=max_partition,
+                videos=[list(v) for v in videos] or None, num_frames=frames,
+            )
         except SequenceTooLongError as exc:
             raise RequestError(f"the prompt is too long: {exc}", param="messages") from exc
-        except (ChatFormatError, ImageError, ValidationError) as exc:
+        except (ChatFormatError, ImageError, VideoError, ValidationError) as exc:
             raise RequestError(str(exc), param="messages") from exc
         check_prompt_tokens(len(request.sample.input_ids), self.prompt_limit)
         return request

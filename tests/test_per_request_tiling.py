@@ -174,3 +174,39 @@ def test_a_v1_model_refuses_max_partition_over_http(chatty_model_dir, served):
             assert reply.status_code == 400 and reply.json()["error"]["param"] == "max_partition"
             assert "v1 layout" in reply.json()["error"]["message"]
             assert _ask(http, "chatty").status_code == 200
+
+
+# -- the command line ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiled_dir(tmp_path_factory):
+    from ovis.composer import save
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(
+        vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=256, max_partition=9, hidden_stride=2
+    )
+    return save(model, processor, tmp_path_factory.mktemp("tiled-cli") / "tiled")
+
+
+def test_ovis_run_takes_max_partition(tiled_dir, tmp_path, capsys):
+    import json
+
+    from ovis.cli import main
+
+    path = tmp_path / "wide.png"
+    _wide_image().save(path)
+    base = ["run", "--model", str(tiled_dir), "--image", str(path), "What?", "--max-new-tokens", "2", "--json"]
+    tokens = {}
+    for n in (1, 9):
+        assert main([*base, "--dtype", "float32", "--max-partition", str(n)]) == 0
+        tokens[n] = json.loads(capsys.readouterr().out)["prompt_tokens"]
+    assert tokens[1] < tokens[9]
+    assert main([*base, "--max-partition", "0"]) == 2
+    assert "max_partition must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_ovis_run_refuses_max_partition_for_a_v1_model(chatty_model_dir, capsys):
+    from ovis.cli import main
+
+    assert main(["run", "--model", str(chatty_model_dir), "hi", "--max-partition", "4"]) == 2
+    assert "v1 layout" in capsys.readouterr().err

@@ -209,3 +209,20 @@ def test_bad_videos_are_refused_naming_the_field(http_service, content, extra, s
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert words in error["message"] and param in (error["param"] or ""), error
+
+
+def test_ovis_run_takes_a_video(chatty_model_dir, tmp_path, capsys):
+    import json
+
+    from ovis.cli import main
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_video())
+    args = ["run", "--model", str(chatty_model_dir), "--video", str(path), "--num-frames", "3", "What changes?"]
+    assert main([*args, "--max-new-tokens", "3", "--json", "--dtype", "float32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    runner = OvisRunner(RunnerArguments(model_path=str(chatty_model_dir), max_new_tokens=3, dtype="float32"))
+    assert result == runner.run(None, "What changes?", video=path, num_frames=3)
+    assert main(["run", "--model", str(chatty_model_dir), "--video", str(tmp_path / "gone.mp4"), "hi"]) == 2
+    assert "gone.mp4): no such video file" in capsys.readouterr().err

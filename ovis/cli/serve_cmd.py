@@ -40,6 +40,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             description="Load a model and answer one question about zero or more images.")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--video", help="a video file (PyAV: pip install 'ovis[video]'); <video> in the question "
+                   "places it, else it goes before the question")
+    p.add_argument("--num-frames", type=int, default=8, help="frames sampled uniformly from --video (default 8)")
+    p.add_argument("--max-partition", type=int,
+                   help="tiled models: the most tiles per image (default: the model's own; video frames: 1)")
     p.add_argument("question", help="the question; without <image> markers the images go first")
     p.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer when complete")
     p.add_argument("--json", action="store_true", help="print the result (prompt, output, token counts) as JSON")
@@ -52,6 +57,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--image", action="append", default=[], help="image(s) for the first message")
     p.add_argument("--system", help="system prompt (default: the chat format's own)")
+    p.add_argument("--max-partition", type=int, help="tiled models: the most tiles per image (default: the model's)")
     _generation_flags(p)
     p.set_defaults(handler=chat_cmd)
 
@@ -79,6 +85,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-window-ms", type=float, default=10.0,
                         help="how long the first request waits for others to join its batch")
     parser.add_argument("--max-images", type=int, help="images per request (default 8)")
+    parser.add_argument("--max-partition", type=int,
+                        help="the largest max_partition a request may ask for (tiled models; default 16)")
+    parser.add_argument("--max-videos", type=int, help="videos per request (default 1; 0: none)")
+    parser.add_argument("--max-video-bytes", type=int,
+                        help="encoded bytes per video (default: max-images x max-image-bytes)")
+    parser.add_argument("--max-video-frames", type=int, help="frames a request may take from a video (default 32)")
     parser.add_argument("--max-image-pixels", type=int, help="pixels per image (default 4096x4096)")
     parser.add_argument("--max-image-bytes", type=int, help="encoded bytes per image (default 10 MiB)")
     parser.add_argument("--max-new-tokens", type=int, help="ceiling for max_tokens (default 1024)")
@@ -143,11 +155,12 @@ def run_cmd(args: argparse.Namespace) -> int:
     runner = _runner(args)
     gen = _gen(args)
     images = args.image or None
+    media = {"max_partition": args.max_partition, "video": args.video, "num_frames": args.num_frames}
     if args.json or not args.stream:
-        result = runner.run(images, args.question, **gen)
+        result = runner.run(images, args.question, **media, **gen)
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else result["output"])
     else:
-        _print_stream(runner.stream(images, args.question, **gen))
+        _print_stream(runner.stream(images, args.question, **media, **gen))
     return 0
 
 
@@ -158,7 +171,7 @@ def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None)
 
     read = read or input
     runner = _runner(args)
-    session = ChatSession(runner, system=args.system)
+    session = ChatSession(runner, system=args.system, max_partition=args.max_partition)
     gen = _gen(args)
     attached: list[str] = list(args.image)
     print(f"chatting with {args.model} on {runner.device} ({runner.model.dtype}); /help for commands")
@@ -198,7 +211,8 @@ def chat_cmd(args: argparse.Namespace, read: Callable[[str], str] | None = None)
         attached = []
 
 
-LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens", "max_body_bytes")
+LIMIT_FLAGS = ("max_images", "max_image_pixels", "max_image_bytes", "max_new_tokens", "max_body_bytes",
+               "max_partition", "max_videos", "max_video_bytes", "max_video_frames")
 HTTP_FLAGS = ("request_timeout_s", "body_timeout_s", "max_concurrent_requests", "max_queued_requests")
 
 

@@ -210,3 +210,134 @@ def test_ovis_run_refuses_max_partition_for_a_v1_model(chatty_model_dir, capsys)
 
     assert main(["run", "--model", str(chatty_model_dir), "hi", "--max-partition", "4"]) == 2
     assert "v1 layout" in capsys.readouterr().err
+
+
+# -- ovis eval: VLMEvalKit's Ovis2 defaults ----------------------------------------------------------
+def test_ocr_benchmarks_are_matched_by_name():
+    from ovis.eval.partition import is_ocr_benchmark
+
+    for name in ("TextVQA_VAL", "ChartQA_TEST", "DocVQA_VAL", "InfoVQA_VAL", "OCRBench", "ocrbench", "docvqa-test"):
+        assert is_ocr_benchmark(name), name
+    for name in ("MMBench_DEV_EN", "MMStar", "AI2D_TEST", "MME", "HallusionBench", "OCR"):
+        assert not is_ocr_benchmark(name), name
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "override", "images", "video", "expected"),
+    [
+        ("MMStar", None, 1, False, 9),
+        ("DocVQA_VAL", None, 1, False, 12),
+        ("DocVQA_VAL", None, 3, False, 12),  # the OCR rule comes first, as in VLMEvalKit
+        ("MMMU_DEV_VAL", None, 2, False, 6),
+        ("MMMU_DEV_VAL", None, 5, False, 2),
+        ("MMMU_DEV_VAL", None, 20, False, 1),  # at least 1
+        ("MMStar", None, 1, True, 1),  # video frames: one tile
+        ("MMStar", 4, 3, False, 4),  # --max-partition: every image
+        ("DocVQA_VAL", 4, 1, True, 1),
+    ],
+)
+def test_item_partition_follows_vlmevalkit(benchmark, override, images, video, expected):
+    from ovis.eval.partition import item_partition, partition_setting
+
+    assert item_partition(partition_setting(benchmark, override), images, video=video) == expected
+
+
+class RecordingRunner:
+    """A real runner that records the max_partition each question is prepared with."""
+
+    def __init__(self, runner):
+        self.runner, self.args, self.model, self.processor = runner, runner.args, runner.model, runner.processor
+        self.seen: list[int | None] = []
+
+    def prepare(self, *args, max_partition=None, **kwargs):
+        self.seen.append(max_partition)
+        return self.runner.prepare(*args, max_partition=max_partition, **kwargs)
+
+    def generate(self, requests):
+        return self.runner.generate(requests)
+
+
+def _png(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _vqa_rows(images_per_row: int):
+    import base64
+    import json
+
+    picture = base64.b64encode(_png(_wide_image())).decode()
+    cell = picture if images_per_row == 1 else json.dumps([picture] * images_per_row)
+    return [{"index": i, "image": cell, "question": f"Text {i}?", "answer": "x"} for i in range(2)]
+
+
+def test_eval_uses_the_defaults_and_records_them_in_the_fingerprint(tiled_runner, tmp_path):
+    from ovis.eval.predictions import StalePredictionsError
+    from ovis.eval.run import evaluate_file
+    from ovis.eval.tsv import write_benchmark
+
+    tiled_runner.args.model_path = str(tmp_path / "not-a-dir")  # the fingerprint needs a name only
+    cases = [
+        ("MMStar", 1, None, [9, 9]),
+        ("DocVQA_VAL", 1, None, [12, 12]),
+        ("MMMU_DEV_VAL", 3, None, [4, 4]),
+        ("TextVQA_VAL", 1, 2, [2, 2]),
+    ]
+    for name, per_row, override, expected in cases:
+        path = tmp_path / f"{name}.tsv"
+        write_benchmark(path, _vqa_rows(per_row))
+        runner = RecordingRunner(tiled_runner)
+        report = evaluate_file(
+            runner, path, tmp_path / "out", kind="vqa", max_new_tokens=2, progress=False, max_partition=override
+        )
+        assert runner.seen == expected, name
+        rule = "fixed" if override else "vlmevalkit-ovis2"
+        base = override or expected[0] if per_row == 1 else 9
+        assert report["fingerprint"]["generation"]["max_partition"] == {"rule": rule, "max_partition": base}
+    # predictions made under one setting are not reused under another
+    with pytest.raises(StalePredictionsError, match="max_partition"):
+        evaluate_file(
+            RecordingRunner(tiled_runner),
+            tmp_path / "MMStar.tsv",
+            tmp_path / "out",
+            kind="vqa",
+            max_new_tokens=2,
+            progress=False,
+            max_partition=3,
+        )
+
+
+def test_eval_on_a_v1_model_sets_no_tiles_and_refuses_max_partition(chatty_runner, tmp_path):
+    from ovis.eval.run import evaluate_file
+    from ovis.eval.tsv import write_benchmark
+
+    path = tmp_path / "DocVQA_VAL.tsv"
+    write_benchmark(path, _vqa_rows(1))
+    runner = RecordingRunner(chatty_runner)
+    report = evaluate_file(runner, path, tmp_path / "out", kind="vqa", max_new_tokens=2, progress=False)
+    assert runner.seen == [None, None] and "max_partition" not in report["fingerprint"]["generation"]
+    with pytest.raises(ConfigError, match="v1 layout"):
+        evaluate_file(runner, path, tmp_path / "out2", kind="vqa", max_new_tokens=2, progress=False, max_partition=4)
+
+
+def test_ovis_eval_max_partition_flag(tiled_dir, chatty_model_dir, tmp_path, capsys):
+    import json
+
+    from ovis.cli import main
+    from ovis.eval.tsv import write_benchmark
+
+    path = tmp_path / "ChartQA_TEST.tsv"
+    write_benchmark(path, _vqa_rows(1))
+    base = ["eval", "--data", str(path), "--kind", "vqa", "--max-new-tokens", "2", "--dtype", "float32"]
+    assert main([*base, "--model", str(tiled_dir), "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "ChartQA_TEST" / "results.json").read_text())
+    assert results["fingerprint"]["generation"]["max_partition"] == {"rule": "vlmevalkit-ovis2", "max_partition": 12}
+    capsys.readouterr()
+    # a different setting with the same output directory: refused before the model loads
+    assert main([*base, "--model", str(tiled_dir), "--out", str(tmp_path / "a"), "--max-partition", "4"]) == 2
+    assert "max_partition" in capsys.readouterr().err
+    assert main([*base, "--model", str(chatty_model_dir), "--out", str(tmp_path / "b"), "--max-partition", "4"]) == 2
+    assert "v1 layout" in capsys.readouterr().err

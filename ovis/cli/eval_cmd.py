@@ -41,6 +41,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    "question, for models trained without those instructions (e.g. the quick-start's)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-new-tokens", type=positive_int, help="default 32 (multiple choice, VQA) or 16 (yes/no)")
+    p.add_argument("--max-partition", type=positive_int,
+                   help="tiled models: tiles per image for every question (default: VLMEvalKit's Ovis2 rule: 9, "
+                   "12 on TextVQA/ChartQA/DocVQA/InfoVQA/OCRBench, 12 // n for n images)")
     p.add_argument("--limit", type=positive_int, help="only the first N questions of each file (a smoke run)")
     p.add_argument("--discard-stale", action="store_true",
                    help="delete saved predictions made by another model or setup (default: refuse to mix them)")
@@ -78,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     # Every file is read and checked before the model loads (minutes at real scale).
     for line in check_files(files, args.out, runner_args=runner_args, dtype=dtype_name, kind=kind,
                             max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
-                            discard_stale=args.discard_stale):
+                            discard_stale=args.discard_stale, max_partition=args.max_partition):
         print(line, file=sys.stderr)
     runner = OvisRunner(runner_args)
     reports = evaluate(
         runner, files, args.out, kind=kind, circular=args.circular, relaxed=args.relaxed, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, limit=args.limit, prompt_style=args.prompt_style,
-        discard_stale=args.discard_stale, judge=judge,
+        discard_stale=args.discard_stale, judge=judge, max_partition=args.max_partition,
     )
     print(summary_table(reports))
     for report in reports:

@@ -15,10 +15,13 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from ovis.errors import ConfigError
 from ovis.eval.fingerprint import fingerprint
+from ovis.eval.partition import is_tiled_model, item_partition, partition_setting
 from ovis.eval.predictions import (
     StalePredictionsError,
     open_predictions,
@@ -44,10 +47,37 @@ def check_positive(name: str, value: int | None, *, optional: bool = False) -> N
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def generation_settings(args, kind: Kind, max_new_tokens: int | None) -> dict:
-    """The runner's generation settings for this kind of benchmark, as a dict."""
+def generation_settings(
+    args, kind: Kind, max_new_tokens: int | None, *, tiling: dict[str, Any] | None = None
+) -> dict:
+    """The runner's generation settings for this kind of benchmark, as a dict; with ``tiling`` (a tiled
+    model: :func:`ovis.eval.partition.partition_setting`) under ``max_partition``, so predictions made
+    with other tiles are not reused."""
     tokens = DEFAULT_MAX_NEW_TOKENS[kind] if max_new_tokens is None else max_new_tokens
-    return args.generation_params(max_new_tokens=tokens).model_dump(mode="json")
+    settings = args.generation_params(max_new_tokens=tokens).model_dump(mode="json")
+    if tiling is not None:
+        settings["max_partition"] = tiling
+    return settings
+
+
+def tiling_for(tiled: bool, benchmark: str, max_partition: int | None) -> dict[str, Any] | None:
+    """The benchmark's tiling setting on a tiled model (None on a v1-layout one, which refuses an
+    explicit ``max_partition``)."""
+    if max_partition is not None:
+        check_positive("max_partition", max_partition)
+        if not tiled:
+            raise ConfigError(
+                f"max_partition {max_partition}: the model uses the v1 layout (one square per image), which has "
+                "no tiles to set; leave --max-partition out"
+            )
+    return partition_setting(benchmark, max_partition) if tiled else None
+
+
+def _runner_is_tiled(runner) -> bool:
+    processor = getattr(runner, "processor", None)
+    if processor is not None:
+        return getattr(processor, "tiling", None) is not None
+    return is_tiled_model(runner.args.model_path)
 
 
 def runner_dtype(runner) -> str:
@@ -72,18 +102,22 @@ def check_files(
     max_new_tokens: int | None = None,
     prompt_style: str = "vlmevalkit",
     discard_stale: bool = False,
+    max_partition: int | None = None,
 ) -> list[str]:
     """Before a model is loaded (minutes at real scale): read and validate every benchmark file and
     refuse saved predictions made differently. Returns one line per file for the user."""
     lines = []
+    tiled = is_tiled_model(runner_args.model_path)
     for f in files:
         bench = read_benchmark(f, kind=kind)
+        tiling = tiling_for(tiled, bench.name, max_partition)
         path = output_dir(out_dir, bench, prompt_style) / "predictions.jsonl"
         line = (f"{bench.name}: {bench.kind}, {len(bench.items)} questions"
                   + (f", {len(bench.bad_rows)} rows left out (unusable images)" if bench.bad_rows else ""))
         if not discard_stale:
             expected = fingerprint(model_path=runner_args.model_path, dtype=dtype,
-                                   generation=generation_settings(runner_args, bench.kind, max_new_tokens),
+                                   generation=generation_settings(runner_args, bench.kind, max_new_tokens,
+                                                                  tiling=tiling),
                                    prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
             reasons = stale_reasons(path, expected)
             if reasons:
@@ -102,6 +136,7 @@ def predict(
     prompt_style: str = "vlmevalkit",
     progress: bool = True,
     discard_stale: bool = False,
+    max_partition: int | None = None,
 ) -> tuple[dict[str, str], dict[str, str], dict]:
     """Answer every item not yet in ``out/predictions.jsonl``; returns (predictions, errors, fingerprint).
 
@@ -111,7 +146,8 @@ def predict(
     check_positive("max_new_tokens", max_new_tokens, optional=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
-    settings = generation_settings(runner.args, bench.kind, max_new_tokens)
+    tiling = tiling_for(_runner_is_tiled(runner), bench.name, max_partition)
+    settings = generation_settings(runner.args, bench.kind, max_new_tokens, tiling=tiling)
     stamp = fingerprint(model_path=runner.args.model_path, dtype=runner_dtype(runner), generation=settings,
                         prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
     predictions, errors = open_predictions(path, stamp, discard_stale=discard_stale)
@@ -128,7 +164,9 @@ def predict(
                 try:
                     pictures = [load_image(data, what=f"{bench.name} row {item.index} image {k + 1}")
                                 for k, data in enumerate(images)]
-                    requests.append(runner.prepare([{"role": "user", "content": text}], pictures, params))
+                    tiles = item_partition(tiling, len(pictures)) if tiling is not None and pictures else None
+                    requests.append(runner.prepare([{"role": "user", "content": text}], pictures, params,
+                                                   max_partition=tiles))
                     asked.append(item)
                 except (ValueError, OSError) as exc:  # too long, undecodable, too large...: recorded, not fatal
                     errors[item.index] = f"{type(exc).__name__}: {exc}"
@@ -158,6 +196,7 @@ def evaluate_file(
     progress: bool = True,
     discard_stale: bool = False,
     judge: JudgeFn | None = None,
+    max_partition: int | None = None,
 ) -> dict:
     """Predict (resuming) and score one benchmark file; writes its results and returns the report."""
     check_positive("limit", limit, optional=True)
@@ -168,7 +207,8 @@ def evaluate_file(
         bench = with_circular(bench)
     out = output_dir(out_dir, bench, prompt_style)
     predictions, errors, stamp = predict(runner, bench, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                         prompt_style=prompt_style, progress=progress, discard_stale=discard_stale)
+                                         prompt_style=prompt_style, progress=progress, discard_stale=discard_stale,
+                                         max_partition=max_partition)
     report = score(bench, predictions, relaxed=relaxed, judge_fn=judge)
     readings = report.pop("readings")
     report["errors"] = len([i for i in errors if i not in predictions])

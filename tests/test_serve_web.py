@@ -274,6 +274,70 @@ def test_stopping_a_reply_cancels_its_generation(server, service, monkeypatch):
     assert cancelled.wait(30), "the generation went on after the client stopped it"
 
 
+# -- the visual-words tab ------------------------------------------------------------------------------------
+def test_visual_words_tab_draws_an_upload_and_refuses_bad_ones(server, service, pictures):
+    from ovis.inspect import patch_words
+
+    client = new_client(server)
+    assert "/visual_words" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    picture, table = client.predict(gradio_client.handle_file(str(pictures["one"])), api_name="/visual_words")
+    drawn = Image.open(picture)
+    assert drawn.width > 2 * drawn.height  # image | entropy | top word, side by side
+    assert len(drawn.convert("RGB").getcolors(drawn.width * drawn.height) or range(257)) > 256  # a real picture
+    figures = {name: value for name, value in table["data"]}
+    words = patch_words(service.runner.model, service.runner.processor, load(pictures["one"]))
+    assert figures["tokens"] == str(len(words.views))
+    assert figures["words used in this image (distinct top words)"] == str(int(words.top_word.unique().numel()))
+    assert float(figures["mean entropy (nats)"]) == pytest.approx(float(words.stats.entropy.mean()), abs=1e-5)
+    refusals = [("bad", "broken.png", "could not be decoded as an image"),
+                ("big", "big.png", "200x200 = 40,000 pixels; the limit is 16,384")]
+    for key, *needles in refusals:
+        with pytest.raises(gradio_client.exceptions.AppError) as refused:
+            client.predict(gradio_client.handle_file(str(pictures[key])), api_name="/visual_words")
+        for needle in needles:
+            assert needle in str(refused.value), (needle, str(refused.value))
+    # The chat in the other tab still answers in the same session.
+    reply = client.predict(message("What is in the picture?", pictures["one"]), api_name="/chat")
+    assert reply == expected(service, [{"role": "user", "content": "<image>\nWhat is in the picture?"}],
+                             [pictures["one"]])
+
+
+def test_visual_words_wait_for_the_runners_lock(service, pictures):
+    from ovis.serve.errors import RequestError
+    from ovis.serve.web import visual_words
+
+    with pytest.raises(RequestError, match="no image"):
+        visual_words(service, None)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (visual_words(service, str(pictures["two"])), done.set()))
+    with service.runner._lock:  # a generation step in progress
+        worker.start()
+        assert not done.wait(1.5), "the visual tokenizer ran beside a generation step"
+    assert done.wait(60)
+    worker.join()
+
+
+def test_visual_words_tab_explains_that_the_mlp_adapter_has_no_vocabulary():
+    from ovis.composer import compose
+    from ovis.serve.errors import RequestError
+    from ovis.serve.runner import OvisRunner
+    from ovis.serve.service import Service
+    from ovis.serve.web import build_ui, visual_words
+
+    model, processor = compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=64, adapter="mlp")
+    service = Service.wrap(OvisRunner(model=model, processor=processor), model_name="mlp")
+    try:
+        with pytest.raises(RequestError, match="'mlp' adapter, which has no visual vocabulary"):
+            visual_words(service, "any.png")
+        demo = build_ui(service)
+        shown = [c.get("props", {}).get("value") for c in demo.config["components"]]
+        assert any(isinstance(v, str) and "Not available for this model" in v for v in shown)
+        assert "visual_words" not in {d.get("api_name") for d in demo.config["dependencies"]}
+        assert "chat" in {d.get("api_name") for d in demo.config["dependencies"]}
+    finally:
+        service.close()
+
+
 # -- the v1 seed's command -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_seed_command_serves_the_page_and_health(chatty_model_dir):

@@ -226,3 +226,11 @@ def test_ovis_run_takes_a_video(chatty_model_dir, tmp_path, capsys):
     assert result == runner.run(None, "What changes?", video=path, num_frames=3)
     assert main(["run", "--model", str(chatty_model_dir), "--video", str(tmp_path / "gone.mp4"), "hi"]) == 2
     assert "gone.mp4): no such video file" in capsys.readouterr().err
+
+
+def test_a_server_without_pyav_answers_501_saying_so(http_service, monkeypatch):
+    _, http = http_service
+    monkeypatch.setitem(sys.modules, "av", None)
+    reply = ask(http, [video_part(make_video())])
+    assert reply.status_code == 501, reply.text
+    assert "ovis[video]" in reply.json()["error"]["message"]

@@ -335,6 +335,7 @@ def test_ovis_eval_max_partition_flag(tiled_dir, chatty_model_dir, tmp_path, cap
     assert main([*base, "--model", str(tiled_dir), "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "ChartQA_TEST" / "results.json").read_text())
     assert results["fingerprint"]["generation"]["max_partition"] == {"rule": "vlmevalkit-ovis2", "max_partition": 12}
+    assert main([*base, "--model", str(tiled_dir), "--out", str(tmp_path / "a")]) == 0  # same setting: reused
     capsys.readouterr()
     # a different setting with the same output directory: refused before the model loads
     assert main([*base, "--model", str(tiled_dir), "--out", str(tmp_path / "a"), "--max-partition", "4"]) == 2

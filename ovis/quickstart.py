@@ -27,6 +27,8 @@ VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
 STAGES = ("stage0-text", "stage1", "stage2", "stage3-max1", "stage3-max2", "stage3")
 #: The budget the quick-start is held to: accuracy and minutes end to end on a 2-core CPU.
 TARGET = (0.9, 10.0)
+#: Synthetic scenes the visual vocabulary is measured on after each stage (ovis.inspect); 0 skips it.
+VOCABULARY_SCENES = 50
 
 
 def configs_dir() -> Path:
@@ -97,6 +99,7 @@ def quickstart(
     precision: str = "auto",
     curve_every: int | None = None,
     curve_questions: int = 300,
+    vocabulary_scenes: int = VOCABULARY_SCENES,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> QuickstartResult:
@@ -108,7 +111,11 @@ def quickstart(
     task is built to keep near chance. ``curve_every`` also evaluates the model being trained every
     that many steps of the multimodal stages on the first ``curve_questions`` held-out questions
     (the time spent evaluating is left out of the clock), for an accuracy-versus-time curve:
-    ``report["curve"]`` and a chart in ``out/curve.png``.
+    ``report["curve"]`` and a chart in ``out/curve.png``. ``vocabulary_scenes`` (0: skip) measures
+    the visual vocabulary after every stage on that many synthetic scenes, the same ones each time
+    (:func:`ovis.inspect.vocabulary_figures`: words used, entropy, MI with colour and shape), also
+    left out of the clock: ``report["vocabulary"]`` and a chart in ``out/vocabulary.png``. The
+    MLP adapter has no vocabulary, so nothing is measured for it.
     """
     from ovis.data.synth import SynthSpec
     from ovis.precision import resolve_precision
@@ -116,7 +123,10 @@ def quickstart(
     unknown = sorted(set(steps or {}) - set(STAGES))
     if unknown:
         raise ConfigError(f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+    if vocabulary_scenes < 0:
+        raise ConfigError(f"vocabulary_scenes must be 0 (skip) or more, got {vocabulary_scenes}")
     run = _Run(Path(out).resolve(), blind=blind, seed=seed, progress=progress, log=log)
+    run.vocabulary_scenes = vocabulary_scenes if adapter == "structural" else 0
     chosen = resolve_precision(precision)
     log(str(chosen))
     run.make_data(SynthSpec(train_images=train_images, eval_images=eval_images, seed=seed, blank=blind,
@@ -138,6 +148,8 @@ def quickstart(
     if run.curve:
         result.report["curve"] = run.curve
         _draw(run.curve, run.spans, run.out / "curve.png", curve_questions, text_report)
+    if run.vocabulary:
+        result.report["vocabulary"] = run.vocabulary_report()
     (run.out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
     _summarise(log, report, compositional, text_report, blind)
     log(f"\ntotal {result.total_seconds / 60:.1f} min; model in {model_dir}; report in {run.out / 'report.json'}")
@@ -156,6 +168,10 @@ class _Run:
         self.clock = Clock()
         self.curve: list[dict] = []
         self.spans: list[tuple[str, float, float]] = []
+        self.vocabulary_scenes = 0
+        self.vocabulary: dict[str, dict] = {}
+        self.vocabulary_seconds: dict[str, float] = {}
+        self._scenes: list | None = None
 
     def lap(self, name: str) -> None:
         ended = self.clock.now()
@@ -224,7 +240,39 @@ class _Run:
                 text_report = self.evaluate(*ovis.load(final), "eval.json", mode="text")
                 self.log(f"[quickstart] text-only accuracy after {name} (scene in words): {text_report.accuracy:.1%}")
             self.lap(name)
+            self.measure_vocabulary(name, final)
         return previous, text_report
+
+    def measure_vocabulary(self, name: str, model_dir: Path) -> None:
+        """The stage's visual-vocabulary figures on the run's scenes, off the clock; training is
+        untouched (the model is loaded afresh from the stage's export)."""
+        if not self.vocabulary_scenes:
+            return
+        import ovis
+        from ovis.inspect import vocabulary_figures
+        from ovis.inspect.meaning import synthetic_scenes
+
+        began = time.perf_counter()
+        model, processor = ovis.load(model_dir, dtype="float32")
+        if self._scenes is None:  # drawn once: every stage is measured on the same scenes
+            self._scenes = synthetic_scenes(self.vocabulary_scenes, processor.image_processor.image_size, self.seed)
+        self.vocabulary[name] = vocabulary_figures(model.eval(), processor, self._scenes, seed=self.seed)
+        seconds = self.vocabulary_seconds[name] = round(time.perf_counter() - began, 1)
+        self.clock.pause(seconds)
+        figures = self.vocabulary[name]
+        self.log(f"[quickstart] {name} vocabulary: {figures['words_used']} words used, "
+                 f"MI colour {figures['mi_colour_bits']:.2f} bits, shape {figures['mi_shape_bits']:.2f} bits "
+                 f"({seconds:.0f} s, off the clock)")
+
+    def vocabulary_report(self) -> dict:
+        """``report["vocabulary"]``: the figures per stage, what they cost, and their chart."""
+        from ovis.inspect import draw
+
+        chart = draw.figures_by_stage(
+            self.vocabulary, self.out / "vocabulary.png",
+            title=f"ovis quickstart: the visual vocabulary after each stage ({self.vocabulary_scenes} scenes)")
+        return {"scenes": self.vocabulary_scenes, "seed": self.seed, "by_stage": self.vocabulary,
+                "seconds": self.vocabulary_seconds, "chart": chart.name}
 
     def evaluate_final(self, model_dir: Path):
         import ovis

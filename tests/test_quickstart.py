@@ -248,6 +248,42 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
                    compositional_images=40, progress=False, log=lambda *_: None)
 
 
+def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
+    from ovis.composer import load
+    from ovis.inspect import FIGURES, vocab_usage, vocabulary_figures
+    from ovis.inspect.meaning import synthetic_scenes
+    from ovis.quickstart import STAGES, quickstart
+
+    tiny = {"steps": dict.fromkeys(STAGES, 2), "train_images": 48, "eval_images": 6, "compositional_images": 0,
+            "progress": False, "log": lambda *_: None}
+    result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
+    report = json.loads((tmp_path / "report.json").read_text())
+    vocabulary = report["vocabulary"]
+    assert vocabulary["scenes"] == 3 and list(vocabulary["by_stage"]) == list(STAGES)
+    for figures in vocabulary["by_stage"].values():
+        assert set(FIGURES) <= set(figures) and figures["images"] == 3 and figures["vocab_size"] == 1022
+    assert set(vocabulary["seconds"]) == set(STAGES) and (tmp_path / vocabulary["chart"]).stat().st_size > 10_000
+    assert result.report["vocabulary"] == vocabulary
+    # Stage 0 trains the LLM alone, so its figures are the composed model's, on the same scenes;
+    # the usage counted in the figures' one pass is what vocab_usage counts on its own. (Not bit for
+    # bit: a random head's logits are nearly equal, and its LayerNorm magnifies float rounding.)
+    model, processor = load(tmp_path / "composed", dtype="float32")
+    scenes = synthetic_scenes(3, 64, 0)
+    stage0 = vocabulary["by_stage"]["stage0-text"]
+    assert stage0 == pytest.approx(vocabulary_figures(model.eval(), processor, scenes), rel=1e-3)
+    usage = vocab_usage(model, processor, [image for image, _ in scenes]).summary()
+    assert stage0["words_used"] == usage["words_used"]
+    assert stage0["usage_perplexity"] == pytest.approx(usage["usage_perplexity"], rel=1e-3)
+    assert stage0["mean_token_entropy"] == pytest.approx(usage["mean_token_entropy"], rel=1e-3)
+    with pytest.raises(ValueError, match="no scenes"):
+        vocabulary_figures(model, processor, [])
+    # Skipped on request (everything else is reused).
+    quickstart(tmp_path, vocabulary_scenes=0, **tiny)
+    assert "vocabulary" not in json.loads((tmp_path / "report.json").read_text())
+    with pytest.raises(ValueError, match="vocabulary_scenes must be 0"):
+        quickstart(tmp_path, vocabulary_scenes=-1, **tiny)
+
+
 def test_quickstart_refuses_unknown_stage_names(tmp_path):
     from ovis.quickstart import quickstart
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovis.quickstart import STAGES
+from ovis.quickstart import STAGES, VOCABULARY_SCENES
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,6 +33,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="also evaluate every STEPS steps of the multimodal stages: an accuracy-vs-time curve "
                    "(report.json, curve.png)")
     p.add_argument("--curve-questions", type=int, default=300, help="held-out questions per curve point")
+    p.add_argument("--vocabulary-scenes", type=int, default=VOCABULARY_SCENES, metavar="N",
+                   help="measure the visual vocabulary after each stage on N synthetic scenes, off the clock "
+                   "(report.json, vocabulary.png; ovis.inspect); 0: skip")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(handler=run)
 
@@ -51,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         args.out, adapter=args.adapter, blind=args.blind, steps=dict(args.steps),
         train_images=args.train_images, eval_images=args.eval_images, compositional_images=args.compositional_images,
         seed=args.seed, precision=args.precision, progress=args.progress, curve_every=args.curve_every,
-        curve_questions=args.curve_questions,
+        curve_questions=args.curve_questions, vocabulary_scenes=args.vocabulary_scenes,
     )
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,10 +250,12 @@ def measure_meaning(
     seed: int = 0,
     probe: bool = True,
     progress: bool = False,
+    on_words: Callable[[int, PatchWords], None] | None = None,
 ) -> MeaningReport:
     """MI between top words and the colour / shape of what each token sees, and linear-probe
     accuracies (word probabilities vs raw ViT features), over synthetic scenes (``scenes``: how many
-    to draw at the encoder's image size, or ``[(image, things)]`` already drawn)."""
+    to draw at the encoder's image size, or ``[(image, things)]`` already drawn). ``on_words(index,
+    words)`` sees each scene's :class:`PatchWords`, so a caller can count usage in the same pass."""
     from tqdm import tqdm
 
     check_inspectable(model)
@@ -269,6 +271,8 @@ def measure_meaning(
         words = patch_words(
             model, processor, image, top_k=1 if full else PROBE_TOP_K, keep_probs=probe and full, keep_features=probe
         )
+        if on_words is not None:
+            on_words(index, words)
         labels = token_labels(image, things, words.boxes)
         where = pooled.add(index, words, labels, words.stats.probs)
         if probe and not full:

@@ -284,6 +284,14 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
         quickstart(tmp_path, vocabulary_scenes=-1, **tiny)
 
 
+def test_cli_vocabulary_scenes_option(tmp_path, capsys):
+    from ovis.cli import main
+
+    assert main(["quickstart", "--vocabulary-scenes", "-1", "--out", str(tmp_path / "q")]) == 2
+    assert "vocabulary_scenes must be 0 (skip) or more, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quickstart_refuses_unknown_stage_names(tmp_path):
     from ovis.quickstart import quickstart
 

@@ -28,7 +28,7 @@ STAGES = ("stage0-text", "stage1", "stage2", "stage3-max1", "stage3-max2", "stag
 #: The budget the quick-start is held to: accuracy and minutes end to end on a 2-core CPU.
 TARGET = (0.9, 10.0)
 #: Synthetic scenes the visual vocabulary is measured on after each stage (ovis.inspect); 0 skips it.
-VOCABULARY_SCENES = 50
+VOCABULARY_SCENES = 200
 
 
 def configs_dir() -> Path:

@@ -310,7 +310,7 @@ def test_visual_words_wait_for_the_runners_lock(service, pictures):
         visual_words(service, None)
     done = threading.Event()
     worker = threading.Thread(target=lambda: (visual_words(service, str(pictures["two"])), done.set()))
-    with service.runner._lock:  # a generation step in progress
+    with service.runner.model_lock:  # a generation step in progress
         worker.start()
         assert not done.wait(1.5), "the visual tokenizer ran beside a generation step"
     assert done.wait(60)
@@ -434,3 +434,34 @@ def test_headless_browser_chat_with_an_image(server, service, tmp_path):
 def _visible(text: str) -> str:
     """Letters and digits only: what survives Markdown rendering of arbitrary model output."""
     return "".join(ch for ch in text if ch.isalnum())
+
+
+def test_a_tiled_model_gets_a_tiles_slider_that_reaches_the_prompt(service, tmp_path):
+    """The chat's settings offer max_partition for a tiled model (none for v1), and the value sets
+    how many positions each image takes, as max_partition does over the API."""
+    import gradio as gr
+
+    import ovis
+    from ovis.serve.runner import OvisRunner, RunnerArguments
+    from ovis.serve.service import Service
+    from ovis.serve.web import _prepare, _settings_inputs
+
+    def tiles_sliders(of):
+        return [c for c in _settings_inputs(of) if isinstance(c, gr.Slider) and "max_partition" in c.label]
+
+    assert service.runner.model.config.image_layout == "v1" and not tiles_sliders(service)
+    tiled_dir = tmp_path / "tiled"
+    ovis.compose(vit="clip-toy", llm="qwen-toy", out=tiled_dir, visual_vocab_size=64, max_partition=4)
+    picture = write_picture(tmp_path / "wide.png", 3, size=(256, 64))
+    tiled = Service.wrap(OvisRunner(RunnerArguments(model_path=str(tiled_dir), dtype="float32")))
+    try:
+        sliders = tiles_sliders(tiled)
+        assert len(sliders) == 1 and sliders[0].value == 4
+        message = {"text": "What is it?", "files": [str(picture)]}
+        lengths = {
+            tiles: len(_prepare(tiled, message, [], 4, False, None, None, None, "", tiles).sample.input_ids)
+            for tiles in (1, 4)
+        }
+        assert lengths[4] > lengths[1], lengths  # four tiles and a global view take more positions than one
+    finally:
+        tiled.close()

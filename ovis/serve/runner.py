@@ -139,6 +139,12 @@ class OvisRunner:
         # One generate at a time: the model is shared by threads (servers, streaming).
         self._lock = threading.Lock()
 
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the model generates: hold it to use the model otherwise (e.g. ``ovis.inspect``)
+        without racing a generation on another thread."""
+        return self._lock
+
     @staticmethod
     def _load(args: RunnerArguments):
         path = Path(args.model_path).expanduser()

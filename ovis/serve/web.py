@@ -284,7 +284,7 @@ def visual_words(service: Service, path: str | None) -> tuple[Image.Image, list[
         raise RequestError("no image: upload one to see its visual words")
     image = load_upload(path, service.limits, what=f"the image ({_display_name(path)})")
     # The runner's lock: the visual tokenizer runs on the model generation uses, never beside it.
-    with runner._lock:
+    with runner.model_lock:
         words = patch_words(runner.model, runner.processor, image)
     summary = words.to_dict()["summary"]
     rows = [
@@ -353,12 +353,24 @@ def _settings_inputs(service: Service) -> list[gr.components.Component]:
         gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (sampling only)"),
         gr.Number(value=-1, precision=0, label="Seed (sampling only; -1: random)"),
         gr.Textbox("", label="System prompt", placeholder="(the chat format's default)", lines=2),
+        *_tiling_inputs(service),
     ]
+
+
+def _tiling_inputs(service: Service) -> list[gr.components.Component]:
+    """A tiles-per-image slider for a tiled model (none for the v1 layout, whose images are one square)."""
+    config = service.runner.model.config
+    if getattr(config, "image_layout", "v1") != "tiled":
+        return []
+    ceiling = max(service.limits.max_partition, 1)
+    return [gr.Slider(1, ceiling, value=min(config.max_partition, ceiling), step=1,
+                      label="Tiles per image (max_partition; more tiles read small text, cost more positions)")]
 
 
 def _prepare(
     service: Service, message: Any, history: Sequence[Any] | None, max_new_tokens: float | None, do_sample: bool,
     temperature: float | None, top_p: float | None, seed: float | None, system: str | None,
+    max_partition: float | None = None,
 ) -> PreparedRequest:
     """The UI's message, history and settings as a request for the batcher (raises RequestError)."""
     settings: dict[str, Any] = {"max_new_tokens": int(max_new_tokens) if max_new_tokens else None,
@@ -375,7 +387,8 @@ def _prepare(
             f"the conversation has {len(paths)} images; the limit is {service.limits.max_images}. "
             "Clear the chat to start a new one"
         )
-    return service.request(messages, load_images(paths, service.limits), params)
+    tiles = int(max_partition) if max_partition else None
+    return service.request(messages, load_images(paths, service.limits), params, max_partition=tiles)
 
 
 def _responder(service: Service) -> Callable[..., AsyncIterator[str]]:
@@ -384,11 +397,12 @@ def _responder(service: Service) -> Callable[..., AsyncIterator[str]]:
 
     async def respond(
         message, history, max_new_tokens=default_new_tokens, do_sample=False, temperature=1.0,
-        top_p=1.0, seed=-1, system="",
+        top_p=1.0, seed=-1, system="", max_partition=None,
     ) -> AsyncIterator[str]:
         try:
             request = await anyio.to_thread.run_sync(
-                _prepare, service, message, history, max_new_tokens, do_sample, temperature, top_p, seed, system
+                _prepare, service, message, history, max_new_tokens, do_sample, temperature, top_p, seed, system,
+                max_partition,
             )
         except RequestError as exc:
             raise gr.Error(str(exc), title="Request refused") from exc

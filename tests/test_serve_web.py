@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -465,3 +466,37 @@ def test_a_tiled_model_gets_a_tiles_slider_that_reaches_the_prompt(service, tmp_
         assert lengths[4] > lengths[1], lengths  # four tiles and a global view take more positions than one
     finally:
         tiled.close()
+
+
+def test_an_attached_video_becomes_its_sampled_frames(service, tmp_path):
+    """A video attached in the chat is read as the API reads a video_url part: frames sampled
+    uniformly, each one image, in place of its marker; a broken one is refused by name."""
+    av = pytest.importorskip("av")
+    from ovis.interfaces.video import DEFAULT_NUM_FRAMES, load_video
+    from ovis.serve.errors import RequestError
+    from ovis.serve.web import _prepare
+
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(12):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (32, 32), (20 * i, 255 - 20 * i, 90)))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    picture = write_picture(tmp_path / "still.png", 5)
+    message = {"text": "What changes?", "files": [str(picture), str(clip)]}
+    prepared = _prepare(service, message, [], 4, False, None, None, None, "")
+    frames = load_video(str(clip), DEFAULT_NUM_FRAMES)
+    expected = service.runner.prepare([{"role": "user", "content": "<image>\n<video>\nWhat changes?"}],
+                                      [picture], videos=[frames])
+    assert prepared.sample.num_images == 1 + DEFAULT_NUM_FRAMES
+    assert prepared.sample.input_ids == expected.sample.input_ids
+    assert torch.equal(prepared.sample.pixel_values, expected.sample.pixel_values)
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clip.read_bytes()[:200])
+    with pytest.raises(RequestError, match=r"broken\.mp4"):
+        _prepare(service, {"text": "And this?", "files": [str(broken)]}, [], 4, False, None, None, None, "")

@@ -122,9 +122,6 @@ def decode_video_data_url(
 ) -> list[Image.Image]:
     """``num_frames`` frames sampled uniformly from a ``data:video/...;base64,...`` URL (decoded with
     PyAV), within the limits: encoded size, frame size (``max_image_pixels``), frame count."""
-    from ovis.errors import UsageError
-    from ovis.interfaces.video import VideoError, load_video
-
     if not url.startswith("data:"):
         shown = url if len(url) <= 60 else url[:57] + "..."
         raise RequestError(
@@ -142,6 +139,19 @@ def decode_video_data_url(
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(f"{what}: the base64 payload is invalid ({exc})", param=what) from exc
+    return decode_video(data, limits, num_frames, what=what)
+
+
+def decode_video(data: bytes, limits: ServeLimits, num_frames: int, *, what: str = "video") -> list[Image.Image]:
+    """``num_frames`` frames sampled uniformly from an encoded video (an upload, a data: URL's
+    payload), within the limits: encoded size, frame size (``max_image_pixels``), frame count."""
+    from ovis.errors import UsageError
+    from ovis.interfaces.video import VideoError, load_video
+
+    if len(data) > limits.video_bytes_limit:
+        raise RequestError(f"{what} is {len(data):,} bytes; the limit is {limits.video_bytes_limit:,}",
+                           status=413, param=what)
+    check_num_frames(num_frames, limits)
     try:
         return load_video(data, num_frames, what=what, max_pixels=limits.max_image_pixels)
     except UsageError as exc:  # PyAV missing on the server: its setup, not the request

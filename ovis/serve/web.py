@@ -53,15 +53,18 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from ovis.interfaces import ChatFormatError
+from ovis.interfaces import IMAGE_MARKER, ChatFormatError
+from ovis.interfaces.video import DEFAULT_NUM_FRAMES, VIDEO_MARKER
 from ovis.serve.errors import RequestError
-from ovis.serve.limits import ServeLimits, open_image
+from ovis.serve.limits import ServeLimits, decode_video, open_image
 from ovis.serve.runner import PreparedRequest, user_turn_content
 from ovis.serve.service import Service
 
 API_NAME = "chat"
 INSPECT_API_NAME = "visual_words"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+#: attachments read as videos (a few frames sampled uniformly, each one tile), by file name
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
 
 @dataclass
@@ -234,7 +237,7 @@ def build_chat(
         "earlier images stay part of the conversation."
     )
     textbox = gr.MultimodalTextbox(
-        file_types=["image", *IMAGE_SUFFIXES], file_count="multiple", sources=["upload"],
+        file_types=["image", *IMAGE_SUFFIXES, *VIDEO_SUFFIXES], file_count="multiple", sources=["upload"],
         placeholder="Ask about an image, or just ask…", show_label=False,
     )
     chatbot = gr.Chatbot(label=service.model_name, height=520, buttons=["copy"], placeholder=(
@@ -382,13 +385,50 @@ def _prepare(
     params = service.params(**settings)
     messages, paths = conversation_from_history(history, message, system=system,
                                                 separator=service.runner.processor.image_marker_separator)
+    messages, paths, video_paths = split_videos(messages, paths)
     if len(paths) > service.limits.max_images:
         raise RequestError(
             f"the conversation has {len(paths)} images; the limit is {service.limits.max_images}. "
             "Clear the chat to start a new one"
         )
+    if len(video_paths) > service.limits.max_videos:
+        raise RequestError(f"the conversation has {len(video_paths)} videos; the limit is "
+                           f"{service.limits.max_videos}. Clear the chat to start a new one")
+    frames = min(DEFAULT_NUM_FRAMES, service.limits.max_video_frames)
+    videos = [load_upload_video(path, service.limits, frames, what=f"video {i + 1} ({_display_name(path)})")
+              for i, path in enumerate(video_paths)]
     tiles = int(max_partition) if max_partition else None
-    return service.request(messages, load_images(paths, service.limits), params, max_partition=tiles)
+    return service.request(messages, load_images(paths, service.limits), params, max_partition=tiles, videos=videos)
+
+
+def split_videos(messages: list[dict], paths: list[str]) -> tuple[list[dict], list[str], list[str]]:
+    """The attachments that are videos (by :data:`VIDEO_SUFFIXES`) taken out of ``paths``, their
+    ``<image>`` markers in the user messages turned into ``<video>``: ``(messages, images, videos)``."""
+    is_video = [Path(path).suffix.lower() in VIDEO_SUFFIXES for path in paths]
+    if not any(is_video):
+        return messages, paths, []
+    kinds = iter(is_video)
+    for message in messages:
+        if message["role"] == "user":
+            pieces = message["content"].split(IMAGE_MARKER)
+            message["content"] = pieces[0] + "".join(
+                (VIDEO_MARKER if next(kinds) else IMAGE_MARKER) + piece for piece in pieces[1:]
+            )
+    images = [path for path, video in zip(paths, is_video, strict=True) if not video]
+    return messages, images, [path for path, video in zip(paths, is_video, strict=True) if video]
+
+
+def load_upload_video(path: str, limits: ServeLimits, num_frames: int, *, what: str) -> list[Image.Image]:
+    """An uploaded video's frames under the server's limits (RequestError names it as ``what``)."""
+    try:
+        size = os.path.getsize(path)
+        if size > limits.video_bytes_limit:
+            raise RequestError(f"{what} is {size:,} bytes; the limit is {limits.video_bytes_limit:,}", status=413)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RequestError(f"{what} is no longer available on the server ({exc.strerror}); "
+                           "clear the chat and upload it again") from exc
+    return decode_video(data, limits, num_frames, what=what)
 
 
 def _responder(service: Service) -> Callable[..., AsyncIterator[str]]:

@@ -338,16 +338,24 @@ def read_original(directory: str | Path) -> OriginalCheckpoint:
     if checkpoint_format(directory) != "original":
         raise ConversionError(f"{directory} is already in ovis format, not the original Ovis v1 format")
     translation = translate_config(read_config(directory), read_preprocessor(directory))
-    config = OvisConfig(**translation.config)
     state, files = read_state_dict(directory)
+    config, state, notes = _checked(translation, state, files, directory, "key names unchanged")
+    return OriginalCheckpoint(config, state, translation, notes)
+
+
+def _checked(translation, state: dict[str, torch.Tensor], files, directory: Path, renamed: str):
+    """``(config, state, notes)``: the translated config, the state dict checked against the model that
+    config builds (on the meta device), the config's dtype that of the weights; ``renamed`` says
+    how the keys were mapped, in the notes after the translation's own."""
+    config = OvisConfig(**translation.config)
     with torch.device("meta"):
         skeleton = OvisForCausalLM(config)
     state, notes = check_state_dict(state, skeleton, str(directory))
     dtype = state_dtype(state)
     if dtype is not None:
         config.dtype = dtype
-    notes = [*translation.notes, f"weights: {len(state)} tensors from {files.describe()}, key names unchanged", *notes]
-    return OriginalCheckpoint(config, state, translation, notes)
+    return config, state, [*translation.notes, f"weights: {len(state)} tensors from {files.describe()}, {renamed}",
+                           *notes]
 
 
 def read_hf_ovis2(directory: str | Path) -> HfOvis2Checkpoint:
@@ -357,22 +365,13 @@ def read_hf_ovis2(directory: str | Path) -> HfOvis2Checkpoint:
     if checkpoint_format(directory) != "hf-ovis2":
         raise ConversionError(f"{directory} is not a transformers Ovis2 (hf-ovis2) checkpoint")
     translation = translate_hf_config(*read_hf_configs(directory))
-    config = OvisConfig(**translation.config)
     state, files = read_state_dict(directory)
-    state = state_from_hf(state, str(directory))
-    with torch.device("meta"):
-        skeleton = OvisForCausalLM(config)
-    state, notes = check_state_dict(state, skeleton, str(directory))
-    dtype = state_dtype(state)
-    if dtype is not None:
-        config.dtype = dtype
-    notes = [
-        *translation.notes,
-        f"weights: {len(state)} tensors from {files.describe()}, hf-ovis2 names mapped "
-        "(model.vision_tower.transformer -> visual_tokenizer.backbone.vision_model, head_linear/head_norm -> "
-        "visual_tokenizer.head.0/1, visual_embeddings_table -> vte, model.language_model -> llm.model)",
-        *notes,
-    ]
+    config, state, notes = _checked(
+        translation, state_from_hf(state, str(directory)), files, directory,
+        "hf-ovis2 names mapped (model.vision_tower.transformer -> visual_tokenizer.backbone.vision_model, "
+        "head_linear/head_norm -> visual_tokenizer.head.0/1, visual_embeddings_table -> vte, "
+        "model.language_model -> llm.model)",
+    )
     return HfOvis2Checkpoint(config, state, translation, notes)
 
 
@@ -383,20 +382,10 @@ def read_release(directory: str | Path) -> ReleaseCheckpoint:
     if checkpoint_format(directory) != "ovis2":
         raise ConversionError(f"{directory} is not an AIDC-AI Ovis2 release checkpoint")
     translation = translate_release_config(read_config(directory), read_preprocessor(directory))
-    config = OvisConfig(**translation.config)
     state, files = read_state_dict(directory)
-    state = state_from_release(state, str(directory))
-    with torch.device("meta"):
-        skeleton = OvisForCausalLM(config)
-    state, notes = check_state_dict(state, skeleton, str(directory))
-    dtype = state_dtype(state)
-    if dtype is not None:
-        config.dtype = dtype
-    notes = [
-        *translation.notes,
-        f"weights: {len(state)} tensors from {files.describe()}; AIMv2 trunk renamed (preprocessor.patchifier -> "
-        "embeddings, trunk.blocks -> encoder.layers, fused attn.qkv split into q/k/v, mlp.fc1/fc3/fc2 -> "
-        "gate/up/down), the rest unchanged",
-        *notes,
-    ]
+    config, state, notes = _checked(
+        translation, state_from_release(state, str(directory)), files, directory,
+        "the AIMv2 trunk renamed (preprocessor.patchifier -> embeddings, trunk.blocks -> encoder.layers, fused "
+        "attn.qkv split into q/k/v, mlp.fc1/fc3/fc2 -> gate/up/down), the rest unchanged",
+    )
     return ReleaseCheckpoint(config, state, translation, notes)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ovis.interfaces import VisionSpec
+from ovis.model.ovis2_format import aimv2_spec
 from ovis.model.v1_format import (
     CONFIG_FILE,
     RELEASE_TOKENIZER_TYPES,
@@ -236,22 +237,8 @@ def translate_release_config(
                                  f"llm_config.hidden_size {llm['hidden_size']}")  # fmt: skip
     chat_format = extras.get("chat_format") or chat_format_for(config.get("conversation_formatter_class"), host)
     preprocess, notes = preprocess_from_clip_processor(preprocessor, arch["image_size"])
-    spec = VisionSpec(
-        name="aimv2-ovis2-release",
-        family="aimv2",
-        builder="hf-aimv2-vision",
-        plugin="ovis-plugin-hf-vision",
-        source="transformers",
-        description="AIMv2 trunk of an AIDC-AI Ovis2 release checkpoint (features before the final norm)",
-        hidden_size=arch["hidden_size"],
-        image_size=arch["image_size"],
-        patch_size=arch["patch_size"],
-        num_layers=arch["num_hidden_layers"],
-        num_heads=arch["num_attention_heads"],
-        has_cls_token=False,
-        preprocess=preprocess,
-        architecture=arch,
-    )
+    spec = aimv2_spec(arch, preprocess, name="aimv2-ovis2-release", description=(
+        "AIMv2 trunk of an AIDC-AI Ovis2 release checkpoint (features before the final norm)"))
     max_partition = int(extras.get("max_partition", 9))
     notes[:0] = [
         f"visual_tokenizer_config.backbone_config (aimv2: {spec.num_layers} layers, width {spec.hidden_size}, "

@@ -18,10 +18,10 @@ from ovis.interop.v1_writer import original_config, parse_size, save_original
 from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_original
 from ovis.model.v1_format import (
+    ConfigTranslation,
     ConversionError,
     MissingShardError,
     NotAnOvisCheckpointError,
-    OriginalTranslation,
     ShapeMismatchError,
     UnknownFormatterError,
     UnsupportedError,
@@ -36,11 +36,31 @@ from ovis.model.v1_weights import OriginalCheckpoint, check_state_dict, find_wei
 from ovis.processing import load_original_processor
 
 __all__ = [
-    "ConversionError", "ConversionReport", "MissingShardError", "NotAnOvisCheckpointError", "OriginalCheckpoint",
-    "OriginalTranslation", "ShapeMismatchError", "UnknownFormatterError", "UnsupportedError", "chat_format_for",
-    "check_state_dict", "checkpoint_format", "convert", "find_weight_files", "is_original_checkpoint",
-    "is_original_config", "load_original", "load_original_processor", "original_config", "parse_size",
-    "read_config", "read_original", "read_state_dict", "save_original", "translate_config",
+    "ConfigTranslation",
+    "ConversionError",
+    "ConversionReport",
+    "MissingShardError",
+    "NotAnOvisCheckpointError",
+    "OriginalCheckpoint",
+    "ShapeMismatchError",
+    "UnknownFormatterError",
+    "UnsupportedError",
+    "chat_format_for",
+    "check_state_dict",
+    "checkpoint_format",
+    "convert",
+    "find_weight_files",
+    "is_original_checkpoint",
+    "is_original_config",
+    "load_original",
+    "load_original_processor",
+    "original_config",
+    "parse_size",
+    "read_config",
+    "read_original",
+    "read_state_dict",
+    "save_original",
+    "translate_config",
 ]
 
 

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ovis.interfaces import VisionSpec
 from ovis.model.ovis2_format import aimv2_spec
 from ovis.model.v1_format import (
     CONFIG_FILE,
     RELEASE_TOKENIZER_TYPES,
+    ConfigTranslation,
     ConversionError,
     ShapeMismatchError,
     UnsupportedError,
@@ -167,16 +167,6 @@ def state_to_release(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 # -- config -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ReleaseTranslation:
-    """What an Ovis2 release config (and preprocessor config) becomes."""
-
-    config: dict[str, Any]  # OvisConfig keyword arguments
-    vision_spec: VisionSpec
-    chat_format: str
-    notes: list[str] = field(default_factory=list)
-
-
 def aimv2_architecture(backbone: Mapping[str, Any]) -> dict[str, Any]:
     """A release ``backbone_config`` (``aimv2``) -> the hf-aimv2-vision builder's architecture."""
     if backbone.get("model_type") != AIMV2_BACKBONE_TYPE:
@@ -200,7 +190,7 @@ def aimv2_architecture(backbone: Mapping[str, Any]) -> dict[str, Any]:
 
 def translate_release_config(
     config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
-) -> ReleaseTranslation:
+) -> ConfigTranslation:
     """An Ovis2 release ``config.json`` (+ its CLIPImageProcessor config) -> ``OvisConfig`` arguments."""
     vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
     if vt.get("model_type") != AIMV2_TOKENIZER_TYPE:
@@ -271,7 +261,7 @@ def translate_release_config(
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype:
         kwargs["dtype"] = dtype
-    return ReleaseTranslation(kwargs, spec, chat_format, notes)
+    return ConfigTranslation(kwargs, spec, chat_format, notes)
 
 
 @dataclass
@@ -280,7 +270,7 @@ class ReleaseCheckpoint:
 
     config: Any  # OvisConfig
     state: dict[str, torch.Tensor]
-    translation: ReleaseTranslation
+    translation: ConfigTranslation
     notes: list[str]
 
     def message(self, directory: str | Path) -> str:

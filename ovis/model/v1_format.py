@@ -167,8 +167,8 @@ def is_original_checkpoint(path: str | Path | None) -> bool:
 # -- config translation ---------------------------------------------------------------------------
 
 @dataclass
-class OriginalTranslation:
-    """What a v1 config (and preprocessor config) becomes."""
+class ConfigTranslation:
+    """What a foreign config (v1, or the Ovis2 release's; with its preprocessor config) becomes."""
 
     config: dict[str, Any]  # OvisConfig keyword arguments
     vision_spec: VisionSpec
@@ -330,7 +330,7 @@ def _visual_tokenizer_fields(vt: dict[str, Any]) -> tuple[dict, str, int, bool]:
 
 def translate_config(
     config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
-) -> OriginalTranslation:
+) -> ConfigTranslation:
     """A v1 ``config.json`` (+ its ``preprocessor_config.json``) -> ``OvisConfig`` arguments."""
     try:
         return _translate(config, preprocessor, host)
@@ -353,7 +353,7 @@ def _number(value: Any, what: str, kind: type[int] | type[float]) -> Any:
     return kind(value)
 
 
-def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, host) -> OriginalTranslation:
+def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, host) -> ConfigTranslation:
     if config.get("model_type", "ovis") != "ovis":
         raise NotAnOvisCheckpointError(f"config model_type {config.get('model_type')!r} is not 'ovis'")
     vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
@@ -404,7 +404,7 @@ def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype:
         kwargs["dtype"] = dtype
-    return OriginalTranslation(kwargs, spec, chat_format, notes)
+    return ConfigTranslation(kwargs, spec, chat_format, notes)
 
 
 def read_preprocessor(directory: Path) -> dict | None:

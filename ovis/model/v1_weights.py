@@ -20,9 +20,9 @@ from ovis.model.v1_format import (
     BIN_NAME,
     SAFE_INDEX,
     SAFE_NAME,
+    ConfigTranslation,
     ConversionError,
     MissingShardError,
-    OriginalTranslation,
     ShapeMismatchError,
     read_json,
 )
@@ -204,7 +204,7 @@ class OriginalCheckpoint:
 
     config: Any  # OvisConfig
     state: dict[str, torch.Tensor]
-    translation: OriginalTranslation
+    translation: ConfigTranslation
     notes: list[str]
 
     def message(self, directory: str | Path) -> str:

@@ -40,6 +40,7 @@ from ovis.model.v1_format import (
     UnsupportedError,
     read_json,
 )
+from ovis.model.v1_weights import ForeignCheckpoint
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 
 HF_OVIS2_TYPE = "ovis2"
@@ -372,18 +373,8 @@ def state_from_hf(state: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class HfOvis2Checkpoint:
-    """An hf-ovis2 directory read and checked: the OvisConfig, the state dict under ovis's names, notes."""
+class HfOvis2Checkpoint(ForeignCheckpoint):
+    """A transformers Ovis2 (hf-ovis2) directory read and checked."""
 
-    config: Any  # OvisConfig
-    state: dict[str, Any]
-    translation: HfOvis2Translation
-    notes: list[str]
-
-    def message(self, directory: str | Path) -> str:
-        lines = "\n".join(f"  - {note}" for note in self.notes)
-        return (
-            f"{directory} is a transformers Ovis2 checkpoint (hf-ovis2); converted on load. Mapped:\n{lines}\n"
-            f"To keep it in ovis format: ovis convert --from hf-ovis2 {directory} --out DIR"
-        )
+    described = "a transformers Ovis2 checkpoint (hf-ovis2)"
+    source_format = "hf-ovis2"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from ovis.model.v1_format import (
     chat_format_for,
     preprocess_from_clip_processor,
 )
+from ovis.model.v1_weights import ForeignCheckpoint
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 
 AIMV2_TOKENIZER_TYPE = "aimv2_visual_tokenizer"
@@ -264,18 +264,8 @@ def translate_release_config(
     return ConfigTranslation(kwargs, spec, chat_format, notes)
 
 
-@dataclass
-class ReleaseCheckpoint:
-    """An Ovis2 release directory read and checked: the OvisConfig, the state dict under ovis's names."""
+class ReleaseCheckpoint(ForeignCheckpoint):
+    """An AIDC-AI Ovis2 release directory read and checked."""
 
-    config: Any  # OvisConfig
-    state: dict[str, torch.Tensor]
-    translation: ConfigTranslation
-    notes: list[str]
-
-    def message(self, directory: str | Path) -> str:
-        lines = "\n".join(f"  - {note}" for note in self.notes)
-        return (
-            f"{directory} is an AIDC-AI Ovis2 release checkpoint; converted on load. Mapped:\n{lines}\n"
-            f"To keep it in ovis format: ovis convert --from ovis2 {directory} --out DIR"
-        )
+    described = "an AIDC-AI Ovis2 release checkpoint"
+    source_format = "ovis2"

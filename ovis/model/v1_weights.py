@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,7 +20,6 @@ from ovis.model.v1_format import (
     BIN_NAME,
     SAFE_INDEX,
     SAFE_NAME,
-    ConfigTranslation,
     ConversionError,
     MissingShardError,
     ShapeMismatchError,
@@ -199,17 +198,28 @@ def state_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype | None:
 
 
 @dataclass
-class OriginalCheckpoint:
-    """A v1 directory read and checked: the OvisConfig, the state dict and what was mapped."""
+class ForeignCheckpoint:
+    """A directory in another layout read and checked: the OvisConfig, the state dict under ovis's
+    names, and what was mapped. Each layout's subclass says what it is and its ``--from`` name."""
+
+    described: ClassVar[str] = "a checkpoint in another layout"
+    source_format: ClassVar[str] = ""
 
     config: Any  # OvisConfig
     state: dict[str, torch.Tensor]
-    translation: ConfigTranslation
+    translation: Any  # the layout's translation of its config
     notes: list[str]
 
     def message(self, directory: str | Path) -> str:
         lines = "\n".join(f"  - {note}" for note in self.notes)
         return (
-            f"{directory} is an original Ovis v1 checkpoint; converted on load. Mapped:\n{lines}\n"
-            f"To keep it in ovis format: ovis convert --from original {directory} --out DIR"
+            f"{directory} is {self.described}; converted on load. Mapped:\n{lines}\n"
+            f"To keep it in ovis format: ovis convert --from {self.source_format} {directory} --out DIR"
         )
+
+
+class OriginalCheckpoint(ForeignCheckpoint):
+    """An original Ovis v1 directory read and checked."""
+
+    described = "an original Ovis v1 checkpoint"
+    source_format = "original"

@@ -69,6 +69,14 @@ class DataConfig(_Strict):
         default=None, gt=0,
         description="Sequence limit in tokens, image blocks included; null: the model's processor's.",
     )
+    packing: bool = Field(
+        default=False,
+        description="Pack each micro-batch's samples into as few rows of at most `max_length` tokens as "
+        "fit (first-fit decreasing), each sample with its own position ids and attention that never "
+        "crosses a sample boundary (flash-attention varlen on a GPU with `flash_attention_2`, a "
+        "block-diagonal mask otherwise); image blocks stay whole, labels and the loss are unchanged. "
+        "Less padding, more training tokens per second.",
+    )
 
 
 class TauConfig(_Strict):
@@ -222,4 +230,6 @@ class TrainConfig(_Strict):
         """A short hash of everything that shapes the run (not where it is written or how often)."""
         skip = {"output_dir", "save_steps", "save_total_limit", "logging_steps", "num_workers"}
         data = self.model_dump(mode="json", exclude=skip)
+        if not self.data.packing:  # absent when off, so runs from before the key still resume
+            del data["data"]["packing"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

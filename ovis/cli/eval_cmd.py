@@ -1,4 +1,5 @@
-"""``ovis eval --model DIR --data FILE.tsv [--data ...]`` and ``ovis eval --synth``."""
+"""``ovis eval --model DIR --data FILE.tsv [--data ...]`` and ``ovis eval --synth``; video benchmarks
+(a TSV with a ``video`` column) take ``--video-root`` and ``--nframe``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def positive_int(text: str) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "eval", help="score a model on benchmark files in VLMEvalKit's TSV layout",
-        description="Score a model on VLMEvalKit-format TSV files (multiple choice, yes/no, short-answer VQA). "
+        description="Score a model on VLMEvalKit-format TSV files (multiple choice, yes/no, short-answer VQA; "
+        "video multiple choice such as Video-MME). "
         "Predictions are saved as they come, so a rerun resumes; results go to OUT/NAME/results.{json,csv} "
         "and OUT/summary.md.",
     )
@@ -44,6 +46,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-partition", type=positive_int,
                    help="tiled models: tiles per image for every question (default: VLMEvalKit's Ovis2 rule: 9, "
                    "12 on TextVQA/ChartQA/DocVQA/InfoVQA/OCRBench, 12 // n for n images)")
+    p.add_argument("--video-root", help="video benchmarks: the folder holding the videos (default: each TSV's "
+                   "folder; Video-MME's ids are looked for as video/ID.mp4, then ID.mp4, there)")
+    p.add_argument("--nframe", type=positive_int, default=None,
+                   help="video benchmarks: frames sampled uniformly per video, one tile each (default 8, "
+                   "VLMEvalKit's Video-MME_8frame)")
     p.add_argument("--limit", type=positive_int, help="only the first N questions of each file (a smoke run)")
     p.add_argument("--discard-stale", action="store_true",
                    help="delete saved predictions made by another model or setup (default: refuse to mix them)")
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ovis.eval.judge import Judge
     from ovis.eval.run import check_files, evaluate, summary_table
     from ovis.eval.synth_bench import write_synth_benchmarks
+    from ovis.eval.video_bench import DEFAULT_NFRAME
     from ovis.serve.runner import DTYPE_NAMES, OvisRunner, RunnerArguments, pick_device, pick_dtype
 
     if bool(args.judge_url) != bool(args.judge_model):
@@ -73,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise InputFileError(f"benchmark file(s) not found: {', '.join(missing)}")
     kind = None if args.kind == "auto" else args.kind
+    if args.video_root is not None and not Path(args.video_root).expanduser().is_dir():
+        raise InputFileError(f"--video-root {args.video_root}: not a directory")
+    videos = {"video_root": args.video_root, "nframe": args.nframe or DEFAULT_NFRAME}
     # Resolve the dtype now so that the fingerprint checked before loading is the one recorded after.
     dtype = pick_dtype(pick_device(args.device), args.dtype)
     dtype_name = next(name for name, value in DTYPE_NAMES.items() if value == dtype)
@@ -81,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
     # Every file is read and checked before the model loads (minutes at real scale).
     for line in check_files(files, args.out, runner_args=runner_args, dtype=dtype_name, kind=kind,
                             max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
-                            discard_stale=args.discard_stale, max_partition=args.max_partition):
+                            discard_stale=args.discard_stale, max_partition=args.max_partition, **videos):
         print(line, file=sys.stderr)
     runner = OvisRunner(runner_args)
     reports = evaluate(
         runner, files, args.out, kind=kind, circular=args.circular, relaxed=args.relaxed, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, limit=args.limit, prompt_style=args.prompt_style,
-        discard_stale=args.discard_stale, judge=judge, max_partition=args.max_partition,
+        discard_stale=args.discard_stale, judge=judge, max_partition=args.max_partition, **videos,
     )
     print(summary_table(reports))
     for report in reports:

@@ -117,6 +117,24 @@ def extract_choice(prediction: str, options: Mapping[str, str]) -> str | None:
     return _choice_by_text(text, options)
 
 
+# Video-MME's own reading (vlmeval/dataset/utils/videomme.py, extract_characters_regex), re-stated: the
+# answer prefixes are deleted, then the first capital option letter anywhere is the choice. Its list
+# misses two commas, so two of its "prefixes" are pairs run together; they are kept as it has them.
+_VIDEOMME_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
+                      "The best option isThe correct option is", "Best answer:Best option:", "Answer:", "Option:")
+
+
+def videomme_choice(prediction: str, letters: str = "ABCD") -> str | None:
+    """The option letter Video-MME's scoring reads from a reply (None: none). Cruder than
+    :func:`extract_choice` ("Clearly C" reads as C, from "Clearly"), reported beside it so scores
+    compare with Video-MME's published ones."""
+    text = prediction.strip()
+    for prefix in _VIDEOMME_PREFIXES:
+        text = text.replace(prefix, "")
+    found = re.search(f"[{re.escape(letters)}]", text)
+    return found[0] if found else None
+
+
 def _explicit_is_marked(text: str, letters: str) -> bool:
     """Whether the reply states its choice with a marker (which outranks other letters it mentions)."""
     return bool(re.search(rf"\b{_MARKER}\(?[{letters}]\)?(?![A-Za-z])|<answer>|答案", text))

@@ -3,7 +3,9 @@
 Saved predictions are reused only under the same fingerprint, so one model's answers are never
 scored as another's. The model is identified by its directory's files: small ones (configs,
 tokenizer, chat template) by content hash, large ones (weights) by name, size and modification
-time, which any retraining or re-saving changes, without reading gigabytes on every run.
+time, which any retraining or re-saving changes, without reading gigabytes on every run. A video
+benchmark adds its frames per video, how they are sampled and each video file's size and
+modification time (see :func:`ovis.eval.video_bench.video_setting`).
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def fingerprint(
     prompt_style: str,
     kind: str,
     data_path: str | Path,
+    video: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that shapes a benchmark's predictions, as a JSON-ready dict."""
-    return {
+    """Everything that shapes a benchmark's predictions, as a JSON-ready dict (``video``: a video
+    benchmark's setting; absent for images, so their fingerprints are as before)."""
+    stamp = {
         "model": {"path": str(Path(model_path).expanduser().resolve()) if Path(model_path).expanduser().is_dir()
                   else str(model_path), "files": model_identity(model_path)},
         "dtype": dtype,
@@ -59,6 +63,9 @@ def fingerprint(
         "kind": kind,
         "data_sha256": file_sha256(data_path),
     }
+    if video is not None:
+        stamp["video"] = dict(video)
+    return stamp
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -70,8 +77,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     old_files, new_files = old.get("model", {}).get("files", {}), new.get("model", {}).get("files", {})
     changed = sorted(name for name in set(old_files) | set(new_files) if old_files.get(name) != new_files.get(name))
     if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        changes.append(f"the model (files differing: {shown}; was {old.get('model', {}).get('path')}, "
+        changes.append(f"the model (files differing: {_listed(changed)}; was {old.get('model', {}).get('path')}, "
                        f"now {new['model']['path']})")
     for key, label in (("dtype", "dtype"), ("prompt_style", "prompt style"), ("kind", "task kind")):
         if old.get(key) != new.get(key):
@@ -82,4 +88,21 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             changes.append(f"generation setting {key} {old_gen.get(key)!r} -> {new_gen.get(key)!r}")
     if old.get("data_sha256") != new.get("data_sha256"):
         changes.append("the benchmark file's contents")
+    return changes + _video_differences(old.get("video") or {}, new.get("video") or {})
+
+
+def _video_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    changes = []
+    if old.get("nframe") != new.get("nframe"):
+        changes.append(f"frames per video (nframe) {old.get('nframe')!r} -> {new.get('nframe')!r}")
+    if old.get("sampling") != new.get("sampling"):
+        changes.append("how frames are sampled")
+    old_files, new_files = old.get("files", {}), new.get("files", {})
+    changed = sorted(name for name in set(old_files) | set(new_files) if old_files.get(name) != new_files.get(name))
+    if changed:
+        changes.append(f"the video files (added, removed or changed: {_listed(changed)})")
     return changes
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

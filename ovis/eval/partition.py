@@ -37,6 +37,12 @@ def partition_setting(benchmark: str, override: int | None = None) -> dict[str, 
     return {"rule": "vlmevalkit-ovis2", "max_partition": base}
 
 
+def video_partition_setting() -> dict[str, Any]:
+    """What the fingerprint records for a video benchmark on a tiled model: every frame one tile,
+    whatever ``--max-partition`` says (as VLMEvalKit's Ovis2 wrapper does for video)."""
+    return {"rule": "video-frames", "max_partition": 1}
+
+
 def item_partition(setting: dict[str, Any], num_images: int, *, video: bool = False) -> int:
     """The ``max_partition`` for one question under ``setting`` (see :func:`partition_setting`)."""
     if video:

@@ -7,6 +7,11 @@ only asks what is missing, and one under another is refused (see :mod:`ovis.eval
 Scores go to ``OUT/NAME/results.json`` (with the fingerprint) and ``results.csv`` (every metric,
 overall and per category), each reply's reading to ``readings.jsonl``, and ``OUT/summary.md``
 holds one markdown table of every benchmark run.
+
+Video benchmarks (:mod:`ovis.eval.video_bench`: a TSV with a ``video`` column and a folder of videos)
+run the same way: each question's video is sampled to ``nframe`` frames by the runner's sampler,
+the fingerprint adds nframe, the sampling and each video file's identity, and the report adds
+Video-MME's breakdown by duration, domain, sub-category and task type.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ovis.errors import ConfigError
+from ovis.eval.extract import videomme_choice
 from ovis.eval.fingerprint import fingerprint
-from ovis.eval.partition import is_tiled_model, item_partition, partition_setting
+from ovis.eval.partition import is_tiled_model, item_partition, partition_setting, video_partition_setting
 from ovis.eval.predictions import (
     StalePredictionsError,
     open_predictions,
@@ -32,6 +38,15 @@ from ovis.eval.predictions import (
 from ovis.eval.prompts import build_prompt
 from ovis.eval.scoring import JudgeFn, score
 from ovis.eval.tsv import Benchmark, Kind, read_benchmark, with_circular
+from ovis.eval.video_bench import (
+    DEFAULT_NFRAME,
+    FrameReader,
+    breakdown,
+    breakdown_categories,
+    is_video_benchmark,
+    read_video_benchmark,
+    video_setting,
+)
 from ovis.interfaces.image import load_image
 
 DEFAULT_MAX_NEW_TOKENS = {"mcq": 32, "yesno": 16, "vqa": 32}
@@ -60,9 +75,10 @@ def generation_settings(
     return settings
 
 
-def tiling_for(tiled: bool, benchmark: str, max_partition: int | None) -> dict[str, Any] | None:
+def tiling_for(tiled: bool, benchmark: str, max_partition: int | None, *, video: bool = False
+               ) -> dict[str, Any] | None:
     """The benchmark's tiling setting on a tiled model (None on a v1-layout one, which refuses an
-    explicit ``max_partition``)."""
+    explicit ``max_partition``); a video benchmark's frames are one tile each."""
     if max_partition is not None:
         check_positive("max_partition", max_partition)
         if not tiled:
@@ -70,7 +86,23 @@ def tiling_for(tiled: bool, benchmark: str, max_partition: int | None) -> dict[s
                 f"max_partition {max_partition}: the model uses the v1 layout (one square per image), which has "
                 "no tiles to set; leave --max-partition out"
             )
-    return partition_setting(benchmark, max_partition) if tiled else None
+    if not tiled:
+        return None
+    return video_partition_setting() if video else partition_setting(benchmark, max_partition)
+
+
+def load_benchmark(path: str | Path, *, kind: Kind | None = None, video_root: str | Path | None = None) -> Benchmark:
+    """A benchmark file, read as a video benchmark when its header says so (a ``video`` column)."""
+    if is_video_benchmark(path):
+        return read_video_benchmark(path, kind=kind, video_root=video_root)
+    return read_benchmark(path, kind=kind)
+
+
+def stamp_for(bench: Benchmark, *, model_path, dtype: str, generation: dict, prompt_style: str, nframe: int) -> dict:
+    """The fingerprint of a benchmark's predictions (with the video setting for a video benchmark)."""
+    return fingerprint(model_path=model_path, dtype=dtype, generation=generation, prompt_style=prompt_style,
+                       kind=bench.kind, data_path=bench.path,
+                       video=video_setting(bench, nframe) if bench.modality == "video" else None)
 
 
 def _runner_is_tiled(runner) -> bool:
@@ -103,22 +135,27 @@ def check_files(
     prompt_style: str = "vlmevalkit",
     discard_stale: bool = False,
     max_partition: int | None = None,
+    video_root: str | Path | None = None,
+    nframe: int = DEFAULT_NFRAME,
 ) -> list[str]:
     """Before a model is loaded (minutes at real scale): read and validate every benchmark file and
     refuse saved predictions made differently. Returns one line per file for the user."""
+    check_positive("nframe", nframe)
     lines = []
     tiled = is_tiled_model(runner_args.model_path)
     for f in files:
-        bench = read_benchmark(f, kind=kind)
-        tiling = tiling_for(tiled, bench.name, max_partition)
+        bench = load_benchmark(f, kind=kind, video_root=video_root)
+        video = bench.modality == "video"
+        tiling = tiling_for(tiled, bench.name, max_partition, video=video)
         path = output_dir(out_dir, bench, prompt_style) / "predictions.jsonl"
-        line = (f"{bench.name}: {bench.kind}, {len(bench.items)} questions"
-                  + (f", {len(bench.bad_rows)} rows left out (unusable images)" if bench.bad_rows else ""))
+        what = "videos" if video else "images"
+        line = (f"{bench.name}: {bench.kind}{f' on video, {nframe} frames each' if video else ''}, "
+                f"{len(bench.items)} questions"
+                + (f", {len(bench.bad_rows)} rows left out (unusable {what})" if bench.bad_rows else ""))
         if not discard_stale:
-            expected = fingerprint(model_path=runner_args.model_path, dtype=dtype,
-                                   generation=generation_settings(runner_args, bench.kind, max_new_tokens,
-                                                                  tiling=tiling),
-                                   prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
+            expected = stamp_for(bench, model_path=runner_args.model_path, dtype=dtype,
+                                 generation=generation_settings(runner_args, bench.kind, max_new_tokens, tiling=tiling),
+                                 prompt_style=prompt_style, nframe=nframe)
             reasons = stale_reasons(path, expected)
             if reasons:
                 raise StalePredictionsError(stale_message(path, reasons))
@@ -137,6 +174,7 @@ def predict(
     progress: bool = True,
     discard_stale: bool = False,
     max_partition: int | None = None,
+    nframe: int = DEFAULT_NFRAME,
 ) -> tuple[dict[str, str], dict[str, str], dict]:
     """Answer every item not yet in ``out/predictions.jsonl``; returns (predictions, errors, fingerprint).
 
@@ -144,12 +182,14 @@ def predict(
     ``discard_stale``)."""
     check_positive("batch_size", batch_size)
     check_positive("max_new_tokens", max_new_tokens, optional=True)
+    check_positive("nframe", nframe)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
-    tiling = tiling_for(_runner_is_tiled(runner), bench.name, max_partition)
+    tiling = tiling_for(_runner_is_tiled(runner), bench.name, max_partition, video=bench.modality == "video")
     settings = generation_settings(runner.args, bench.kind, max_new_tokens, tiling=tiling)
-    stamp = fingerprint(model_path=runner.args.model_path, dtype=runner_dtype(runner), generation=settings,
-                        prompt_style=prompt_style, kind=bench.kind, data_path=bench.path)
+    stamp = stamp_for(bench, model_path=runner.args.model_path, dtype=runner_dtype(runner), generation=settings,
+                      prompt_style=prompt_style, nframe=nframe)
+    frames = FrameReader(nframe)
     predictions, errors = open_predictions(path, stamp, discard_stale=discard_stale)
     todo = [item for item in bench.items if item.index not in predictions and item.index not in errors]
     params = runner.args.generation_params(max_new_tokens=settings["max_new_tokens"])
@@ -162,6 +202,13 @@ def predict(
             for item in chunk:
                 text, images = build_prompt(item, bench.kind, prompt_style)
                 try:
+                    if item.video is not None:
+                        # Frames taken by the runner's own sampler; the runner makes each one tile.
+                        clip = frames.frames(item.video, what=f"{bench.name} row {item.index} video {item.video}")
+                        requests.append(runner.prepare([{"role": "user", "content": text}], [], params,
+                                                       videos=[clip], num_frames=nframe))
+                        asked.append(item)
+                        continue
                     pictures = [load_image(data, what=f"{bench.name} row {item.index} image {k + 1}")
                                 for k, data in enumerate(images)]
                     tiles = item_partition(tiling, len(pictures)) if tiling is not None and pictures else None
@@ -197,10 +244,12 @@ def evaluate_file(
     discard_stale: bool = False,
     judge: JudgeFn | None = None,
     max_partition: int | None = None,
+    video_root: str | Path | None = None,
+    nframe: int = DEFAULT_NFRAME,
 ) -> dict:
     """Predict (resuming) and score one benchmark file; writes its results and returns the report."""
     check_positive("limit", limit, optional=True)
-    bench = read_benchmark(path, kind=kind)
+    bench = load_benchmark(path, kind=kind, video_root=video_root)
     if limit is not None:
         bench.items = bench.items[:limit]
     if circular and bench.kind == "mcq":  # only multiple choice has options to rotate
@@ -208,9 +257,11 @@ def evaluate_file(
     out = output_dir(out_dir, bench, prompt_style)
     predictions, errors, stamp = predict(runner, bench, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                          prompt_style=prompt_style, progress=progress, discard_stale=discard_stale,
-                                         max_partition=max_partition)
+                                         max_partition=max_partition, nframe=nframe)
     report = score(bench, predictions, relaxed=relaxed, judge_fn=judge)
     readings = report.pop("readings")
+    if bench.modality == "video":
+        _video_scores(report, bench, predictions, readings, nframe)
     report["errors"] = len([i for i in errors if i not in predictions])
     report["prompt_style"] = prompt_style
     report["bad_row_reasons"] = bench.bad_rows[:20]
@@ -223,6 +274,18 @@ def evaluate_file(
         for reading in readings:
             f.write(json.dumps({**reading, "prediction": predictions[reading["index"]]}, ensure_ascii=False) + "\n")
     return report
+
+
+def _video_scores(report: dict, bench: Benchmark, predictions: dict[str, str], readings: list[dict],
+                  nframe: int) -> None:
+    """Add Video-MME's breakdown (and its categories), and accuracy as Video-MME's own rule reads replies."""
+    answered = [item for item in bench.items if item.index in predictions and item.rotation == 0]
+    hits = [videomme_choice(predictions[item.index], "".join(item.options)) == item.answer for item in answered]
+    report["metrics"]["videomme_rule_accuracy"] = sum(hits) / len(hits) if hits else 0.0
+    report["breakdown"] = breakdown(bench, readings)
+    categories = {name: values for name, values in report["categories"].items() if name != "all"}
+    report["categories"] = {**categories, **breakdown_categories(report["breakdown"])}
+    report["nframe"] = nframe
 
 
 def _write_csv(path: Path, report: dict) -> None:

@@ -62,6 +62,7 @@ class Item:
     row: int = 0  # 1-based data row in the file, for messages
     group: str = ""  # the question this row is a variant of (MMBench's circular copies share it)
     rotation: int = 0  # which circular variant (0: the options as written)
+    video: Path | None = None  # a video benchmark's file for this question (see :mod:`ovis.eval.video_bench`)
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -80,12 +81,15 @@ class Benchmark:
     path: Path
     items: list[Item]
     bad_rows: list[dict] = field(default_factory=list)  # {"row", "index", "reason"} for rows left out
+    modality: Literal["image", "video"] = "image"
+    video_root: Path | None = None  # a video benchmark's folder of videos
 
     def __len__(self) -> int:
         return len(self.items)
 
 
-def _cell(value: str | None) -> str | None:
+def cell(value: str | None) -> str | None:
+    """A TSV cell's text, stripped; None when empty or pandas's ``nan``."""
     if value is None:
         return None
     value = value.strip()
@@ -120,6 +124,20 @@ def infer_kind(name: str, columns: Sequence[str], answers: Sequence[str]) -> Kin
     return "vqa"
 
 
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows of a UTF-8 TSV (a clear :class:`BenchmarkError` for anything else)."""
+    csv.field_size_limit(sys.maxsize)  # base64 images are long cells
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); VLMEvalKit TSVs are "
+                             "UTF-8 (re-save the file as UTF-8)") from exc
+    except csv.Error as exc:
+        raise BenchmarkError(f"{path}: not a readable TSV ({exc})") from exc
+
+
 def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | None = None) -> Benchmark:
     """Read and validate a TSV. Rows whose image cannot be decoded are left out and listed in
     ``bad_rows`` (counted in the report); structural problems raise :class:`BenchmarkError`."""
@@ -131,17 +149,7 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
         raise BenchmarkError(f"{path}: benchmark file not found")
     if kind is not None and kind not in KINDS:
         raise BenchmarkError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    csv.field_size_limit(sys.maxsize)  # base64 images are long cells
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except UnicodeDecodeError as exc:
-        raise BenchmarkError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); VLMEvalKit TSVs are "
-                             "UTF-8 (re-save the file as UTF-8)") from exc
-    except csv.Error as exc:
-        raise BenchmarkError(f"{path}: not a readable TSV ({exc})") from exc
+    columns, rows = read_rows(path)
     missing = [c for c in ("index", "question", "answer") if c not in columns]
     if "image" not in columns and "image_path" not in columns:
         missing.append("image or image_path")
@@ -169,18 +177,18 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
         index = normalise_index(row["index"])
         if not index:
             raise BenchmarkError(f"{path}: row {number}: empty index")
-        image_cells.setdefault(index, _cell(row.get("image")))
+        image_cells.setdefault(index, cell(row.get("image")))
     for number, row in enumerate(rows, start=1):
         index = normalise_index(row["index"])
         if index in seen:
             raise BenchmarkError(f"{path}: row {number}: index {index} appears twice")
         seen.add(index)
-        answer = _cell(row.get("answer"))
-        question = _cell(row.get("question"))
+        answer = cell(row.get("answer"))
+        question = cell(row.get("question"))
         if question is None or answer is None:
             what = "question" if question is None else "answer"
             raise BenchmarkError(f"{path}: row {number} (index {index}): empty {what}")
-        options = {c: v for c in option_columns if (v := _cell(row.get(c))) is not None}
+        options = {c: v for c in option_columns if (v := cell(row.get(c))) is not None}
         if kind == "mcq":
             answer = answer.strip()
             if answer not in options:
@@ -194,15 +202,15 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
             bench.bad_rows.append({"row": number, "index": index, "reason": f"image: {exc}"})
             continue
         bench.items.append(Item(
-            index=index, question=question, answer=answer, options=options, category=_cell(row.get("category")),
-            hint=_cell(row.get("hint")), images=images, image_key=key, row=number,
+            index=index, question=question, answer=answer, options=options, category=cell(row.get("category")),
+            hint=cell(row.get("hint")), images=images, image_key=key, row=number,
             extra={k: v for k, v in row.items() if k not in known and k is not None and v is not None},
         ))
     return bench
 
 
 def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tuple[list[bytes], str]:
-    raw = _cell(row.get("image"))
+    raw = cell(row.get("image"))
     if raw is not None:
         # MMBench stores a repeated image once; other rows hold the index (an integer or a string)
         # of the row that has it. VLMEvalKit reads short cells (64 characters or fewer) this way.
@@ -214,7 +222,7 @@ def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tu
             raw = target
         images = _decode_images(raw)
     else:
-        ref = _cell(row.get("image_path"))
+        ref = cell(row.get("image_path"))
         if ref is None:
             raise ValueError("neither image nor image_path is set")
         paths = json.loads(ref) if ref.startswith("[") else [ref]
@@ -233,7 +241,7 @@ def _row_images(row: dict, path: Path, image_cells: dict[str, str | None]) -> tu
             raise ValueError(str(exc)) from exc
     # The picture's identity for MME's pairs: its image_path when the file names one (as VLMEvalKit
     # groups), else its bytes.
-    key = _cell(row.get("image_path")) or hashlib.sha1(b"".join(images)).hexdigest()[:16]
+    key = cell(row.get("image_path")) or hashlib.sha1(b"".join(images)).hexdigest()[:16]
     return images, key
 
 
@@ -254,7 +262,7 @@ def circular_variants(item: Item) -> list[Item]:
                    f"{item.index}#{shift}" if shift else item.index),
             question=item.question, answer=answer, options=options, category=item.category, hint=item.hint,
             images=item.images, image_key=item.image_key, extra=item.extra, row=item.row, group=item.group,
-            rotation=shift,
+            rotation=shift, video=item.video,
         ))
     return variants
 
@@ -264,7 +272,8 @@ def with_circular(bench: Benchmark) -> Benchmark:
     if any(item.rotation for item in bench.items):
         return bench
     items = [variant for item in bench.items for variant in circular_variants(item)]
-    return Benchmark(name=bench.name, kind=bench.kind, path=bench.path, items=items, bad_rows=bench.bad_rows)
+    return Benchmark(name=bench.name, kind=bench.kind, path=bench.path, items=items, bad_rows=bench.bad_rows,
+                     modality=bench.modality, video_root=bench.video_root)
 
 
 def write_benchmark(path: str | Path, rows: Sequence[dict]) -> Path:

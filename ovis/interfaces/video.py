@@ -105,6 +105,25 @@ def read_video(
     return frames
 
 
+def probe_video(path: str | Path, *, what: str | None = None) -> None:
+    """Check, cheaply, that a file is a video PyAV can decode: it opens, has a video stream and
+    yields a first frame (the rest is not read: checking a benchmark's files before a run)."""
+    label = what or str(path)
+    av = _av()
+    if not Path(path).is_file():
+        raise VideoError(f"{label}: no such video file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{label}: the file has no video stream")
+            if next(container.decode(container.streams.video[0]), None) is None:
+                raise VideoError(f"{label}: the video has no frames")
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise VideoError(f"{label}: could not be decoded as a video ({type(exc).__name__}: {exc})") from exc
+
+
 def load_video(
     video: VideoInput, num_frames: int = DEFAULT_NUM_FRAMES, *, what: str | None = None, max_pixels: int | None = None
 ) -> list[Image.Image]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
+from ovis.data.packing import pack_samples
 from ovis.data.readers import Record
 from ovis.data.schema import DatasetInfo
 from ovis.data.skips import SkipLog, Skipped
@@ -100,23 +101,48 @@ def build_dataset(
 
 
 class DataCollator:
-    """Drops skipped samples (``Skipped`` or ``None``), pads the rest and adds ``num_skipped`` (an
-    int) and ``skips`` (the ``Skipped`` values, to merge into the trainer's log).
+    """Drops skipped samples (``Skipped`` or ``None``), pads the rest (or, with ``packing``, packs
+    them into as few rows of at most ``max_length`` tokens as fit: :mod:`ovis.data.packing`) and
+    adds ``num_skipped`` (an int) and ``skips`` (the ``Skipped`` values, to merge into the
+    trainer's log). A packed batch also holds ``num_samples`` (the samples kept: its rows are
+    fewer) and ``sample_rows`` (where each sample sits).
 
     When every sample of the batch was skipped the batch holds only those two keys (no
     ``input_ids``): the trainer reads no step from it. Both are counted in whichever process
     collates, so they stay right with workers.
     """
 
-    def __init__(self, processor: OvisProcessor, padding_side: Literal["left", "right"] = "right") -> None:
+    def __init__(
+        self,
+        processor: OvisProcessor,
+        padding_side: Literal["left", "right"] = "right",
+        *,
+        packing: bool = False,
+        max_length: int | None = None,
+    ) -> None:
+        if packing and padding_side != "right":
+            raise ValueError("packing fills rows from the left: padding_side must be 'right'")
         self.processor = processor
         self.padding_side: Literal["left", "right"] = padding_side
+        self.packing = packing
+        #: the longest packed row (default: the processor's ``max_length``)
+        self.max_length = max_length if max_length is not None else processor.max_length
 
     def __call__(self, samples: Sequence[EncodedSample | Skipped | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None and not isinstance(s, Skipped)]
-        batch: dict[str, Any] = (
-            dict(self.processor.collate(kept, padding_side=self.padding_side)) if kept else {}
-        )
+        batch: dict[str, Any] = dict(self._collate(kept)) if kept else {}
+        if self.packing and kept:
+            batch["num_samples"] = len(kept)
         batch["num_skipped"] = len(samples) - len(kept)
         batch["skips"] = [s for s in samples if isinstance(s, Skipped)]
         return batch
+
+    def _collate(self, samples: list[EncodedSample]) -> dict[str, Any]:
+        if not self.packing:
+            return self.processor.collate(samples, padding_side=self.padding_side)
+        return pack_samples(
+            samples,
+            max_length=self.max_length,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            image_size=self.processor.image_processor.image_size,
+        )

@@ -295,13 +295,20 @@ class OvisForCausalLM(OvisPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
+        """The LLM over the text embeddings with every image block filled in. ``position_ids`` go to
+        the LLM as given: packed rows (:mod:`ovis.data.packing`) pass them restarting at 0 at each
+        sample with no ``attention_mask``, and the LLM keeps each sample's attention to itself."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, pixel_values)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        return self.llm(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+            **kwargs,
+        )
 
     @torch.no_grad()
     def generate(

@@ -2,6 +2,8 @@
 
 It wraps the Ovis model so that a forward pass returns the loss itself (computing the LM head only
 where there are labels) and keeps every trainable parameter in the graph when a batch has no image.
+Packed batches (``position_ids``, no ``attention_mask``: :mod:`ovis.data.packing`) give the same
+loss as the same samples padded: the same labelled tokens, each sample attending only to itself.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovis.data.packing import uses_varlen, varlen_kwargs
 from ovis.model.merging import IGNORE_INDEX
 
 #: The batch entries a forward pass takes (a collated batch may hold more, e.g. ``num_skipped``).
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
 #: :class:`TrainStep` holds the Ovis model as ``.model``: its state-dict keys start with this.
 WRAPPER_PREFIX = "model."
 
@@ -41,10 +44,13 @@ class TrainStep(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if labels is None:
+            raise ValueError("TrainStep needs labels")
         model = self.model
         embeds = model.embed_inputs(input_ids, pixel_values)
         if self.dummy_visual and (pixel_values is None or pixel_values.shape[0] == 0):
@@ -53,17 +59,37 @@ class TrainStep(nn.Module):
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         lm = causal_lm(model.llm)
+        inputs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
+        if position_ids is not None:  # packed rows (ovis.data.packing)
+            # A sample's first token is not predicted from the previous sample's last one.
+            mask = mask & (position_ids[:, 1:] != 0)
+            inputs = _packed_inputs(embeds, position_ids, attention_mask, lm)
+        rows, width = input_ids.shape
         if _plain_head(lm):
-            hidden = lm.get_decoder()(
-                inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state
+            hidden = lm.get_decoder()(**inputs).last_hidden_state.reshape(rows, width, -1)
             logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
         else:  # heads with soft-capping / scaling: let the model compute its logits
-            logits = model.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
+            logits = model.llm(**inputs).logits.reshape(rows, width, -1)
             logits = logits[:, :-1][mask]
         count = mask.sum()
         loss = F.cross_entropy(logits.float(), targets[mask], reduction="sum") / count.clamp(min=1)
         return loss, count
+
+
+def _packed_inputs(
+    embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None, lm: nn.Module
+) -> dict[str, object]:
+    """The LLM's inputs for packed rows: no attention mask (transformers then builds the
+    block-diagonal causal mask from the position ids); on flash-attention the rows flattened into
+    one with the samples' boundaries, for the varlen kernel."""
+    if attention_mask is not None:
+        raise ValueError("packed rows take position_ids and no attention_mask (the mask would hide the packing)")
+    inputs: dict[str, object] = {"inputs_embeds": embeds, "position_ids": position_ids, "use_cache": False}
+    if uses_varlen(getattr(lm.config, "_attn_implementation", None)):
+        inputs |= varlen_kwargs(position_ids)
+        inputs["inputs_embeds"] = embeds.reshape(1, -1, embeds.shape[-1])
+        inputs["position_ids"] = position_ids.reshape(1, -1)
+    return inputs
 
 
 def _plain_head(lm: nn.Module) -> bool:

@@ -198,7 +198,7 @@ class Trainer:
             self.dataset = SupervisedDataset(self._records, self.train_processor, skip_log=self.skip_log)
             self._records = None
         if self.collator is None:
-            self.collator = DataCollator(self.train_processor)
+            self.collator = DataCollator(self.train_processor, packing=config.data.packing)
         world_size = self.processes.world_size
         self.order = DataOrder(
             len(self.dataset), batch_size=config.per_device_batch_size, world_size=world_size, seed=config.seed
@@ -348,7 +348,8 @@ class Trainer:
         if batch is None:  # a collator's way of saying that every sample was skipped
             return 0, size
         self.skip_log.merge(batch.get("skips", ()))
-        samples = int(batch["input_ids"].shape[0]) if "input_ids" in batch else 0
+        # A packed batch has fewer rows than samples: it says how many it holds.
+        samples = int(batch.get("num_samples", batch["input_ids"].shape[0])) if "input_ids" in batch else 0
         return samples, int(batch.get("num_skipped", size - samples))
 
     def _anyone_has(self, samples: int) -> bool:

@@ -54,15 +54,28 @@ def videomme_dir(tmp_path, **changes):
     for vid, colour in (("001", (200, 20, 20)), ("002", (20, 200, 20)), ("003", (20, 20, 200))):
         (tmp_path / "video" / f"{vid}.mp4").write_bytes(make_video(ramp(colour)))
     rows = []
-    for i, (vid, duration, domain, task, answer) in enumerate([
-        ("001", "short", "Knowledge", "Counting Problem", "A"),
-        ("001", "short", "Knowledge", "OCR Problems", "A"),
-        ("002", "medium", "Life Record", "Counting Problem", "B"),
-        ("003", "long", "Life Record", "OCR Problems", "C"),
-    ]):
-        rows.append({"index": i, "video": vid, "video_path": f"./video/{vid}.mp4", "duration": duration,
-                     "domain": domain, "candidates": CANDIDATES, "sub_category": "Geography", "task_type": task,
-                     "question": "What colour is the video mostly?", "answer": answer})
+    for i, (vid, duration, domain, task, answer) in enumerate(
+        [
+            ("001", "short", "Knowledge", "Counting Problem", "A"),
+            ("001", "short", "Knowledge", "OCR Problems", "A"),
+            ("002", "medium", "Life Record", "Counting Problem", "B"),
+            ("003", "long", "Life Record", "OCR Problems", "C"),
+        ]
+    ):
+        rows.append(
+            {
+                "index": i,
+                "video": vid,
+                "video_path": f"./video/{vid}.mp4",
+                "duration": duration,
+                "domain": domain,
+                "candidates": CANDIDATES,
+                "sub_category": "Geography",
+                "task_type": task,
+                "question": "What colour is the video mostly?",
+                "answer": answer,
+            }
+        )
     for index, values in changes.items():
         rows[int(index.removeprefix("row"))].update(values)
     return write_benchmark(tmp_path / "Video-MME.tsv", rows)
@@ -74,10 +87,26 @@ def generic_dir(tmp_path):
     (tmp_path / "clips" / "red.mkv").write_bytes(make_video(ramp((220, 30, 30)), "mkv"))
     (tmp_path / "clips" / "blue.mp4").write_bytes(make_video(ramp((30, 30, 220))))
     rows = [
-        {"index": 0, "video": "clips/red.mkv", "question": "Which colour?", "A": "red", "B": "blue", "C": "green",
-         "answer": "A", "category": "colour"},
-        {"index": 1, "video": "clips/blue.mp4", "question": "Which colour?", "A": "red", "B": "blue", "C": "green",
-         "answer": "B", "category": "colour"},
+        {
+            "index": 0,
+            "video": "clips/red.mkv",
+            "question": "Which colour?",
+            "A": "red",
+            "B": "blue",
+            "C": "green",
+            "answer": "A",
+            "category": "colour",
+        },
+        {
+            "index": 1,
+            "video": "clips/blue.mp4",
+            "question": "Which colour?",
+            "A": "red",
+            "B": "blue",
+            "C": "green",
+            "answer": "B",
+            "category": "colour",
+        },
     ]
     return write_benchmark(tmp_path / "my_videos.tsv", rows)
 
@@ -110,9 +139,21 @@ def test_reads_videomme_and_builds_its_prompt(tmp_path):
     assert first.extra["duration"] == "short" and first.extra["task_type"] == "Counting Problem"
     text, images = build_prompt(first, "mcq")
     assert images == []
-    assert text == ("<video>\n" + INSTRUCTION.format("A, B, C, or D") + "\nQuestion: What colour is the video mostly?"
-                    "\nA. Red.\nB. Green.\nC. Blue.\nD. Black.\nAnswer:")
+    assert text == (
+        "<video>\n" + INSTRUCTION.format("A, B, C, or D") + "\nQuestion: What colour is the video mostly?"
+        "\nA. Red.\nB. Green.\nC. Blue.\nD. Black.\nAnswer:"
+    )
     assert build_prompt(first, "mcq", "plain") == ("<video>\nWhat colour is the video mostly?", [])
+
+
+def test_candidates_with_quotes_and_without_letters(tmp_path):
+    quoted = str(["A. The man's hat.", 'B. A "red" car.', "C. Both."])
+    bench = read_video_benchmark(
+        videomme_dir(tmp_path, row0={"candidates": quoted}, row1={"candidates": '["cat", "dog"]', "answer": "B"})
+    )
+    assert bench.items[0].options == {"A": "The man's hat.", "B": 'A "red" car.', "C": "Both."}
+    assert bench.items[1].options == {"A": "cat", "B": "dog"}
+    assert "(A or B)" in build_prompt(bench.items[1], "mcq")[0]
 
 
 def test_videomme_ids_are_found_under_a_video_root_without_video_path(tmp_path):
@@ -185,11 +226,13 @@ def test_breakdown_by_duration_domain_and_task_type(tmp_path):
     result = breakdown(bench, [{"index": i, "hit": h} for i, h in hits.items()])
     assert list(result) == ["overall", "short", "medium", "long"]
     assert result["overall"]["accuracy"] == 0.5 and result["overall"]["questions"] == 4
-    assert result["short"]["accuracy"] == 0.5 and result["medium"]["accuracy"] == 1.0 and result["long"]["accuracy"] == 0
+    assert [result[d]["accuracy"] for d in ("short", "medium", "long")] == [0.5, 1.0, 0.0]
     assert result["overall"]["domain"]["Life Record"] == {"questions": 2, "accuracy": 0.5}
     assert result["overall"]["task_type"]["Counting Problem"] == {"questions": 2, "accuracy": 1.0}
-    assert result["short"]["task_type"] == {"Counting Problem": {"questions": 1, "accuracy": 1.0},
-                                            "OCR Problems": {"questions": 1, "accuracy": 0.0}}
+    assert result["short"]["task_type"] == {
+        "Counting Problem": {"questions": 1, "accuracy": 1.0},
+        "OCR Problems": {"questions": 1, "accuracy": 0.0},
+    }
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -202,7 +245,10 @@ def test_eval_writes_predictions_scores_and_the_breakdown(chatty_runner, tmp_pat
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     stamp = lines[0]["fingerprint"]
     assert stamp["video"]["nframe"] == 3 and sorted(stamp["video"]["files"]) == [
-        "video/001.mp4", "video/002.mp4", "video/003.mp4"]
+        "video/001.mp4",
+        "video/002.mp4",
+        "video/003.mp4",
+    ]
     assert stamp["video"]["sampling"]["from_1000_frames"] == [0, 500, 999]
     assert sorted(line["index"] for line in lines[1:]) == ["0", "1", "2", "3"]
     # the v1-layout model: each request holds 3 frames as 3 images
@@ -257,6 +303,26 @@ def test_a_video_failing_mid_run_is_recorded_and_the_rest_answered(chatty_runner
     assert "001.mp4: could not be decoded" in errors[0]["error"]
 
 
+def test_circular_on_video_decodes_each_video_once(chatty_runner, tmp_path, monkeypatch):
+    import ovis.eval.video_bench as video_bench
+
+    decoded = []
+
+    def counting(video, num_frames, *, what=None):
+        decoded.append(video.name)
+        return load_video(video, num_frames, what=what)
+
+    monkeypatch.setattr(video_bench, "load_video", counting)
+    runner = CountingRunner(chatty_runner)
+    report = evaluate_file(
+        runner, generic_dir(tmp_path), tmp_path / "out", circular=True, nframe=2, max_new_tokens=2, progress=False
+    )
+    assert runner.asked == 6 and report["rotations"] == 6 and report["questions"] == 2
+    assert decoded == ["red.mkv", "blue.mp4"]  # three rotations per video, one decode
+    assert report["breakdown"]["overall"]["questions"] == 2  # the first rotation of each question
+    assert "category" not in report["breakdown"]["overall"] and "colour" in report["categories"]
+
+
 def test_the_frames_eval_feeds_are_the_runners_own_for_the_file(tmp_path):
     import ovis
     from ovis.serve.runner import OvisRunner, RunnerArguments
@@ -285,8 +351,23 @@ def test_cli_eval_on_a_video_benchmark(chatty_model_dir, tmp_path, capsys):
     path = videomme_dir(data, row2={"video_path": ""})
     (data / "video" / "003.mp4").unlink()
     out = tmp_path / "out"
-    argv = ["eval", "--model", str(chatty_model_dir), "--data", str(path), "--out", str(out), "--nframe", "2",
-            "--max-new-tokens", "2", "--video-root", str(data), "--dtype", "float32"]
+    argv = [
+        "eval",
+        "--model",
+        str(chatty_model_dir),
+        "--data",
+        str(path),
+        "--out",
+        str(out),
+        "--nframe",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--video-root",
+        str(data),
+        "--dtype",
+        "float32",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "Video-MME: mcq on video, 2 frames each, 3 questions, 1 rows left out (unusable videos)" in captured.err

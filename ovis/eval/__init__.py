@@ -1,4 +1,4 @@
-"""Evaluation: VLMEvalKit-format benchmark files (read and checked, predictions fingerprinted and
+"""Evaluation: VLMEvalKit-format benchmark files, images or video (read and checked, predictions fingerprinted and
 resumable, answers extracted by VLMEvalKit's rules, scored per kind, an optional judge) and the
 synthetic task's held-out questions."""
 

@@ -263,7 +263,10 @@ def test_eval_writes_predictions_scores_and_the_breakdown(chatty_runner, tmp_pat
     categories = [line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]]
     assert categories[:4] == ["overall", "duration: short", "duration: medium", "duration: long"]
     assert "task_type: OCR Problems" in categories and "domain: Knowledge" in categories
-    assert "| Video-MME | mcq | 4 | accuracy (videomme_rule_accuracy" in summary_table([report])
+    table = summary_table([report])
+    assert "| Video-MME | mcq | 4 | accuracy (videomme_rule_accuracy" in table
+    short = 100 * (hits["0"] + hits["1"]) / 2
+    assert f"Video-MME: video, 3 frames each; by duration: short {short:.1f}% (2), medium" in table
 
 
 def test_changed_nframe_or_video_is_never_answered_from_stale_predictions(chatty_runner, tmp_path):

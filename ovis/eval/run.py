@@ -323,6 +323,11 @@ def summary_table(reports: Sequence[dict]) -> str:
         questions = f"{r['questions']}" + (f" ({r['rotations']} rotations)" if "rotations" in r else "")
         lines.append(f"| {r['benchmark']} | {r['kind']} | {questions} | {metric} | {shown} | "
                      f"{r['unmatched']} | {r.get('judged', 0)} | {r.get('errors', 0)} | {r['bad_rows']} |")
+        if "breakdown" in r:
+            durations = ", ".join(f"{name} {100 * part['accuracy']:.1f}% ({part['questions']})"
+                                  for name, part in r["breakdown"].items() if name != "overall")
+            notes.append(f"{r['benchmark']}: video, {r['nframe']} frames each"
+                         + (f"; by duration: {durations}" if durations else ""))
         if r.get("incomplete_pictures"):
             notes.append(f"{r['benchmark']}: {r['incomplete_pictures']} picture(s) with a single answered question "
                          "left out of acc_plus")

@@ -81,7 +81,7 @@ def read_video_benchmark(
         raise BenchmarkError(f"{path}: no data rows")
     bench = Benchmark(name=name, kind="mcq", path=path, items=[], modality="video", video_root=root)
     seen: set[str] = set()
-    checked: dict[Path, str | None] = {}  # each video probed once, however many questions it has
+    probed: dict[Path, str | None] = {}  # each video checked once, however many questions it has
     for number, row in enumerate(rows, start=1):
         index = normalise_index(row.get("index"))
         if not index:
@@ -97,15 +97,7 @@ def read_video_benchmark(
         if answer not in options:
             raise BenchmarkError(f"{where}: answer {answer!r} is not one of its options ({', '.join(options)})")
         try:
-            video = _video_file(row, root)
-            if video not in checked:
-                try:
-                    probe_video(video)
-                    checked[video] = None
-                except VideoError as exc:
-                    checked[video] = str(exc)
-            if checked[video] is not None:
-                raise ValueError(checked[video])
+            video = _usable_video(row, root, probed)
         except ValueError as exc:
             bench.bad_rows.append({"row": number, "index": index, "reason": f"video: {exc}"})
             continue
@@ -159,6 +151,21 @@ def lettered(candidates: Sequence[str]) -> dict[str, str]:
     if all(matches) and [m[1] for m in matches if m] == letters:
         return {m[1]: m[2].strip() for m in matches if m}
     return {letter: text.strip() for letter, text in zip(letters, candidates, strict=True)}
+
+
+def _usable_video(row: dict, root: Path, probed: dict[Path, str | None]) -> Path:
+    """The row's video file, checked once per file (``probed``: file -> why it is unusable, or None);
+    ValueError saying why it cannot be used."""
+    video = _video_file(row, root)
+    if video not in probed:
+        try:
+            probe_video(video)
+            probed[video] = None
+        except VideoError as exc:
+            probed[video] = str(exc)
+    if probed[video] is not None:
+        raise ValueError(probed[video])
+    return video
 
 
 def _video_file(row: dict, root: Path) -> Path:

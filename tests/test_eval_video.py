@@ -273,7 +273,10 @@ def test_changed_nframe_or_video_is_never_answered_from_stale_predictions(chatty
     path = videomme_dir(tmp_path)
     runner = CountingRunner(chatty_runner)
     options = {"max_new_tokens": 2, "progress": False}
+    evaluate_file(runner, path, tmp_path / "out", nframe=2, limit=1, **options)  # a smoke run, then the rest
+    assert runner.asked == 1
     evaluate_file(runner, path, tmp_path / "out", nframe=2, **options)
+    assert runner.asked == 4
     runner.asked = 0
     evaluate_file(runner, path, tmp_path / "out", nframe=2, **options)
     assert runner.asked == 0  # the same setup: nothing asked again

@@ -83,6 +83,7 @@ class Benchmark:
     bad_rows: list[dict] = field(default_factory=list)  # {"row", "index", "reason"} for rows left out
     modality: Literal["image", "video"] = "image"
     video_root: Path | None = None  # a video benchmark's folder of videos
+    videos: tuple[Path, ...] = ()  # and every usable video it names (--limit aside: the fingerprint's)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -273,7 +274,7 @@ def with_circular(bench: Benchmark) -> Benchmark:
         return bench
     items = [variant for item in bench.items for variant in circular_variants(item)]
     return Benchmark(name=bench.name, kind=bench.kind, path=bench.path, items=items, bad_rows=bench.bad_rows,
-                     modality=bench.modality, video_root=bench.video_root)
+                     modality=bench.modality, video_root=bench.video_root, videos=bench.videos)
 
 
 def write_benchmark(path: str | Path, rows: Sequence[dict]) -> Path:

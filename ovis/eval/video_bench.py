@@ -115,6 +115,7 @@ def read_video_benchmark(
                 extra={k: v for k, v in row.items() if k not in _KNOWN and k is not None and v is not None},
             )
         )
+    bench.videos = tuple(sorted({item.video for item in bench.items if item.video is not None}))
     return bench
 
 
@@ -191,11 +192,12 @@ def _video_file(row: dict, root: Path) -> Path:
 
 # -- what the fingerprint records -----------------------------------------------------------------------
 def video_identity(bench: Benchmark) -> dict[str, str]:
-    """Each video the benchmark asks about (by its path under the video root) -> size and modification
-    time: any re-encoding or replacement changes them, and no gigabytes are read on every run."""
+    """Each usable video of the file (by its path under the video root; all of them, so a ``--limit``
+    run resumes into the full one) -> size and modification time: any re-encoding or replacement
+    changes them, and no gigabytes are read on every run."""
     root = bench.video_root or bench.path.parent
     identity = {}
-    for file in sorted({item.video for item in bench.items if item.video is not None}):
+    for file in bench.videos:
         stat = file.stat()
         try:
             key = file.resolve().relative_to(root.resolve()).as_posix()

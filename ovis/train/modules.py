@@ -110,9 +110,18 @@ def summarize(model: OvisForCausalLM, unused: list[str] | None = None) -> Module
     summary = ModuleSummary(unused_frozen=list(unused or []))
     for part, module in part_modules(model).items():
         params = list(module.parameters())
-        summary.trainable[part] = sum(p.numel() for p in params if p.requires_grad)
-        summary.total[part] = sum(p.numel() for p in params)
+        summary.trainable[part] = sum(_numel(p) for p in params if p.requires_grad)
+        summary.total[part] = sum(_numel(p) for p in params)
     return summary
+
+
+def _numel(param: torch.Tensor) -> int:
+    # A ZeRO-3 partitioned parameter holds an empty tensor; its own size is ds_numel / ds_shape.
+    return getattr(param, "ds_numel", param.numel())
+
+
+def _shape(param: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(param, "ds_shape", param.shape))
 
 
 def visual_params_trainable(model: OvisForCausalLM) -> bool:
@@ -138,7 +147,7 @@ def apply_lora(model: OvisForCausalLM, options: LoraOptions) -> int:
         task_type="CAUSAL_LM",
     )
     model.llm = get_peft_model(model.llm, config)
-    return sum(p.numel() for p in model.llm.parameters() if p.requires_grad)
+    return sum(_numel(p) for p in model.llm.parameters() if p.requires_grad)
 
 
 def is_lora(model: OvisForCausalLM) -> bool:
@@ -188,7 +197,7 @@ def lr_groups(
     for token, lr in [(None, base_lr), *((t, module_lr[t]) for t in module_lr)]:
         params = [p for p in model.parameters() if p.requires_grad and owner.get(id(p)) == token]
         for decay in (True, False):
-            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            chosen = [p for p in params if (len(_shape(p)) >= 2) == decay]
             if chosen:
                 groups.append({
                     "params": chosen,

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from ovis.composer import load
 from ovis.data import DataCollator, SupervisedDataset, read_datasets
 from ovis.data.schema import DataError
 from ovis.data.skips import SkipLog, Skipped
@@ -38,11 +37,13 @@ from ovis.model import OvisForCausalLM
 from ovis.processing import OvisProcessor
 from ovis.train import checkpoint as ckpt
 from ovis.train.config import TrainConfig
+from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes, agree_on_precision, set_seed, start_processes
 from ovis.train.engines import Engine, build_engine
 from ovis.train.export import export_model
 from ovis.train.loading import dump_config
 from ovis.train.metrics import StepRecord, StepSums, TrainLog, write_skip_report
+from ovis.train.model_loading import ZeroConfigFor, gathered, load_training_model, uses_zero3, visual_parameters
 from ovis.train.modules import (
     ModuleSummary,
     apply_lora,
@@ -156,12 +157,20 @@ class Trainer:
         # optimizer keeps fp32 master weights), and an fp32 copy of a 7B model per rank is 28 GB.
         # The PyTorch engine keeps fp32 weights and computes in bf16 under autocast.
         bf16_weights = self.precision == "bf16" and config.deepspeed is not None
-        model, processor = load(config.model, dtype="bfloat16" if bf16_weights else "float32")
+        # Under ZeRO-3 each rank builds and reads only its partitions (ovis.train.model_loading).
+        zero3 = self._zero3_config() if uses_zero3(config) else None
+        model, processor = load_training_model(
+            config.model, dtype="bfloat16" if bf16_weights else "float32", processes=self.processes,
+            zero3_config=zero3,
+        )
         self.processor = processor
         self.train_processor = copy.copy(processor)
         if config.data.max_length:
             self.train_processor.max_length = config.data.max_length
-        summary = apply_train_modules(model, config.train_modules, reinit_last_block=config.reinit_last_block)
+        # Re-initialising the last block and finding the visual parameters that get no gradient (a
+        # pass through the visual path) need those parameters whole: gathered while it runs.
+        with gathered(visual_parameters(model) if zero3 else []):
+            summary = apply_train_modules(model, config.train_modules, reinit_last_block=config.reinit_last_block)
         if config.lora.enabled:
             apply_lora(model, config.lora)
             summary = summarize(model, summary.unused_frozen)
@@ -175,6 +184,14 @@ class Trainer:
         logger.info("trainable parameters (stage %d, %s):", config.stage, ", ".join(config.train_modules))
         for line in summary.lines():
             logger.info("  %s", line)
+
+    def _zero3_config(self) -> ZeroConfigFor:
+        """``hidden_size -> the DeepSpeed config the engine will get`` (zero.Init must partition alike)."""
+        on_cuda = self.processes.device.type == "cuda"
+        return lambda hidden: build_deepspeed_config(
+            self.config, world_size=self.processes.world_size, hidden_size=hidden, on_cuda=on_cuda,
+            precision=self.precision,
+        )
 
     # -- data -----------------------------------------------------------------------------------
     def _read_data(self) -> None:

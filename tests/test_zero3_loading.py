@@ -1,0 +1,222 @@
+"""ZeRO-3 loading (ovis.train.model_loading): the model is built partitioned and each rank reads only
+its slices, for composed directories, stage outputs and foreign (v1, Ovis2 release) checkpoints;
+the weights gathered equal a plain load bit for bit, no rank ever holds the whole model, and
+training under ZeRO-3 (stage 1 with a re-initialised block, LoRA) matches ZeRO-2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import ovis
+from ovis.ports import free_port
+from ovis.train import TrainConfig
+from tests.test_train import _compose, _config, _run
+
+WORLD = 2
+
+
+# -- two gloo ranks, spawned ------------------------------------------------------------------------
+def _train_config(model: Path, out: Path, precision: str) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "stage": 3,
+            "model": str(model),
+            "output_dir": str(out),
+            "deepspeed": "zero3",
+            "precision": precision,
+            "data": {"dataset_info": str(out / "unused.json"), "datasets": ["unused"]},
+        }
+    )
+
+
+def _load_on_rank(rank: int, port: int, directory: str, precision: str, out: str) -> None:
+    """One rank: load partitioned, report what it holds, gather, compare with a plain load (rank 0)."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    import deepspeed
+
+    from ovis.train.deepspeed_config import build_deepspeed_config
+    from ovis.train.distributed import join_deepspeed_group
+    from ovis.train.model_loading import load_partitioned, local_elements
+
+    processes = join_deepspeed_group()
+    config = _train_config(Path(directory), Path(out), precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = load_partitioned(
+        directory,
+        dtype=dtype,
+        processes=processes,
+        zero3_config=lambda hidden: build_deepspeed_config(
+            config, world_size=WORLD, hidden_size=hidden, on_cuda=False, precision=precision
+        ),
+    )
+    held, total = local_elements(model)
+    report = {"held": held, "total": total, "partitioned": all(hasattr(p, "ds_id") for p in model.parameters())}
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        gathered = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if rank == 0:
+        plain, _ = ovis.load(directory, dtype="bfloat16" if precision == "bf16" else "float32")
+        expected = plain.state_dict()
+        report["keys_differ"] = sorted(set(expected) ^ set(gathered))
+        report["values_differ"] = sorted(
+            k
+            for k in expected
+            if k in gathered and not (expected[k].dtype == gathered[k].dtype and torch.equal(expected[k], gathered[k]))
+        )
+        report["dtype"] = str(model.config.dtype)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    torch.distributed.barrier()
+
+
+def _load_on_two_ranks(directory: Path, out: Path, precision: str = "fp32") -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_load_on_rank, args=(free_port(), str(directory), precision, str(out)), nprocs=WORLD, join=True)
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
+
+
+def _check(reports: list[dict], precision: str) -> None:
+    first = reports[0]
+    assert first["keys_differ"] == [] and first["values_differ"] == []
+    assert first["dtype"] == str(torch.bfloat16 if precision == "bf16" else torch.float32)
+    for rank, report in enumerate(reports):
+        assert report["partitioned"], f"rank {rank} holds parameters outside ZeRO-3's partitions"
+        # Each rank holds its half, padded by at most one element per parameter: never the whole model.
+        assert report["held"] <= report["total"] / WORLD + 2000, (rank, report)
+        assert report["held"] < report["total"], (rank, report)
+
+
+@pytest.fixture(scope="module")
+def stage_output(tmp_path_factory) -> Path:
+    """A composed toy model (the trainer's toy pair) with every weight moved off its initial value:
+    what a stage's ``final`` is (an ovis directory saved by save_pretrained)."""
+    directory = _compose(tmp_path_factory.mktemp("z3") / "composed")
+    model, processor = ovis.load(directory)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    return ovis.save(model, processor, tmp_path_factory.mktemp("z3") / "stage-output")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stage_output_loads_partitioned_and_equals_a_plain_load(stage_output, tmp_path, precision):
+    _check(_load_on_two_ranks(stage_output, tmp_path, precision), precision)
+
+
+@pytest.mark.slow
+def test_a_v1_checkpoint_loads_partitioned_and_equals_a_plain_load(tmp_path):
+    from ovis.interop.conversion import convert
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-tiny", llm="qwen-toy", visual_vocab_size=48)
+    source = ovis.save(model, processor, tmp_path / "ovis")
+    convert(source, tmp_path / "v1", to="original", safetensors=True, max_shard_size="200KB")
+    _check(_load_on_two_ranks(tmp_path / "v1", tmp_path / "out"), "fp32")
+
+
+@pytest.mark.slow
+def test_an_ovis2_release_checkpoint_loads_partitioned_and_equals_a_plain_load(tmp_path):
+    from ovis.interop.conversion import convert
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(
+        vit="aimv2-tiny",
+        llm="qwen2.5-tiny",
+        max_partition=4,
+        hidden_stride=2,
+        visual_vocab_size=64,
+        chat_format="chatml",
+    )
+    source = ovis.save(model, processor, tmp_path / "ovis")
+    convert(source, tmp_path / "release", to="ovis2")
+    _check(_load_on_two_ranks(tmp_path / "release", tmp_path / "out"), "fp32")
+
+
+def test_a_loaded_model_without_partitions_fails_the_check():
+    """The check above can fail: a whole model on a rank holds all its elements."""
+    from ovis.train.model_loading import local_elements
+
+    model = torch.nn.Linear(8, 8)
+    held, total = local_elements(model)
+    assert held == total == 72
+
+
+# -- training under ZeRO-3 (one rank, in-process) matches ZeRO-2 ------------------------------------------
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return _compose(tmp_path_factory.mktemp("toy") / "model")
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory) -> Path:
+    from ovis.data.synth import SynthSpec, write_synthetic_dataset
+
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("data"), SynthSpec(train_images=8, eval_images=1), progress=False
+    )
+
+
+def _pair(toy: Path, info: Path, tmp_path: Path, **fields) -> tuple:
+    base = {"max_steps": 3, "save_steps": 3, "data": {"dataset_info": info, "datasets": ["synth-conversations"]}}
+    zero2 = _run(_config(toy, info, tmp_path / "z2", **base, **fields))
+    zero3 = _run(_config(toy, info, tmp_path / "z3", deepspeed="zero3", **base, **fields))
+    return zero2, zero3
+
+
+def _assert_same_run(zero2, zero3, tmp_path: Path) -> None:
+    assert zero3.zero_stage == 3
+    assert [r["loss"] for r in zero3.records] == pytest.approx([r["loss"] for r in zero2.records], rel=1e-4)
+    a = ovis.load(tmp_path / "z2" / "final")[0].state_dict()
+    b = ovis.load(tmp_path / "z3" / "final")[0].state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_stage1_with_a_reinitialised_block_trains_under_zero3_as_under_zero2(toy, info, tmp_path, one_thread):
+    zero2, zero3 = _pair(
+        toy,
+        info,
+        tmp_path,
+        stage=1,
+        train_modules=["visual_tokenizer.re_init_layers", "visual_tokenizer.head", "vte"],
+        reinit_last_block=True,
+        weight_decay=0.1,
+    )
+    assert all(hasattr(p, "ds_id") for p in zero3.model.parameters())
+    assert zero3.summary.trainable == zero2.summary.trainable and zero3.summary.total == zero2.summary.total
+    _assert_same_run(zero2, zero3, tmp_path)
+    # the re-initialised block differs from the input model's in both exports alike
+    model = ovis.load(toy)[0]
+    block = model.backbone.blocks()[-1]
+    names = {id(p): n for n, p in model.named_parameters()}
+    last = [names[id(p)] for p in block.parameters()]
+    before, after = model.state_dict(), ovis.load(tmp_path / "z3" / "final")[0].state_dict()
+    assert last and all(not torch.equal(before[k], after[k]) for k in last if k.endswith("weight"))
+
+
+def test_lora_trains_under_zero3_as_under_zero2(toy, info, tmp_path, one_thread):
+    zero2, zero3 = _pair(toy, info, tmp_path, train_modules=["llm"], lora={"enabled": True, "r": 4})
+    _assert_same_run(zero2, zero3, tmp_path)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -221,3 +221,32 @@ def test_all_three_stages_train_on_tiled_hires_images_and_the_loss_falls(tmp_pat
         previous = tmp_path / stage / "final"
     trained, _ = ovis.load(previous)
     assert trained.config.image_layout == "tiled" and trained.config.hidden_stride == 2
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiling_detail_textures_vanish_in_one_square_and_survive_in_tiles(processors):
+    """benchmarks/tiling_detail.py's premise: its four textures share a mean colour, so the v1
+    layout's shrunk square cannot tell them apart while full-scale tiles can."""
+    bench = _benchmark("tiling_detail")
+    v1, tiled = processors
+    left_v1, left_tiled = [], []
+    for k, colour in enumerate(COLOURS):
+        for pattern in bench.PATTERNS[1:]:
+            textured = bench.draw_detail(colour, pattern, random.Random(k))
+            plain = bench.draw_detail(colour, "plain", random.Random(k))  # same place and size
+            assert textured.size == bench.CANVAS and textured.getcolors(1 << 16) != plain.getcolors(1 << 16)
+            left_v1.append(bench.texture_visibility(v1, textured, plain))
+            left_tiled.append(bench.texture_visibility(tiled, textured, plain))
+    # Normalised units (CLIP's std is ~0.27, so 1/255 of a pixel is ~0.015): v1 keeps under four
+    # levels of 255 of any texture; a tile keeps the full swing between the two shades.
+    assert max(left_v1) < 0.06, left_v1
+    assert min(left_tiled) > 0.5, left_tiled

@@ -24,7 +24,6 @@ under ``"ovis"``, which transformers keeps and ignores, so a round trip is exact
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from ovis.model.v1_format import (
     ConversionError,
     ShapeMismatchError,
     UnsupportedError,
+    holds_config,
     read_json,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
@@ -98,13 +98,7 @@ def is_hf_ovis2_config(config: Mapping[str, Any]) -> bool:
 
 def is_hf_ovis2_checkpoint(path: str | Path | None) -> bool:
     """Whether ``path`` is a local directory holding an hf-ovis2 ``config.json`` (never raises)."""
-    if path is None:
-        return False
-    try:
-        file = Path(path) / CONFIG_FILE
-        return file.is_file() and is_hf_ovis2_config(json.loads(file.read_text()))
-    except (OSError, ValueError, TypeError):
-        return False
+    return holds_config(path, is_hf_ovis2_config)
 
 
 def to_hf_key(key: str) -> str | None:

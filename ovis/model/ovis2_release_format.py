@@ -28,7 +28,6 @@ own ``modeling_ovis.py`` was not available offline, so the Ovis2 prompt format i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ import torch
 
 from ovis.model.ovis2_format import aimv2_spec
 from ovis.model.v1_format import (
-    CONFIG_FILE,
     RELEASE_TOKENIZER_TYPES,
     ConfigTranslation,
     ConversionError,
@@ -47,6 +45,7 @@ from ovis.model.v1_format import (
     _number,
     _square_size,
     chat_format_for,
+    holds_config,
     preprocess_from_clip_processor,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
@@ -86,13 +85,7 @@ def is_release_config(config: Mapping[str, Any]) -> bool:
 
 def is_release_checkpoint(path: str | Path | None) -> bool:
     """Whether ``path`` is a local directory holding an Ovis2 release ``config.json`` (never raises)."""
-    if path is None:
-        return False
-    try:
-        file = Path(path) / CONFIG_FILE
-        return file.is_file() and is_release_config(json.loads(file.read_text()))
-    except (OSError, ValueError, TypeError):
-        return False
+    return holds_config(path, is_release_config)
 
 
 # -- tensors ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,17 +151,21 @@ def config_format(
     )
 
 
-def is_original_checkpoint(path: str | Path | None) -> bool:
-    """Whether ``path`` is a local directory holding a v1 ``config.json`` (never raises)."""
+def holds_config(path: str | Path | None, accepts: Callable[[Mapping[str, Any]], bool]) -> bool:
+    """Whether ``path`` is a local directory holding a ``config.json`` that ``accepts`` (a layout's
+    config test) recognises; an unreadable or absent file is ``False``, never an error."""
     if path is None:
         return False
     try:
-        directory = Path(path)
-        if not (directory / CONFIG_FILE).is_file():
-            return False
-        return is_original_config(json.loads((directory / CONFIG_FILE).read_text()))
+        file = Path(path) / CONFIG_FILE
+        return file.is_file() and accepts(json.loads(file.read_text()))
     except (OSError, ValueError, TypeError):
         return False
+
+
+def is_original_checkpoint(path: str | Path | None) -> bool:
+    """Whether ``path`` is a local directory holding a v1 ``config.json`` (never raises)."""
+    return holds_config(path, is_original_config)
 
 
 # -- config translation ---------------------------------------------------------------------------

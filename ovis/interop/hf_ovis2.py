@@ -21,7 +21,6 @@ from ovis.interop.v1_writer import write_weights
 from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_hf_ovis2
 from ovis.model.ovis2_format import (
-    _RESAMPLE,
     AIMV2_POOL_HEAD,
     EXTRAS_KEY,
     HF_ARCHITECTURES,
@@ -34,12 +33,11 @@ from ovis.model.ovis2_format import (
     VISION_FIELDS,
     to_hf_key,
 )
-from ovis.model.v1_format import CONFIG_FILE, UnsupportedError
+from ovis.model.v1_format import _RESAMPLE_ID, CONFIG_FILE, UnsupportedError
 from ovis.processing import load_hf_ovis2_processor
 
 __all__ = ["check_expressible", "hf_ovis2_config", "hf_ovis2_state_dict", "load_hf_ovis2", "save_hf_ovis2"]
 
-_RESAMPLE_ID = {v: k for k, v in _RESAMPLE.items()}
 _AIMV2_BUILDER = "hf-aimv2-vision"
 
 

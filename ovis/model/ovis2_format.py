@@ -31,13 +31,13 @@ from typing import Any
 
 from ovis.interfaces import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, VisionSpec
 from ovis.model.v1_format import (
-    _RESAMPLE,
     CONFIG_FILE,
     PREPROCESSOR_FILE,
     ConversionError,
     ShapeMismatchError,
     UnsupportedError,
     holds_config,
+    pixel_settings,
     read_json,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
@@ -205,18 +205,7 @@ def tiling_from_image_processor(
     size = _square(processor.get("size", {"height": image_size, "width": image_size}), f"{what} size")
     if size != image_size:
         raise ShapeMismatchError(f"{what}: size {size} differs from vision_config.image_size {image_size}")
-    resample = processor.get("resample", 3)
-    if resample not in _RESAMPLE:
-        raise UnsupportedError(f"{what}: resample {resample!r} is not supported (3 = bicubic, 2 = bilinear)")
-    factor = processor.get("rescale_factor", 1 / 255)
-    if not processor.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-12:
-        raise UnsupportedError(f"{what}: only rescaling by 1/255 is supported (do_rescale, rescale_factor)")
-    if not processor.get("do_normalize", True):
-        raise UnsupportedError(f"{what}: do_normalize false is not supported")
-    mean = tuple(float(x) for x in processor.get("image_mean", CLIP_MEAN))
-    std = tuple(float(x) for x in processor.get("image_std", CLIP_STD))
-    if len(mean) != 3 or len(std) != 3:
-        raise ConversionError(f"{what}: image_mean and image_std need 3 values each")
+    interpolation, mean, std = pixel_settings(processor, what)
     if processor.get("crop_to_patches", False):
         max_partition = processor.get("max_patches", 12)
         if isinstance(max_partition, bool) or not isinstance(max_partition, int) or max_partition < 1:
@@ -227,9 +216,9 @@ def tiling_from_image_processor(
             raise UnsupportedError(f"{what}: use_covering_area_grid false is not supported (ovis chooses by coverage)")
     else:
         max_partition = 1
-    spec = ImagePreprocessSpec(image_size=size, mean=mean, std=std, resize="pad", interpolation=_RESAMPLE[resample])
+    spec = ImagePreprocessSpec(image_size=size, mean=mean, std=std, resize="pad", interpolation=interpolation)
     note = (
-        f"{what} (Ovis2ImageProcessor, {size} px, {_RESAMPLE[resample]}, crop_to_patches "
+        f"{what} (Ovis2ImageProcessor, {size} px, {interpolation}, crop_to_patches "
         f"{bool(processor.get('crop_to_patches', False))}) -> max_partition {max_partition}"
     )
     return spec, max_partition, [note]

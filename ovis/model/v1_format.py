@@ -226,6 +226,24 @@ def _square_size(value: Any, what: str) -> int:
     return int(value)
 
 
+def pixel_settings(processor: Mapping[str, Any], what: str) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    """``(interpolation, mean, std)`` of an image processor config (the fields CLIPImageProcessor and
+    Ovis2ImageProcessor share), refusing resampling, rescaling or normalising that ovis does not do."""
+    resample = processor.get("resample", 3)
+    if resample not in _RESAMPLE:
+        raise UnsupportedError(f"{what}: resample {resample!r} is not supported (3 = bicubic, 2 = bilinear)")
+    factor = processor.get("rescale_factor", 1 / 255)
+    if not processor.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-12:
+        raise UnsupportedError(f"{what}: only rescaling by 1/255 is supported (do_rescale, rescale_factor)")
+    if not processor.get("do_normalize", True):
+        raise UnsupportedError(f"{what}: do_normalize false is not supported")
+    mean = tuple(float(x) for x in processor.get("image_mean", CLIP_MEAN))
+    std = tuple(float(x) for x in processor.get("image_std", CLIP_STD))
+    if len(mean) != 3 or len(std) != 3:
+        raise ConversionError(f"{what}: image_mean and image_std need 3 values each")
+    return _RESAMPLE[resample], mean, std
+
+
 def preprocess_from_clip_processor(
     processor: Mapping[str, Any] | None, image_size: int
 ) -> tuple[ImagePreprocessSpec, list[str]]:
@@ -244,25 +262,14 @@ def preprocess_from_clip_processor(
             f"{what}: {size_field} {size} does not match the vision backbone's image_size {image_size} "
             "(visual_tokenizer_config.backbone_config)"
         )
-    resample = processor.get("resample", 3)
-    if resample not in _RESAMPLE:
-        raise UnsupportedError(f"{what}: resample {resample!r} is not supported (3 = bicubic, 2 = bilinear)")
-    factor = processor.get("rescale_factor", 1 / 255)
-    if not processor.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-12:
-        raise UnsupportedError(f"{what}: only rescaling by 1/255 is supported (do_rescale, rescale_factor)")
-    if not processor.get("do_normalize", True):
-        raise UnsupportedError(f"{what}: do_normalize false is not supported")
-    mean = tuple(float(x) for x in processor.get("image_mean", CLIP_MEAN))
-    std = tuple(float(x) for x in processor.get("image_std", CLIP_STD))
-    if len(mean) != 3 or len(std) != 3:
-        raise ConversionError(f"{what}: image_mean and image_std need 3 values each")
+    interpolation, mean, std = pixel_settings(processor, what)
     if processor.get("do_center_crop"):
         notes.append(f"{what}: do_center_crop ignored (Ovis v1 resizes the long side and pads instead)")
     spec = ImagePreprocessSpec(
-        image_size=size, mean=mean, std=std, resize="pad", interpolation=_RESAMPLE[resample]
+        image_size=size, mean=mean, std=std, resize="pad", interpolation=interpolation
     )
     notes.append(
-        f"{what} (CLIPImageProcessor, {size} px, {_RESAMPLE[resample]}) -> resize 'pad' "
+        f"{what} (CLIPImageProcessor, {size} px, {interpolation}) -> resize 'pad' "
         "(long side to the image size, normalise, centred zero padding)"
     )
     return spec, notes

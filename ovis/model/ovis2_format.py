@@ -25,7 +25,7 @@ under ``"ovis"``, which transformers keeps and ignores, so a round trip is exact
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from ovis.interfaces import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, VisionSpec
 from ovis.model.v1_format import (
     CONFIG_FILE,
     PREPROCESSOR_FILE,
+    ConfigTranslation,
     ConversionError,
     ShapeMismatchError,
     UnsupportedError,
@@ -122,17 +123,14 @@ def from_hf_key(key: str) -> str | None:
 # -- config translation ---------------------------------------------------------------------------
 
 
-@dataclass
-class HfOvis2Translation:
-    """What an hf-ovis2 config (with its processor configs) becomes."""
+@dataclass(kw_only=True)
+class HfOvis2Translation(ConfigTranslation):
+    """What an hf-ovis2 config (with its processor configs) becomes: a config translation plus the
+    positions transformers' Ovis2Processor gives images."""
 
-    config: dict[str, Any]  # OvisConfig keyword arguments
-    vision_spec: VisionSpec
-    chat_format: str
     tokens_per_tile: int
     image_token_id: int
     indicator_token_ids: list[int]
-    notes: list[str] = field(default_factory=list)
 
 
 def _dict(value: Any, what: str) -> dict:
@@ -322,7 +320,15 @@ def translate_hf_config(
     dtype = config.get("dtype") or config.get("torch_dtype")
     if dtype:
         kwargs["dtype"] = dtype
-    return HfOvis2Translation(kwargs, spec, chat_format, tokens_per_tile, image_token_id, indicator_ids, notes)
+    return HfOvis2Translation(
+        kwargs,
+        spec,
+        chat_format,
+        notes,
+        tokens_per_tile=tokens_per_tile,
+        image_token_id=image_token_id,
+        indicator_token_ids=indicator_ids,
+    )
 
 
 def read_hf_configs(directory: Path) -> tuple[dict, dict | None, dict | None]:

@@ -172,7 +172,8 @@ def is_original_checkpoint(path: str | Path | None) -> bool:
 
 @dataclass
 class ConfigTranslation:
-    """What a foreign config (v1, or the Ovis2 release's; with its preprocessor config) becomes."""
+    """What a foreign config (v1, the Ovis2 release's or, extended, hf-ovis2's; with its preprocessor
+    config) becomes."""
 
     config: dict[str, Any]  # OvisConfig keyword arguments
     vision_spec: VisionSpec

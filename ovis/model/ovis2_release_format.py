@@ -46,7 +46,10 @@ from ovis.model.v1_format import (
     _square_size,
     chat_format_for,
     holds_config,
+    llm_config_of,
+    ovis_config_kwargs,
     preprocess_from_clip_processor,
+    visual_vocab_size,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
@@ -201,9 +204,7 @@ def translate_release_config(
     if tokenize_function not in TOKENIZE_FUNCTIONS:
         raise ConversionError(f"visual_tokenizer_config.tokenize_function {tokenize_function!r}; expected one of "
                               f"{', '.join(TOKENIZE_FUNCTIONS)}")  # fmt: skip
-    if "vocab_size" not in vt:
-        raise ConversionError("visual_tokenizer_config has no vocab_size")
-    vocab = _number(vt["vocab_size"], "visual_tokenizer_config.vocab_size", int)
+    vocab = visual_vocab_size(vt)
     stride = _number(vt.get("hidden_stride", 1), "visual_tokenizer_config.hidden_stride", int)
     backbone = _as_dict(vt.get("backbone_config") or {}, "visual_tokenizer_config.backbone_config")
     arch = aimv2_architecture(backbone)
@@ -212,12 +213,7 @@ def translate_release_config(
         if len(depths) != 1:
             raise UnsupportedError(f"visual_tokenizer_config.depths {depths}: the release takes one depth")
         arch["num_hidden_layers"] = int(depths[0])  # the release builds this many blocks
-    llm = _as_dict(config.get("llm_config"), "llm_config")
-    if not llm.get("model_type"):
-        raise ConversionError("llm_config has no model_type")
-    if config.get("hidden_size") is not None and llm.get("hidden_size") not in (None, config["hidden_size"]):
-        raise ShapeMismatchError(f"config.json hidden_size {config['hidden_size']} differs from "
-                                 f"llm_config.hidden_size {llm['hidden_size']}")  # fmt: skip
+    llm = llm_config_of(config)
     chat_format = extras.get("chat_format") or chat_format_for(config.get("conversation_formatter_class"), host)
     preprocess, notes = preprocess_from_clip_processor(preprocessor, arch["image_size"])
     spec = aimv2_spec(arch, preprocess, name="aimv2-ovis2-release", description=(
@@ -233,27 +229,22 @@ def translate_release_config(
         f"tiling: max_partition {max_partition}"
         + ("" if "max_partition" in extras else " (the Ovis2 default; the release passes it per call)"),
     ]
-    kwargs = {
-        "llm_config": llm,
-        "vision_spec": spec.model_dump(mode="json"),
-        "llm_spec": None,
-        "visual_vocab_size": vocab,
-        "tokenize_function": tokenize_function,
-        "tau": _number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
-        "use_indicators": True,
-        "adapter": "structural",
-        "multimodal_max_length": _number(config.get("multimodal_max_length", 8192), "multimodal_max_length", int),
-        "chat_format": chat_format,
-        "conversation_formatter_class": config.get("conversation_formatter_class"),
-        "image_layout": "tiled",
-        "hidden_stride": stride,
-        "max_partition": max_partition,
-        "covering_threshold": float(extras.get("covering_threshold", 0.9)),
-        "tile_resize": extras.get("tile_resize", "pad"),
-    }
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    if dtype:
-        kwargs["dtype"] = dtype
+    kwargs = ovis_config_kwargs(
+        config,
+        vt,
+        llm,
+        spec,
+        vocab,
+        tokenize_function,
+        chat_format,
+        use_indicators=True,
+        max_length=8192,
+        image_layout="tiled",
+        hidden_stride=stride,
+        max_partition=max_partition,
+        covering_threshold=float(extras.get("covering_threshold", 0.9)),
+        tile_resize=extras.get("tile_resize", "pad"),
+    )
     return ConfigTranslation(kwargs, spec, chat_format, notes)
 
 

@@ -333,11 +333,64 @@ def _visual_tokenizer_fields(vt: dict[str, Any]) -> tuple[dict, str, int, bool]:
             f"visual_tokenizer_config.tokenize_function {tokenize_function!r} is unknown; "
             f"expected one of {', '.join(TOKENIZE_FUNCTIONS)}"
         )
-    if "vocab_size" not in vt:
-        raise ConversionError("visual_tokenizer_config has no vocab_size")
-    vocab = _number(vt["vocab_size"], "visual_tokenizer_config.vocab_size", int)
+    vocab = visual_vocab_size(vt)
     use_indicators = bool(vt.get("use_indicators", False))
     return backbone, tokenize_function, vocab, use_indicators
+
+
+def visual_vocab_size(vt: Mapping[str, Any]) -> int:
+    """``visual_tokenizer_config.vocab_size`` (v1, Ovis2 release), which has no default."""
+    if "vocab_size" not in vt:
+        raise ConversionError("visual_tokenizer_config has no vocab_size")
+    return _number(vt["vocab_size"], "visual_tokenizer_config.vocab_size", int)
+
+
+def llm_config_of(config: Mapping[str, Any]) -> dict:
+    """``llm_config`` of a v1-style ``config.json`` (v1, Ovis2 release), checked against ``hidden_size``."""
+    llm = _as_dict(config.get("llm_config"), "llm_config")
+    if not llm.get("model_type"):
+        raise ConversionError("llm_config has no model_type")
+    if config.get("hidden_size") is not None and llm.get("hidden_size") not in (None, config["hidden_size"]):
+        raise ShapeMismatchError(
+            f"config.json hidden_size {config['hidden_size']} differs from llm_config.hidden_size {llm['hidden_size']}"
+        )
+    return llm
+
+
+def ovis_config_kwargs(
+    config: Mapping[str, Any],
+    vt: Mapping[str, Any],
+    llm: dict,
+    spec: VisionSpec,
+    vocab: int,
+    tokenize_function: str,
+    chat_format: str,
+    *,
+    use_indicators: bool,
+    max_length: int,
+    **layout: Any,
+) -> dict[str, Any]:
+    """``OvisConfig`` arguments of a v1-style ``config.json`` (v1, Ovis2 release): the structural adapter
+    over ``spec``'s tower, ``tau``, ``multimodal_max_length`` (``max_length`` when absent), the
+    formatter class and dtype as the file gives them; ``layout``: the image layout's own arguments."""
+    kwargs = {
+        "llm_config": llm,
+        "vision_spec": spec.model_dump(mode="json"),
+        "llm_spec": None,
+        "visual_vocab_size": vocab,
+        "tokenize_function": tokenize_function,
+        "tau": _number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
+        "use_indicators": use_indicators,
+        "adapter": "structural",
+        "multimodal_max_length": _number(config.get("multimodal_max_length", max_length), "multimodal_max_length", int),
+        "chat_format": chat_format,
+        "conversation_formatter_class": config.get("conversation_formatter_class"),
+        **layout,
+    }
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    if dtype:
+        kwargs["dtype"] = dtype
+    return kwargs
 
 
 def translate_config(
@@ -371,14 +424,7 @@ def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     vt = _as_dict(config.get("visual_tokenizer_config"), "visual_tokenizer_config")
     backbone, tokenize_function, vocab, use_indicators = _visual_tokenizer_fields(vt)
 
-    llm = _as_dict(config.get("llm_config"), "llm_config")
-    if not llm.get("model_type"):
-        raise ConversionError("llm_config has no model_type")
-    llm_hidden = llm.get("hidden_size")
-    if config.get("hidden_size") is not None and llm_hidden is not None and config["hidden_size"] != llm_hidden:
-        raise ShapeMismatchError(
-            f"config.json hidden_size {config['hidden_size']} differs from llm_config.hidden_size {llm_hidden}"
-        )
+    llm = llm_config_of(config)
     chat_format = chat_format_for(config.get("conversation_formatter_class"), host)
 
     image_size = _square_size(backbone.get("image_size", 224), "backbone_config image_size")
@@ -400,22 +446,9 @@ def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
         f"llm_config ({llm['model_type']}) and multimodal_max_length "
         f"{config.get('multimodal_max_length', 2048)} kept",
     ]
-    kwargs = {
-        "llm_config": llm,
-        "vision_spec": spec.model_dump(mode="json"),
-        "llm_spec": None,
-        "visual_vocab_size": vocab,
-        "tokenize_function": tokenize_function,
-        "tau": _number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
-        "use_indicators": use_indicators,
-        "adapter": "structural",
-        "multimodal_max_length": _number(config.get("multimodal_max_length", 2048), "multimodal_max_length", int),
-        "chat_format": chat_format,
-        "conversation_formatter_class": config.get("conversation_formatter_class"),
-    }
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    if dtype:
-        kwargs["dtype"] = dtype
+    kwargs = ovis_config_kwargs(
+        config, vt, llm, spec, vocab, tokenize_function, chat_format, use_indicators=use_indicators, max_length=2048
+    )
     return ConfigTranslation(kwargs, spec, chat_format, notes)
 
 

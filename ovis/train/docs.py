@@ -68,6 +68,21 @@ in an optimizer step (the step takes the next micro-batch; checkpoints record th
 a resumed run reads the same samples). At the end of a run, and of one that fails or is
 interrupted, one total of the skipped records (by reason, with examples and the number of skipped
 sample reads) is logged and written to `output_dir/skips.json`.
+
+Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows of at most
+`data.max_length` tokens as fit (first-fit decreasing; a sample longer than that keeps a row of its
+own, as in a padded batch), instead of each sample padded to the longest. Every sample gets position
+ids from 0 and attends only to itself: the LLM gets `position_ids` and no attention mask, from which
+transformers builds the block-diagonal causal mask on the CPU (Gemma 2's sliding window included),
+and with `flash_attention_2` on a GPU the rows are flattened into one and the samples' boundaries
+(`cu_seq_lens_q/k`, `max_length_q/k`) go to the varlen kernel (a GPU test is in
+`tests/test_packing.py`; it has not run on a GPU yet). Samples move whole, so an image
+block never splits and the images keep their order; labels are unchanged, and the loss leaves out
+the target at each sample's first token (it would be predicted from the previous sample), so the
+loss and gradients equal those of the same samples padded (`tests/test_packing.py`, float32, 1e-5).
+Steps, samples, labelled tokens and skips are counted as without packing; the config hash changes
+only when packing is on. `python benchmarks/packing.py` measures the padding fraction and training
+tokens/s packed vs padded (`benchmarks/README.md`).
 """
 
 

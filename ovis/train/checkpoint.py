@@ -33,6 +33,7 @@ import torch
 
 from ovis.errors import ConfigError, InputFileError, OutputExistsError
 from ovis.train.engines import Engine
+from ovis.train.schedule import DataOrder, resume_at
 
 logger = logging.getLogger("ovis.train")
 COMPLETE = "COMPLETE"
@@ -251,11 +252,13 @@ def read_state(path: Path) -> dict[str, Any]:
         raise InputFileError(f"{path / STATE_FILE} is not valid JSON ({exc}); resume from another checkpoint") from exc
 
 
-def load_checkpoint(engine: Engine, path: Path, *, rank: int) -> None:
-    """Restore the engine (model, optimizer, lr scheduler) and this rank's RNG from ``path``."""
+def load_checkpoint(engine: Engine, path: Path, *, rank: int, reshard: bool = False) -> None:
+    """Restore the engine (model, optimizer, lr scheduler) and this rank's RNG from ``path``;
+    ``reshard``: the checkpoint was written by another number of ranks (a rank it did not have
+    keeps the RNG seeded for it)."""
     rng_file = path / f"rng_state_{rank}.pt"
     rng = load_rng_state(rng_file) if rng_file.is_file() else None  # refused before the big load
-    engine.load(path)
+    engine.load(path, reshard=reshard)
     if rng is not None:
         set_rng_state(rng)
 
@@ -304,20 +307,22 @@ def resume_point(output_dir: Path, *, resume: bool) -> Path | None:
     return latest
 
 
-def check_resumable(path: Path, state: dict[str, Any], *, data_order: dict[str, int], engine: str) -> None:
-    """Refuse to resume from ``path`` into a run that would read other data or use another engine."""
-    if state["data_order"] != data_order:
-        raise ConfigError(
-            f"cannot resume from {path}: the data order would differ (checkpoint "
-            f"{state['data_order']}, now {data_order}); keep the seed, batch size, "
-            "number of processes and datasets of the interrupted run"
-        )
+def check_resumable(path: Path, state: dict[str, Any], *, order: DataOrder, engine: str) -> int:
+    """Refuse to resume from ``path`` into a run that would read other data or use another engine.
+
+    Returns the micro-batch number of ``order`` at which the run continues: the checkpoint's own on
+    the same layout; on another number of ranks (or per-rank batch size) keeping the global batch,
+    the first micro-batch holding a sample not yet read (:func:`~ovis.train.schedule.resume_at`).
+    """
     written_by = state.get("engine", "deepspeed")  # checkpoints from before the PyTorch engine
     if written_by != engine:
         raise ConfigError(
             f"cannot resume from {path}: it was written by the {written_by} engine and this run uses "
             f"the {engine} engine; keep the interrupted run's deepspeed setting (null: the torch engine)"
         )
+    step = int(state["step"])
+    micro = int(state.get("micro_batch", step * int(state["data_order"].get("accumulation", order.accumulation))))
+    return resume_at(state["data_order"], micro, order, where=str(path))
 
 
 def prune_checkpoints(root: Path, keep: int | None, *, current: int) -> list[Path]:

@@ -31,6 +31,8 @@ from ovis.train.step import WRAPPER_PREFIX
 
 #: The engine state's subdirectory in a checkpoint (DeepSpeed's "tag").
 ENGINE_TAG = "engine"
+#: DeepSpeed's universal form of ``ENGINE_TAG``, made beside it when another number of ranks resumes.
+UNIVERSAL_TAG = "engine-universal"
 TORCH_STATE = "torch_engine.pt"
 
 
@@ -59,8 +61,9 @@ class Engine(Protocol):
         """Write the engine's state (weights, optimizer, schedule) under ``directory`` (every rank)."""
         ...
 
-    def load(self, directory: Path) -> None:
-        """Restore what :meth:`save` wrote under ``directory`` (every rank)."""
+    def load(self, directory: Path, *, reshard: bool = False) -> None:
+        """Restore what :meth:`save` wrote under ``directory`` (every rank); ``reshard``: it was
+        written by another number of ranks."""
         ...
 
     def final_state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -94,6 +97,7 @@ class DeepSpeedEngine:
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
         self.rank = processes.rank
+        self.processes = processes
         self.device = torch.device(self.engine.device)
         self.zero_stage = self.engine.zero_optimization_stage()
 
@@ -113,12 +117,31 @@ class DeepSpeedEngine:
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=ENGINE_TAG)
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, *, reshard: bool = False) -> None:
+        if not (directory / ENGINE_TAG).is_dir():
+            raise InputFileError(f"{directory} holds no DeepSpeed engine state in {ENGINE_TAG}/")
+        if not reshard:
+            self._load(directory, ENGINE_TAG)
+            return
+        # DeepSpeed refuses ZeRO partitions written by another number of ranks; its universal
+        # checkpoint (every parameter's fp32 weights and Adam moments whole, one directory each)
+        # loads on any number, each rank taking its own slices.
+        if self.processes.rank == 0:
+            to_universal(directory / ENGINE_TAG, directory / UNIVERSAL_TAG)
+        self.processes.barrier()
+        config = self.engine._config  # DeepSpeed reads the flag from its config when loading
+        config.load_universal_checkpoint = True
+        try:
+            self._load(directory, UNIVERSAL_TAG)
+        finally:
+            config.load_universal_checkpoint = False
+
+    def _load(self, directory: Path, tag: str) -> None:
         loaded, _ = self.engine.load_checkpoint(
-            str(directory), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if loaded is None:
-            raise InputFileError(f"{directory} holds no DeepSpeed engine state in {ENGINE_TAG}/")
+            raise InputFileError(f"{directory} holds no DeepSpeed engine state in {tag}/")
 
     def final_state_dict(self) -> dict[str, torch.Tensor] | None:
         # Under ZeRO-3 each rank holds a slice of every parameter: gathered to rank 0 module by
@@ -184,7 +207,8 @@ class TorchEngine:
         }
         torch.save(state, target / TORCH_STATE)
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, *, reshard: bool = False) -> None:
+        # One process only: a checkpoint of this engine is always one rank's (nothing to reshard).
         path = directory / ENGINE_TAG / TORCH_STATE
         if not path.is_file():
             raise InputFileError(f"{directory} holds no PyTorch engine state ({ENGINE_TAG}/{TORCH_STATE} is missing)")
@@ -198,6 +222,31 @@ class TorchEngine:
         if self.bf16:  # training is over: hold bf16 weights, as DeepSpeed's bf16 mode does
             self.module.to(torch.bfloat16)
         return _unwrapped(self.module.state_dict())
+
+
+def to_universal(engine_dir: Path, out: Path) -> Path:
+    """Convert DeepSpeed's ZeRO checkpoint in ``engine_dir`` to its universal form in ``out``
+    (``deepspeed.checkpoint.ds_to_universal``, in this process); kept if already made. Written to
+    ``out.tmp`` and renamed, so an interrupted conversion is never taken for a finished one."""
+    import argparse
+    import shutil
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    if (out / "zero" / "optimizer_state.pt").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = argparse.Namespace(
+        input_folder=str(engine_dir), output_folder=str(tmp), num_extract_workers=1, num_merge_workers=1,
+        keep_temp_folder=False, strict=True,
+        # ovis's checkpoints do not carry DeepSpeed's universal-checkpoint info (no tensor
+        # parallelism to describe): the converter adds its default
+        inject_missing_state=True,
+    )
+    ds_to_universal(args)
+    tmp.rename(out)
+    return out
 
 
 def _unwrapped(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -122,6 +122,8 @@ class Trainer:
         #: Every record and sample left out (read and encode time).
         self.skip_log = SkipLog()
         self._records: list[Any] | None = None  # the checked records, until the dataset is built
+        self._checkpoint: Path | None = None  # the checkpoint this run continues from (setup)
+        self._checkpoint_state: dict[str, Any] | None = None
         self._step_started = 0.0
 
     @property
@@ -141,9 +143,11 @@ class Trainer:
         if self.processes.rank != 0:
             logger.setLevel(logging.WARNING)
         self.precision = agree_on_precision(self.config, self.processes)
+        self._checkpoint = self._resume_point()  # before the model loads: a refusal comes first
         set_seed(self.config.seed)  # identical on every rank: re-init and LoRA init must agree
         self._build_model()
         self._build_data()
+        self._continue_from_checkpoint()  # before the engine: the schedule needs total_steps
         set_seed(self.config.seed + 1000 * self.processes.rank)  # gumbel / dropout noise differs per rank
         self._build_engine()
         self._restore()  # a resumed run continues each rank's RNG stream where it was saved
@@ -217,10 +221,11 @@ class Trainer:
         if self.collator is None:
             self.collator = DataCollator(self.train_processor, packing=config.data.packing)
         world_size = self.processes.world_size
-        self.order = DataOrder(
-            len(self.dataset), batch_size=config.per_device_batch_size, world_size=world_size, seed=config.seed
-        )
         accumulation = config.gradient_accumulation_steps
+        self.order = DataOrder(
+            len(self.dataset), batch_size=config.per_device_batch_size, world_size=world_size, seed=config.seed,
+            accumulation=accumulation,
+        )
         self.total_steps = config.max_steps or self.order.total_steps(config.epochs, accumulation)
         logger.info(
             "%d samples, %d micro-batches per epoch per rank, %d ranks, %d optimizer steps",
@@ -250,20 +255,49 @@ class Trainer:
         initial = group.get("initial_lr") or 0.0
         return self.config.lr * group["lr"] / initial if initial else group["lr"]
 
-    def _restore(self) -> None:
-        rank = self.processes.rank
-        latest = self._resume_point()
-        if latest is not None:
-            state = ckpt.read_state(latest)
-            ckpt.check_resumable(latest, state, data_order=self.order.fingerprint(), engine=self.engine.kind)
-            ckpt.load_checkpoint(self.engine, latest, rank=rank)
-            if state["config_hash"] != self.config.config_hash():
-                logger.warning("resume: the training config differs from the checkpoint's (hash changed)")
-            step = int(state["step"])
-            self.position = Position(
-                step=step, micro=int(state.get("micro_batch", step * self.config.gradient_accumulation_steps)),
-                samples_seen=int(state["samples_seen"]), skipped_total=int(state["skipped_total"]),
+    def _continue_from_checkpoint(self) -> None:
+        """Where the run continues (the position, and the total steps) when it resumes.
+
+        On another number of ranks (or per-rank batch size) the global batch must be kept, and
+        the run continues the epoch in progress at its first sample not yet read
+        (:func:`ckpt.check_resumable`); the number of steps of an ``epochs``-long run is the
+        checkpoint's, so that the learning-rate schedule goes on as it was."""
+        latest = self._checkpoint
+        if latest is None:
+            return
+        state = ckpt.read_state(latest)
+        kind = "torch" if self.config.deepspeed is None else "deepspeed"
+        micro = ckpt.check_resumable(latest, state, order=self.order, engine=kind)
+        if state["config_hash"] != self.config.config_hash():
+            logger.warning("resume: the training config differs from the checkpoint's (hash changed)")
+        saved_ranks = int(state.get("world_size", self.processes.world_size))
+        saved_batch = int(state["data_order"].get("batch_size", self.order.batch_size))
+        if (saved_ranks, saved_batch) != (self.processes.world_size, self.order.batch_size):
+            logger.info(
+                "resume: written by %d ranks x per_device_batch_size %d, continued by %d x %d (global batch %d "
+                "kept); the epoch in progress continues at micro-batch %d of this layout",
+                saved_ranks, saved_batch, self.processes.world_size, self.order.batch_size,
+                self.order.global_batch, micro,
             )
+            saved_total = int(state.get("total_steps", self.total_steps))
+            if self.config.max_steps is None and saved_total != self.total_steps:
+                logger.info("resume: %d optimizer steps, as the checkpoint's run had (this layout rounds its "
+                            "epochs to %d)", saved_total, self.total_steps)
+                self.total_steps = saved_total
+        step = int(state["step"])
+        self.position = Position(
+            step=step, micro=micro, samples_seen=int(state["samples_seen"]), skipped_total=int(state["skipped_total"])
+        )
+        self._checkpoint_state = state
+
+    def _restore(self) -> None:
+        """Load the checkpoint's engine state and this rank's RNG (resharded by DeepSpeed when the
+        checkpoint was written by another number of ranks); write ``train_config.yaml``."""
+        rank = self.processes.rank
+        latest, state = self._checkpoint, self._checkpoint_state
+        if latest is not None and state is not None:
+            saved_ranks = int(state.get("world_size", self.processes.world_size))
+            ckpt.load_checkpoint(self.engine, latest, rank=rank, reshard=saved_ranks != self.processes.world_size)
             # Skips found encoding samples before the checkpoint are not met again: restore them.
             self.skip_log.merge(_skips_from_state(state.get("skipped_records", [])))
             logger.info("resumed from %s (step %d)", latest, self.position.step)

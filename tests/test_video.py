@@ -234,3 +234,36 @@ def test_a_server_without_pyav_answers_501_saying_so(http_service, monkeypatch):
     reply = ask(http, [video_part(make_video())])
     assert reply.status_code == 501, reply.text
     assert "ovis[video]" in reply.json()["error"]["message"]
+
+
+def make_long_video(path, frames: int, container_format: str) -> None:
+    """A video whose frames differ (a colour per index, in 16 x 16), long enough to be sampled by seeking."""
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(frames):
+            image = Image.new("RGB", (16, 16), ((i % 32) * 8, (i // 32) * 12, 90))
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("container_format", ["mp4", "matroska"])
+def test_a_long_video_is_sampled_by_seeking_to_the_same_frames(tmp_path, monkeypatch, container_format):
+    from ovis.interfaces import video
+
+    path = tmp_path / f"long.{container_format}"
+    make_long_video(path, 640, container_format)
+    seeks = []
+    real_seek = video._seek_frames
+    monkeypatch.setattr(video, "_seek_frames", lambda *a: seeks.append(1) or real_seek(*a))
+    sought = load_video(path, 7)
+    assert seeks, "a video of 640 frames is sampled by seeking"
+    monkeypatch.setattr(video, "SEEK_FROM_FRAMES", 10**9)  # every frame decoded, as short videos are
+    decoded = load_video(path, 7)
+    assert len(sought) == len(decoded) == 7
+    assert [f.tobytes() for f in sought] == [f.tobytes() for f in decoded]
+    # They are the frames sample_indices names: each frame's colour encodes its index.
+    for frame, index in zip(decoded, sample_indices(640, 7), strict=True):
+        assert close(frame.getpixel((8, 8))[:2], ((index % 32) * 8, (index // 32) * 12)), index

@@ -23,6 +23,9 @@ from ovis.interfaces.chat import IMAGE_MARKER, ChatFormat, ChatFormatError, Mess
 VIDEO_MARKER = "<video>"
 #: frames taken from a video unless asked otherwise (the Ovis2 model card uses 12, VLMEvalKit 8+)
 DEFAULT_NUM_FRAMES = 8
+#: videos of at least this many frames are sampled by seeking (shorter ones are decoded straight
+#: through: as fast, and exact for any frame timing)
+SEEK_FROM_FRAMES = 300
 
 #: a video: a file path, its encoded bytes, or its frames (images or image paths) already taken
 VideoInput = str | Path | bytes | Sequence[Image.Image | str | Path]
@@ -87,21 +90,74 @@ def read_video(
                 raise VideoError(
                     f"{label}: frames are {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
                 )
-            total = stream.frames or sum(1 for _ in container.decode(stream))
-        wanted = set(sample_indices(total, num_frames))
-        frames: list[Image.Image] = []
+            total = stream.frames or _frames_from_duration(container, stream)
+            if total < SEEK_FROM_FRAMES and not stream.frames:  # a short video without a count: count exactly
+                total = sum(1 for _ in container.decode(stream))
+        wanted = sample_indices(total, num_frames)
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
-            for index, frame in enumerate(container.decode(container.streams.video[0])):
-                if index in wanted:
-                    frames.append(frame.to_image().convert("RGB"))
-                if index >= max(wanted, default=-1):
-                    break
+            stream = container.streams.video[0]
+            frames = _seek_frames(container, stream, wanted) if total >= SEEK_FROM_FRAMES else None
+        if frames is None:
+            with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+                frames = _decode_frames(container, container.streams.video[0], wanted)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise VideoError(f"{label}: could not be decoded as a video ({type(exc).__name__}: {exc})") from exc
     if not frames:
         raise VideoError(f"{label}: the video has no frames")
+    return frames
+
+
+def _frames_from_duration(container, stream) -> int:
+    """Frames in a video whose header has no count (Matroska, WebM), from its duration and frame
+    rate: counting them would decode the whole file twice. 0 when either is unknown."""
+    rate = stream.average_rate
+    if stream.duration is not None and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # microseconds
+    else:
+        return 0
+    return int(seconds * float(rate)) if rate and seconds > 0 else 0
+
+
+def _decode_frames(container, stream, wanted: Sequence[int]) -> list[Image.Image]:
+    """The frames at ``wanted`` (increasing indices), decoding every frame up to the last."""
+    wanted_set, last = set(wanted), max(wanted, default=-1)
+    frames = []
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted_set:
+            frames.append(frame.to_image().convert("RGB"))
+        if index >= last:
+            break
+    return frames
+
+
+def _seek_frames(container, stream, wanted: Sequence[int]) -> list[Image.Image] | None:
+    """The frames at ``wanted`` by seeking to the keyframe before each and decoding up to it: the
+    cost grows with the number of frames taken, not with the video's length. Frame ``i`` is the
+    one shown at ``start + i / frame rate``; None (decode instead) when the stream has no constant
+    rate to say so, or a frame has no timestamp."""
+    rate, base = stream.average_rate, stream.time_base
+    if not rate or not base or stream.guessed_rate != rate:
+        return None
+    start = stream.start_time or 0
+    period = 1 / (rate * base)  # one frame, in time-base units
+    frames = []
+    for index in wanted:
+        target = start + index * period
+        container.seek(int(target), stream=stream, backward=True)
+        found = None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            found = frame  # past the end (an estimated count that ran over): the last frame
+            if frame.pts >= target - period / 2:
+                break
+        if found is None:
+            return None
+        frames.append(found.to_image().convert("RGB"))
     return frames
 
 

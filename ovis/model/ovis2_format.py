@@ -40,6 +40,7 @@ from ovis.model.v1_format import (
     holds_config,
     pixel_settings,
     read_json,
+    structural_kwargs,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
@@ -300,26 +301,22 @@ def translate_hf_config(
         f"chat format '{chat_format}'"
         + ("" if extras.get("chat_format") else f" (assumed for a {text_type} LLM; config.json names none)"),
     ]
-    kwargs = {
-        "llm_config": llm,
-        "vision_spec": spec.model_dump(mode="json"),
-        "llm_spec": None,
-        "visual_vocab_size": vocab,
-        "tokenize_function": tokenize_function,
-        "tau": float(extras.get("tau", 1.0)),
-        "use_indicators": True,
-        "adapter": "structural",
-        "multimodal_max_length": int(extras.get("multimodal_max_length", 8192)),
-        "chat_format": chat_format,
-        "image_layout": "tiled",
-        "hidden_stride": stride,
-        "max_partition": max_partition,
-        "covering_threshold": float(extras.get("covering_threshold", 0.9)),
-        "tile_resize": extras.get("tile_resize", "canvas"),
-    }
-    dtype = config.get("dtype") or config.get("torch_dtype")
-    if dtype:
-        kwargs["dtype"] = dtype
+    kwargs = structural_kwargs(
+        llm,
+        spec,
+        vocab,
+        tokenize_function,
+        chat_format,
+        tau=float(extras.get("tau", 1.0)),
+        use_indicators=True,
+        multimodal_max_length=int(extras.get("multimodal_max_length", 8192)),
+        image_layout="tiled",
+        hidden_stride=stride,
+        max_partition=max_partition,
+        covering_threshold=float(extras.get("covering_threshold", 0.9)),
+        tile_resize=extras.get("tile_resize", "canvas"),
+        dtype=config.get("dtype") or config.get("torch_dtype"),
+    )
     return HfOvis2Translation(
         kwargs,
         spec,

@@ -357,6 +357,40 @@ def llm_config_of(config: Mapping[str, Any]) -> dict:
     return llm
 
 
+def structural_kwargs(
+    llm: dict,
+    spec: VisionSpec,
+    vocab: int,
+    tokenize_function: str,
+    chat_format: str,
+    *,
+    tau: float,
+    use_indicators: bool,
+    multimodal_max_length: int,
+    dtype: str | None,
+    **more: Any,
+) -> dict[str, Any]:
+    """``OvisConfig`` arguments of a translated checkpoint (v1, Ovis2 release, hf-ovis2): the LLM from
+    ``llm``, ``spec``'s tower, the structural adapter; ``more``: the layout's own arguments; ``dtype``
+    only when the file names one."""
+    kwargs = {
+        "llm_config": llm,
+        "vision_spec": spec.model_dump(mode="json"),
+        "llm_spec": None,
+        "visual_vocab_size": vocab,
+        "tokenize_function": tokenize_function,
+        "tau": tau,
+        "use_indicators": use_indicators,
+        "adapter": "structural",
+        "multimodal_max_length": multimodal_max_length,
+        "chat_format": chat_format,
+        **more,
+    }
+    if dtype:
+        kwargs["dtype"] = dtype
+    return kwargs
+
+
 def ovis_config_kwargs(
     config: Mapping[str, Any],
     vt: Mapping[str, Any],
@@ -370,27 +404,22 @@ def ovis_config_kwargs(
     max_length: int,
     **layout: Any,
 ) -> dict[str, Any]:
-    """``OvisConfig`` arguments of a v1-style ``config.json`` (v1, Ovis2 release): the structural adapter
-    over ``spec``'s tower, ``tau``, ``multimodal_max_length`` (``max_length`` when absent), the
-    formatter class and dtype as the file gives them; ``layout``: the image layout's own arguments."""
-    kwargs = {
-        "llm_config": llm,
-        "vision_spec": spec.model_dump(mode="json"),
-        "llm_spec": None,
-        "visual_vocab_size": vocab,
-        "tokenize_function": tokenize_function,
-        "tau": _number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
-        "use_indicators": use_indicators,
-        "adapter": "structural",
-        "multimodal_max_length": _number(config.get("multimodal_max_length", max_length), "multimodal_max_length", int),
-        "chat_format": chat_format,
-        "conversation_formatter_class": config.get("conversation_formatter_class"),
+    """:func:`structural_kwargs` of a v1-style ``config.json`` (v1, Ovis2 release): ``tau``,
+    ``multimodal_max_length`` (``max_length`` when absent), the formatter class and dtype as the file
+    gives them; ``layout``: the image layout's own arguments."""
+    return structural_kwargs(
+        llm,
+        spec,
+        vocab,
+        tokenize_function,
+        chat_format,
+        tau=_number(vt.get("tau", 1.0), "visual_tokenizer_config.tau", float),
+        use_indicators=use_indicators,
+        multimodal_max_length=_number(config.get("multimodal_max_length", max_length), "multimodal_max_length", int),
+        conversation_formatter_class=config.get("conversation_formatter_class"),
         **layout,
-    }
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    if dtype:
-        kwargs["dtype"] = dtype
-    return kwargs
+        dtype=config.get("torch_dtype") or config.get("dtype"),
+    )
 
 
 def translate_config(

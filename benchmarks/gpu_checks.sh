@@ -9,6 +9,20 @@
 #   cuda_checks  fused == naive on CUDA, OvisRunner's CUDA + bf16 answers against CPU float32, and
 #                ZeRO-3 + gradient checkpointing training over NCCL, resumed, exported and loaded;
 #   generation_speed  generation speed on the GPU (benchmarks/generation_speed.py);
+#   throughput   training throughput of the seed's 8B pair (clip ViT-L/14-336 + llama3-8b, V 131072,
+#                random weights) with the real Trainer: stage 3, bf16, DeepSpeed ZeRO-2, gradient
+#                checkpointing, packing, batch 8 of 64-512 text tokens + one image each; samples/s,
+#                tokens/s and MFU (visual path included) against the LLaVA-1.5 anchor
+#                (benchmarks/train_throughput.py). Sized for one H200 (141 GB) and ~3 minutes: full
+#                depth does not fit, since AdamW under ZeRO-2 on one GPU holds ~16 bytes per parameter
+#                (bf16 weights and gradients, fp32 master weights and two moments) and the pair has
+#                9.0B parameters with its 131K visual vocabulary: 134 GiB of the ~139 GiB before
+#                activations and DeepSpeed's buffers. ZeRO-3 partitions nothing on one GPU, and CPU
+#                offload (DeepSpeedCPUAdam, compiled first, 9B parameters stepped on 16 cores) would
+#                spend the time budget. So 16 of the 32 LLM layers (5.5B parameters, 82 GiB of weights
+#                and optimizer state): every matmul at full width, and the script prints what
+#                full depth gives at the measured MFU. If that run leaves no result (e.g. out of
+#                memory), 8 layers are tried in what is left;
 #   vllm         (only with OVIS_GPU_VLLM=1 or =install, or when named) the tiny tiled model exported
 #                with `python -m ovis convert DIR --to ovis2`, served by `vllm serve` and asked one
 #                question through the openai client; skipped with the reason when the converter
@@ -17,11 +31,12 @@
 #                OVIS_VLLM_LLM picks the tiny LLM (default qwen2.5-tiny, Ovis2's family).
 #
 # Usage: benchmarks/gpu_checks.sh [--cpu-dry-run] OUTDIR [STEP ...]
-#   STEPs default to: tiled visual_path quickstart cuda_checks generation_speed (+ vllm, see above).
+#   STEPs default to: tiled visual_path quickstart cuda_checks generation_speed throughput (+ vllm, see
+#   above).
 #   The whole run is held to OVIS_GPU_BUDGET_S seconds (default 470: under 8 minutes): each step's
 #   limit is cut to what is left, and a step is skipped when under 30 s are left. A summary of every
 #   step (ok / rc / timed out / skipped, seconds) ends the output and OUTDIR/summary.txt.
-#   --cpu-dry-run runs the Python parts of the tiled and vllm steps on the CPU at tiny sizes
+#   --cpu-dry-run runs the Python parts of the tiled, vllm and throughput steps on the CPU at tiny sizes
 #   (no nvidia-smi; the vllm step asks `ovis serve` when vLLM is absent), to check the script
 #   where no GPU is. No test needs this script.
 set -u
@@ -38,9 +53,9 @@ start=$SECONDS
 summary=()
 
 if [ $# -gt 0 ]; then steps=("$@")
-elif [ $dry = 1 ]; then steps=(tiled vllm)
+elif [ $dry = 1 ]; then steps=(tiled vllm throughput)
 else
-  steps=(tiled visual_path quickstart cuda_checks generation_speed)
+  steps=(tiled visual_path quickstart cuda_checks generation_speed throughput)
   if [ "$vllm_mode" != 0 ]; then steps+=(vllm); fi
 fi
 
@@ -89,6 +104,24 @@ for s in "${steps[@]}"; do
       step cuda_checks 180 $py benchmarks/cuda_checks.py --model /tmp/ovis-qs-gpu/stage3/final --data /tmp/ovis-qs-gpu/data --zero3 /tmp/ovis-zero3 ;;
     generation_speed)
       step generation_speed 120 $py benchmarks/generation_speed.py ;;
+    throughput)
+      if [ $dry = 1 ]; then
+        step throughput 240 $py benchmarks/train_throughput.py --toy --zero 2 --precision fp32 --packing on \
+          --batch 4 --steps 2 --warmup 1 --json "$out/train_throughput.json"
+      else
+        # RAM-backed scratch when there is room: the composed model is written once and read once.
+        tw=/tmp/ovis-throughput
+        shm=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')
+        [ "${shm:-0}" -gt $((40 * 1024 * 1024)) ] && tw=/dev/shm/ovis-throughput
+        tp=(benchmarks/train_throughput.py --vit clip --llm llama3-8b --visual-vocab 131072 --stage 3 --zero 2
+            --precision bf16 --checkpointing on --packing on --batch 8 --text-tokens 64-512 --steps 6 --warmup 2
+            --work "$tw")
+        step throughput 240 $py "${tp[@]}" --llm-layers 16 --json "$out/train_throughput.json"
+        if [ ! -s "$out/train_throughput.json" ]; then
+          step throughput_8_layers 180 $py "${tp[@]}" --llm-layers 8 --json "$out/train_throughput.json"
+        fi
+        rm -rf "$tw"
+      fi ;;
     vllm)
       if [ "$vllm_mode" = install ] && ! $py -c "import vllm" 2>/dev/null; then
         # shellcheck disable=SC2086  # OVIS_VLLM_PIP may hold several pip arguments (e.g. --find-links DIR vllm)
@@ -96,7 +129,7 @@ for s in "${steps[@]}"; do
       fi
       step vllm 240 $py benchmarks/cuda_checks.py --device $dev --vllm "$out/vllm" --ready-timeout 180 \
         --vllm-llm "${OVIS_VLLM_LLM:-qwen2.5-tiny}" ;;
-    *) echo "=== $s: unknown step (tiled visual_path quickstart cuda_checks generation_speed vllm)"
+    *) echo "=== $s: unknown step (tiled visual_path quickstart cuda_checks generation_speed throughput vllm)"
        summary+=("$s: unknown step") ;;
   esac
 done
@@ -105,4 +138,5 @@ done
   echo "=== summary ($((SECONDS - start)) s of a ${budget}s budget$([ $dry = 1 ] && echo ', CPU dry run'))"
   for line in "${summary[@]}"; do echo "  $line"; done
   grep -hE "^vllm: (SKIPPED|FAILED):" "$out"/vllm.txt 2>/dev/null | sed 's/^/  /'
+  grep -hE "^  measured .* MFU|^ +[0-9]+ text tokens/sample \(assumed\)" "$out"/throughput*.txt 2>/dev/null | sed 's/^ */  throughput: /'
 } | tee "$out/summary.txt"

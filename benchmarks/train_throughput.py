@@ -486,14 +486,41 @@ def compose_random(args: argparse.Namespace, out: Path) -> Path:
     from ovis.plugin_host import get_host
 
     host = DepthHost(get_host(), vit_layers=args.vit_layers, llm_layers=args.llm_layers, tokenizer=args.tokenizer)
+    device = args.compose_device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    # bf16 on disk halves the write and read; the trainer loads it in its own training dtype.
-    ovis.compose(
-        args.vit, args.llm, visual_vocab_size=args.visual_vocab, pretrained=False, dtype="bfloat16", out=out, host=host
-    )
-    print(f"composed {args.vit} + {args.llm} (random weights) in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
-    gc.collect()
+    try:
+        # Random init of billions of parameters takes minutes on a few CPU cores and seconds on a
+        # GPU. bf16 on disk halves the write and the read; the trainer loads it in its own dtype.
+        with torch.device(device):
+            ovis.compose(
+                args.vit,
+                args.llm,
+                visual_vocab_size=args.visual_vocab,
+                pretrained=False,
+                dtype="bfloat16",
+                out=out,
+                host=host,
+            )
+    except Exception as exc:
+        if device == "cpu":
+            raise
+        print(f"composing on {device} failed ({type(exc).__name__}: {exc}); composing on the CPU", flush=True)
+        gc.collect()
+        with torch.device("cpu"):
+            ovis.compose(
+                args.vit,
+                args.llm,
+                visual_vocab_size=args.visual_vocab,
+                pretrained=False,
+                dtype="bfloat16",
+                out=out,
+                host=host,
+            )
+    seconds = time.perf_counter() - t0
+    print(f"composed {args.vit} + {args.llm} (random weights, on {device}) in {seconds:.1f} s -> {out}", flush=True)
     return out
 
 
@@ -761,11 +788,9 @@ def print_anchor(results: list[dict[str, Any]], text_tokens: int) -> list[dict[s
             f"  measured {label(r)} on {r['device']}: MFU {r['mfu']:.1%} = {r['mfu'] / main['mfu']:.2f}x the anchor's"
         )
         if r.get("projected_full_depth_samples_per_s") is not None:
-            line += (
-                f"; at full depth and this MFU: {r['projected_full_depth_samples_per_s']:.3f} samples/s on this "
-                f"device, {r['mfu'] * A100_BF16 / r['full_depth_flops_per_sample']:.2f} on an A100 "
-                "(these samples' shape)"
-            )
+            line += f"; at full depth and this MFU: {r['projected_full_depth_samples_per_s']:.3g} samples/s here"
+            if r["device"] == "cuda":  # a GPU's MFU carries to another GPU; a CPU's does not
+                line += f", {r['mfu'] * A100_BF16 / r['full_depth_flops_per_sample']:.2f} on an A100"
         print(line)
     return anchors
 
@@ -814,6 +839,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-text-tokens", type=int, default=300)
     p.add_argument("--work", type=Path, default=None, help="where models are composed and runs written")
     p.add_argument("--model-dir", type=Path, default=None, help="a composed model to use as is")
+    p.add_argument(
+        "--compose-device",
+        default="auto",
+        help="where to initialise the random weights (auto: cuda when there is one, falling back to cpu)",
+    )
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s to use (skips the matmul probe)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--result-only", action="store_true", help=argparse.SUPPRESS)  # a sweep's child

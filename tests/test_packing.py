@@ -221,6 +221,53 @@ def test_packing_refuses_left_padding_and_an_attention_mask(toy):
         )
 
 
+def _segment_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A CPU stand-in for flash-attention's varlen kernel: causal attention within each segment of
+    ``cu_seq_lens_q`` over the one flattened row, and an error when the boundaries did not arrive."""
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or kwargs.get("max_length_q") is None or query.shape[0] != 1:
+        raise AssertionError("the varlen path got no cu_seq_lens_q / max_length_q, or rows not flattened")
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = torch.empty_like(query)
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        part = slice(start, end)
+        out[:, :, part] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, part], key[:, :, part], value[:, :, part], is_causal=True, scale=scaling
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+@pytest.mark.parametrize("llm", ["qwen-toy", "llama3.2-tiny"])
+def test_the_varlen_path_passes_each_samples_boundaries_and_matches_padding(llm, monkeypatch):
+    """The flash-attention route of TrainStep (rows flattened, ``cu_seq_lens_*`` / ``max_length_*``
+    passed down), run on the CPU through a registered stand-in for the varlen kernel."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    name, calls = "flash_varlen_cpu_stand_in", []
+
+    def attention(*args, **kwargs):
+        calls.append(kwargs["cu_seq_lens_q"].tolist() if "cu_seq_lens_q" in kwargs else None)
+        return _segment_attention(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, name, attention)
+    monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, name, flash_attention_mask)
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-toy", llm=llm, visual_vocab_size=64)
+    model.float().train()
+    samples = [processor.encode(m, i) for m, i in _conversations()]
+    padded = _loss_and_grads(model, DataCollator(processor)(samples))
+    monkeypatch.setattr(model.llm.config, "_attn_implementation", name)
+    assert uses_varlen(model.llm.config._attn_implementation)
+    longest = max(len(s.input_ids) for s in samples)
+    packed = DataCollator(processor, packing=True, max_length=longest + 40)(samples)
+    _assert_same(padded, _loss_and_grads(model, packed))
+    # Every layer ran the stand-in, with one segment per sample (plus any pad tails).
+    assert len(calls) == model.llm.config.num_hidden_layers
+    assert len(calls[0]) - 1 >= len(samples) and calls[0][-1] == packed["input_ids"].numel()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attention varlen needs a CUDA GPU")
 def test_flash_attention_varlen_matches_padded_sdpa():  # pragma: no cover - GPU only
     pytest.importorskip("flash_attn")

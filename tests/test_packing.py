@@ -5,6 +5,7 @@ sliding window and soft-capped head), and whole training runs (PyTorch and DeepS
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -286,6 +287,21 @@ def test_flash_attention_varlen_matches_padded_sdpa():  # pragma: no cover - GPU
     loss_b, count_b, _ = _loss_and_grads(model, packed)
     assert count_a == count_b
     torch.testing.assert_close(loss_b.float(), loss_a.float(), rtol=0, atol=2e-2)  # bf16
+
+
+def test_the_config_key_and_its_hash(tmp_path):
+    base = {"model": tmp_path, "output_dir": tmp_path / "out", "data": {"max_length": 512}}
+    off = TrainConfig.model_validate(base)
+    on = TrainConfig.model_validate(base | {"data": {"max_length": 512, "packing": True}})
+    assert off.data.packing is False and on.data.packing is True
+    assert on.config_hash() != off.config_hash()
+    # Off, the key is left out of the hash: a checkpoint written before the key existed still matches.
+    dumped = off.model_dump(
+        mode="json", exclude={"output_dir", "save_steps", "save_total_limit", "logging_steps", "num_workers"}
+    )
+    del dumped["data"]["packing"]
+    older = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+    assert off.config_hash() == older
 
 
 # -- training runs -------------------------------------------------------------------------------------

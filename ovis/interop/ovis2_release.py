@@ -20,11 +20,11 @@ from ovis.fsutil import atomic_directory, check_output_dir
 from ovis.interop.v1_writer import legacy_llm_config, original_preprocessor_config, write_weights
 from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_release
+from ovis.model.ovis2_format import EXTRAS_KEY
 from ovis.model.ovis2_release_format import (
     AIMV2_BACKBONE_TYPE,
     AIMV2_DEFAULTS,
     AIMV2_TOKENIZER_TYPE,
-    EXTRAS_KEY,
     state_to_release,
 )
 from ovis.model.v1_format import (

@@ -37,6 +37,7 @@ from ovis.model.v1_format import (
     ConversionError,
     ShapeMismatchError,
     UnsupportedError,
+    _as_dict,
     holds_config,
     pixel_settings,
     read_json,
@@ -54,6 +55,7 @@ PROCESSOR_CONFIG_FILE = "processor_config.json"
 TEXT_TYPES = ("qwen2", "qwen3", "llama")
 #: the chat format assumed when config.json carries none (``"ovis"`` block)
 DEFAULT_CHAT_FORMATS = {"qwen2": "chatml", "qwen3": "qwen3", "llama": "llama3.2"}
+#: config.json's block for the settings only ovis has (transformers and the release's code keep and ignore it)
 EXTRAS_KEY = "ovis"
 EXTRA_FIELDS = ("chat_format", "tile_resize", "covering_threshold", "tau", "multimodal_max_length")
 #: the tokens of transformers' Ovis2Processor: the text marker, the image position, and the five
@@ -94,6 +96,16 @@ KEY_PREFIXES = (
 AIMV2_POOL_HEAD = "visual_tokenizer.backbone.vision_model.head."
 
 
+def ovis_extras(config: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The settings only ovis has that a foreign layout (hf-ovis2, Ovis2 release) keeps in config.json
+    under :data:`EXTRAS_KEY`; a field outside ``fields`` is refused."""
+    extras = _as_dict(config.get(EXTRAS_KEY) or {}, EXTRAS_KEY)
+    unknown = set(extras) - set(fields)
+    if unknown:
+        raise ConversionError(f"config.json {EXTRAS_KEY}: unknown field(s) {', '.join(sorted(unknown))}")
+    return extras
+
+
 def is_hf_ovis2_config(config: Mapping[str, Any]) -> bool:
     return config.get("model_type") == HF_OVIS2_TYPE
 
@@ -132,12 +144,6 @@ class HfOvis2Translation(ConfigTranslation):
     tokens_per_tile: int
     image_token_id: int
     indicator_token_ids: list[int]
-
-
-def _dict(value: Any, what: str) -> dict:
-    if not isinstance(value, Mapping):
-        raise ConversionError(f"config.json {what} must be a JSON object, got {type(value).__name__}")
-    return dict(value)
 
 
 def _square(value: Any, what: str) -> int:
@@ -238,12 +244,9 @@ def translate_hf_config(
     ``OvisConfig`` arguments, refusing what an ovis model cannot hold."""
     if not is_hf_ovis2_config(config):
         raise ConversionError(f"config.json model_type {config.get('model_type')!r} is not {HF_OVIS2_TYPE!r}")
-    vision = _dict(config.get("vision_config") or {}, "vision_config")
-    text = _dict(config.get("text_config") or {"model_type": "qwen2"}, "text_config")
-    extras = _dict(config.get(EXTRAS_KEY) or {}, EXTRAS_KEY)
-    unknown = set(extras) - set(EXTRA_FIELDS)
-    if unknown:
-        raise ConversionError(f"config.json {EXTRAS_KEY}: unknown field(s) {', '.join(sorted(unknown))}")
+    vision = _as_dict(config.get("vision_config") or {}, "vision_config")
+    text = _as_dict(config.get("text_config") or {"model_type": "qwen2"}, "text_config")
+    extras = ovis_extras(config, EXTRA_FIELDS)
     indicators = vision.get("num_visual_indicator_tokens", 5)
     if indicators != 5:
         raise UnsupportedError(f"vision_config.num_visual_indicator_tokens {indicators!r}: ovis's tiled layout has 5")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ovis.model.ovis2_format import aimv2_spec
+from ovis.model.ovis2_format import aimv2_spec, ovis_extras
 from ovis.model.v1_format import (
     RELEASE_TOKENIZER_TYPES,
     ConfigTranslation,
@@ -56,7 +56,6 @@ from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 
 AIMV2_TOKENIZER_TYPE = "aimv2_visual_tokenizer"
 AIMV2_BACKBONE_TYPE = "aimv2"
-EXTRAS_KEY = "ovis"
 EXTRA_FIELDS = ("max_partition", "covering_threshold", "tile_resize", "chat_format")
 #: the release's AIMv2Config fields and their defaults
 AIMV2_DEFAULTS = {
@@ -194,10 +193,7 @@ def translate_release_config(
             f"visual_tokenizer_config.model_type {vt.get('model_type')!r}: ovis reads the Ovis2 release layout "
             f"({AIMV2_TOKENIZER_TYPE!r}); Ovis 1.6's SigLIP tokenizer is not converted yet"
         )
-    extras = _as_dict(config.get(EXTRAS_KEY) or {}, EXTRAS_KEY)
-    unknown = set(extras) - set(EXTRA_FIELDS)
-    if unknown:
-        raise ConversionError(f"config.json {EXTRAS_KEY}: unknown field(s) {', '.join(sorted(unknown))}")
+    extras = ovis_extras(config, EXTRA_FIELDS)
     if vt.get("drop_cls_token"):
         raise UnsupportedError("visual_tokenizer_config.drop_cls_token true: AIMv2 has no CLS token to drop")
     tokenize_function = vt.get("tokenize_function", "softmax")

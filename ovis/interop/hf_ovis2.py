@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ovis.fsutil import atomic_directory, check_output_dir
-from ovis.interop.v1_writer import write_weights
+from ovis.interop.v1_writer import weights_note, write_weights
 from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_hf_ovis2
 from ovis.model.ovis2_format import (
@@ -242,7 +242,7 @@ def save_hf_ovis2(
         if tokenizer.chat_template:
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         model.llm.generation_config.save_pretrained(tmp)
-    notes.append(f"wrote {len(state)} tensors in {len(names)} file(s): {names[0]}{' ...' if len(names) > 1 else ''}")
+    notes.append(weights_note(state, names))
     notes.append(
         f"image positions: {IMAGE_ATOM_TOKEN} = {ids[IMAGE_ATOM_TOKEN]}, indicators "
         f"{[ids[n] for n in INDICATOR_TOKENS]}; chat format '{chat}' kept in config.json's '{EXTRAS_KEY}'"

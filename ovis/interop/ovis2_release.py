@@ -10,14 +10,17 @@ config.json under ``"ovis"`` so a round trip is exact.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from ovis.fsutil import atomic_directory, check_output_dir
-from ovis.interop.v1_writer import legacy_llm_config, original_preprocessor_config, write_weights
+from ovis.fsutil import check_output_dir
+from ovis.interop.v1_writer import (
+    original_preprocessor_config,
+    remote_code_config,
+    weights_note,
+    write_remote_code_checkpoint,
+)
 from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_release
 from ovis.model.ovis2_format import EXTRAS_KEY
@@ -28,11 +31,6 @@ from ovis.model.ovis2_release_format import (
     state_to_release,
 )
 from ovis.model.v1_format import (
-    AUTO_MAP,
-    CONFIG_FILE,
-    ORIGINAL_ARCHITECTURES,
-    PREPROCESSOR_FILE,
-    ConversionError,
     UnsupportedError,
 )
 from ovis.processing import load_release_processor
@@ -52,8 +50,6 @@ def load_release(directory: str | Path, *, dtype: str | torch.dtype | None = Non
 
 def release_config(model, chat_format) -> dict:
     """The release ``config.json`` of an ovis model, refusing what the release cannot express."""
-    import transformers
-
     config = model.config
     spec = model.backbone.spec
     arch = spec.architecture
@@ -81,34 +77,21 @@ def release_config(model, chat_format) -> dict:
         raise UnsupportedError(f"the Ovis2 release layout cannot express this model: {why}")
     backbone = {k: arch.get(k, default) for k, default in AIMV2_DEFAULTS.items() if k != "use_bias"}
     backbone.update(model_type=AIMV2_BACKBONE_TYPE, use_bias=arch.get("mlp_bias", False), projection_dropout=0.0)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return {
-        "architectures": list(ORIGINAL_ARCHITECTURES),
-        "auto_map": dict(AUTO_MAP),
-        "model_type": "ovis",
-        "conversation_formatter_class": formatter,
-        "hidden_size": config.llm_config.hidden_size,
-        "multimodal_max_length": config.multimodal_max_length,
-        "llm_config": legacy_llm_config(config.llm_config),
-        "visual_tokenizer_config": {
-            "model_type": AIMV2_TOKENIZER_TYPE,
-            "vocab_size": config.visual_vocab_size,
-            "tokenize_function": config.tokenize_function,
-            "tau": config.tau,
-            "depths": None,
-            "drop_cls_token": False,
-            "hidden_stride": config.hidden_stride,
-            "backbone_config": backbone,
-        },
-        EXTRAS_KEY: {
-            "max_partition": config.max_partition,
-            "covering_threshold": config.covering_threshold,
-            "tile_resize": config.tile_resize,
-            "chat_format": getattr(chat_format, "name", config.chat_format),
-        },
-        "torch_dtype": dtype,
-        "transformers_version": transformers.__version__,
+    written = remote_code_config(
+        model,
+        formatter,
+        AIMV2_TOKENIZER_TYPE,
+        drop_cls_token=False,
+        hidden_stride=config.hidden_stride,
+        backbone_config=backbone,
+    )
+    written[EXTRAS_KEY] = {
+        "max_partition": config.max_partition,
+        "covering_threshold": config.covering_threshold,
+        "tile_resize": config.tile_resize,
+        "chat_format": getattr(chat_format, "name", config.chat_format),
     }
+    return written
 
 
 def save_release(
@@ -128,22 +111,13 @@ def save_release(
     config = release_config(model, processor.chat_format)
     preprocessor = original_preprocessor_config(processor.image_processor.spec)
     state = state_to_release(model.state_dict())
-    code = sorted(Path(code_from).glob("*.py")) if code_from else []
-    if code_from and not code:
-        raise ConversionError(f"--code-from {code_from}: no *.py files there")
+    names, _ = write_remote_code_checkpoint(
+        out, model, processor, config, preprocessor, state, max_shard_size, safetensors=True, code_from=code_from
+    )
     notes = []
     if model.config.tile_resize != "pad":
         notes.append(f"tile_resize {model.config.tile_resize!r}: the release's code cuts 'pad' tiles (ovis reads "
                      f"this model's own back from config.json's '{EXTRAS_KEY}')")  # fmt: skip
-    with atomic_directory(out) as tmp:
-        names = write_weights(state, tmp, max_shard_size=max_shard_size, safetensors=True)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        processor.tokenizer.save_pretrained(tmp)
-        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
-        model.llm.generation_config.save_pretrained(tmp)
-        for path in code:
-            shutil.copy2(path, tmp / path.name)
-    notes.append(f"wrote {len(state)} tensors in {len(names)} file(s): {names[0]}{' ...' if len(names) > 1 else ''}; "
-                 "AIMv2 trunk in the release's names (q/k/v fused into attn.qkv)")  # fmt: skip
+    notes.append(f"{weights_note(state, names)}; AIMv2 trunk in the release's names (q/k/v fused into attn.qkv)")
     notes.append(f"chat format -> conversation_formatter_class {config['conversation_formatter_class']}")
     return notes

@@ -67,8 +67,6 @@ def legacy_llm_config(llm_config) -> dict:
 
 def original_config(model, chat_format=None) -> dict:
     """The v1 ``config.json`` of an ovis model (its chat format must have a v1 formatter class)."""
-    import transformers
-
     config = model.config
     if config.adapter != "structural":
         raise UnsupportedError(f"adapter {config.adapter!r}: the Ovis v1 format only holds the structural adapter")
@@ -84,7 +82,23 @@ def original_config(model, chat_format=None) -> dict:
             f"chat format {name!r} has no Ovis v1 conversation_formatter_class, so v1 tools could not render its "
             "prompts; the v1 format supports chat formats with one (e.g. llama3, chatml)"
         )
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return remote_code_config(
+        model,
+        formatter,
+        VISUAL_TOKENIZER_TYPE,
+        use_indicators=config.use_indicators,
+        drop_cls_token=True,
+        backbone_config=backbone,
+        hidden_stride=1,
+    )
+
+
+def remote_code_config(model, formatter: str, tokenizer_type: str, **tokenizer_fields) -> dict:
+    """The ``config.json`` of the remote-code ``Ovis`` class, whose top level v1 and the Ovis2 release
+    share: ``tokenizer_type`` and ``tokenizer_fields`` complete its ``visual_tokenizer_config``."""
+    import transformers
+
+    config = model.config
     return {
         "architectures": list(ORIGINAL_ARCHITECTURES),
         "auto_map": dict(AUTO_MAP),
@@ -94,17 +108,14 @@ def original_config(model, chat_format=None) -> dict:
         "multimodal_max_length": config.multimodal_max_length,
         "llm_config": legacy_llm_config(config.llm_config),
         "visual_tokenizer_config": {
-            "model_type": VISUAL_TOKENIZER_TYPE,
+            "model_type": tokenizer_type,
             "vocab_size": config.visual_vocab_size,
             "tokenize_function": config.tokenize_function,
             "tau": config.tau,
             "depths": None,
-            "use_indicators": config.use_indicators,
-            "drop_cls_token": True,
-            "backbone_config": backbone,
-            "hidden_stride": 1,
+            **tokenizer_fields,
         },
-        "torch_dtype": dtype,
+        "torch_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "transformers_version": transformers.__version__,
     }
 
@@ -206,6 +217,42 @@ def write_weights(
     return names
 
 
+def weights_note(state: Mapping[str, torch.Tensor], names: list[str]) -> str:
+    """What :func:`write_weights` wrote, for a writer's notes."""
+    return f"wrote {len(state)} tensors in {len(names)} file(s): {names[0]}{' ...' if len(names) > 1 else ''}"
+
+
+def write_remote_code_checkpoint(
+    out: Path,
+    model,
+    processor,
+    config: dict,
+    preprocessor: dict,
+    state: Mapping[str, torch.Tensor],
+    max_shard_size: int | str,
+    *,
+    safetensors: bool,
+    code_from: str | Path | None,
+) -> tuple[list[str], list[Path]]:
+    """Write a checkpoint of the remote-code ``Ovis`` class (v1, Ovis2 release) to ``out``, atomically
+    (a temporary sibling directory, renamed at the end): weights, ``config``, the tokenizer (with a processor),
+    the ``preprocessor`` config, the generation config and the ``*.py`` files of ``code_from``.
+    Returns the weight file names and the code files copied."""
+    code = sorted(Path(code_from).glob("*.py")) if code_from else []
+    if code_from and not code:
+        raise ConversionError(f"--code-from {code_from}: no *.py files there")
+    with atomic_directory(out) as tmp:
+        names = write_weights(state, tmp, max_shard_size=max_shard_size, safetensors=safetensors)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if processor is not None:
+            processor.tokenizer.save_pretrained(tmp)
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+        model.llm.generation_config.save_pretrained(tmp)
+        for path in code:
+            shutil.copy2(path, tmp / path.name)
+    return names, code
+
+
 def save_original(
     model,
     processor,
@@ -227,19 +274,10 @@ def save_original(
     spec = processor.image_processor.spec if processor is not None else model.backbone.spec.preprocess
     preprocessor = original_preprocessor_config(spec)
     state, notes = original_state_dict(model)
-    code = sorted(Path(code_from).glob("*.py")) if code_from else []
-    if code_from and not code:
-        raise ConversionError(f"--code-from {code_from}: no *.py files there")
-    with atomic_directory(out) as tmp:
-        names = write_weights(state, tmp, max_shard_size=max_shard_size, safetensors=safetensors)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if processor is not None:
-            processor.tokenizer.save_pretrained(tmp)
-        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
-        model.llm.generation_config.save_pretrained(tmp)
-        for path in code:
-            shutil.copy2(path, tmp / path.name)
-    notes.append(f"wrote {len(state)} tensors in {len(names)} file(s): {names[0]}{' ...' if len(names) > 1 else ''}")
+    names, code = write_remote_code_checkpoint(
+        out, model, processor, config, preprocessor, state, max_shard_size, safetensors=safetensors, code_from=code_from
+    )
+    notes.append(weights_note(state, names))
     notes.append(f"chat format -> conversation_formatter_class {config['conversation_formatter_class']}")
     if code:
         notes.append(f"copied {len(code)} remote-code file(s) from {code_from}")

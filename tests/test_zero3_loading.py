@@ -146,6 +146,23 @@ def test_an_ovis2_release_checkpoint_loads_partitioned_and_equals_a_plain_load(t
     _check(_load_on_two_ranks(tmp_path / "release", tmp_path / "out"), "fp32")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_streamed_whole_load_equals_a_plain_load(stage_output, dtype):
+    """ZeRO-2 / one process: the model read tensor by tensor in the training dtype is ovis.load's."""
+    from ovis.train.model_loading import load_streamed
+
+    streamed = load_streamed(stage_output, dtype=getattr(torch, dtype))
+    plain, _ = ovis.load(stage_output, dtype=dtype)
+    expected, got = plain.state_dict(), streamed.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert expected[key].dtype == got[key].dtype and torch.equal(expected[key], got[key]), key
+    assert streamed.config.dtype == plain.config.dtype and not streamed.training
+    config = [getattr(m, "generation_config", None) for m in (streamed, plain)]
+    assert [c and c.to_dict() for c in config] == [c and c.to_dict() for c in config[::-1]]
+    assert streamed.llm.generation_config.to_dict() == plain.llm.generation_config.to_dict()
+
+
 def test_a_loaded_model_without_partitions_fails_the_check():
     """The check above can fail: a whole model on a rank holds all its elements."""
     from ovis.train.model_loading import local_elements

@@ -13,9 +13,10 @@ and the checkpoint is then read into each rank's own partition, one tensor at a 
 The visual tokenizer, the visual embedding table and whatever a plugin's backbone builds are
 partitioned like the LLM: ``zero.Init`` catches every module built inside it.
 
-ZeRO-2, a single process and the PyTorch engine load with transformers' ``from_pretrained``,
-directly in the training dtype: it reads each tensor and casts it on its own, so no float32 copy of
-the model exists beside the bf16 one.
+ZeRO-2, a single process and the PyTorch engine load an ovis directory whole, the same way without
+the partitions (:func:`load_streamed`): each tensor read in pieces straight into its parameter in
+the training dtype, so no float32 copy (nor a memory map of the float32 file) sits beside the bf16
+model. A foreign checkpoint loads through ``ovis.load`` there.
 """
 
 from __future__ import annotations
@@ -100,11 +101,15 @@ def load_training_model(
 
     ``zero3_config``: for a ZeRO-3 run, ``hidden_size -> the run's DeepSpeed config`` (the config
     ``deepspeed.initialize`` will get: ``zero.Init`` must partition as the engine will); the model
-    comes back partitioned across ``processes``. None: loaded whole (ZeRO-2, one process).
+    comes back partitioned across ``processes``. None: loaded whole (ZeRO-2, one process), an ovis
+    directory streamed (:func:`load_streamed`), a foreign checkpoint through ``ovis.load``.
     """
-    if zero3_config is None:
+    if zero3_config is not None:
+        model = load_partitioned(directory, dtype=DTYPES[dtype], processes=processes, zero3_config=zero3_config)
+    elif _layout(Path(directory)) == "ovis":
+        model = load_streamed(directory, dtype=DTYPES[dtype])
+    else:
         return load(directory, dtype=dtype)
-    model = load_partitioned(directory, dtype=DTYPES[dtype], processes=processes, zero3_config=zero3_config)
     return model, OvisProcessor.from_pretrained(directory)
 
 
@@ -113,30 +118,58 @@ def load_partitioned(
 ) -> OvisForCausalLM:
     """The model of ``directory`` built under ``deepspeed.zero.Init``, each rank's partition read."""
     directory = Path(directory)
-    read_model_config(directory)  # a missing directory or a bad config.json: named before anything else
-    layout = checkpoint_format(directory)
+    layout = _layout(directory)
     checkpoint = None
     if layout == "ovis":
-        config = OvisConfig.from_pretrained(directory)
-        shapes = check_model_directory(directory)
-        check_tensor_shapes(shapes, OvisForCausalLM._expected_shapes(config), directory)
-        source: _Source = _FileSlices([directory / name for name in shapes], processes)
+        config, source = _open_ovis(directory)
     else:
         checkpoint = _read_on_rank0(directory, layout, processes)
         config = processes.from_rank0(checkpoint.config if checkpoint is not None else None)
         source = _FromRank0(checkpoint.state if checkpoint is not None else None, processes)
-    model = _build_partitioned(config, dtype, zero3_config(config.llm_config.hidden_size))
-    _fill(model, source, dtype, directory)
+    model = _build(config, dtype, zero3_config(config.llm_config.hidden_size))
+    _fill(model, source, directory)
     source.close()
+    if checkpoint is not None:
+        logger.warning(checkpoint.message(directory))
+    return _finish(model, directory, dtype)
+
+
+def load_streamed(directory: str | Path, *, dtype: torch.dtype) -> OvisForCausalLM:
+    """An ovis directory's model, whole, each tensor read (in pieces) straight into its parameter in
+    ``dtype``. transformers' ``from_pretrained`` reads through a memory map whose pages stay resident
+    while it loads: a float32 checkpoint loaded in bf16 holds the float32 file beside the bf16 model
+    (three times the model's bf16 size); this holds the model alone."""
+    directory = Path(directory)
+    if _layout(directory) != "ovis":
+        raise InputFileError(f"{directory} is not an ovis model directory (load it with ovis.load)")
+    config, source = _open_ovis(directory)
+    model = _build(config, dtype, None)
+    _fill(model, source, directory)
+    source.close()
+    return _finish(model, directory, dtype)
+
+
+def _layout(directory: Path) -> str:
+    read_model_config(directory)  # a missing directory or a bad config.json: named before anything else
+    return checkpoint_format(directory)
+
+
+def _open_ovis(directory: Path) -> tuple[OvisConfig, _Source]:
+    """An ovis directory's config and its tensors, their shapes checked against the model first."""
+    config = OvisConfig.from_pretrained(directory)
+    shapes = check_model_directory(directory)
+    check_tensor_shapes(shapes, OvisForCausalLM._expected_shapes(config), directory)
+    return config, _FileSlices([directory / name for name in shapes])
+
+
+def _finish(model: OvisForCausalLM, directory: Path, dtype: torch.dtype) -> OvisForCausalLM:
+    """What ``from_pretrained`` sets beside the weights: the dtype, the generation config, eval mode."""
     model.config.dtype = dtype
-    generation = directory / "generation_config.json"
-    if generation.is_file():
+    if model.can_generate() and (directory / "generation_config.json").is_file():
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(directory)
-    if checkpoint is not None:
-        logger.warning(checkpoint.message(directory))
-    return model.eval()  # as from_pretrained returns it
+    return model.eval()
 
 
 def local_elements(model: torch.nn.Module) -> tuple[int, int]:
@@ -163,22 +196,59 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _build_partitioned(config: OvisConfig, dtype: torch.dtype, ds_config: dict[str, Any]) -> OvisForCausalLM:
-    import deepspeed  # optional (ovis[train]) and slow to import
+def _build(config: OvisConfig, dtype: torch.dtype, ds_config: dict[str, Any] | None) -> OvisForCausalLM:
+    """The model of ``config`` in ``dtype``, its weights allocated but never written (every one is
+    loaded next: untouched, the pages of a tensor are not resident); partitioned under ZeRO-3."""
     from transformers.initialization import no_init_weights
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    # No initialisation (every weight is loaded next), and the RNG left as it was: a re-initialised
-    # block or LoRA adapters drawn after this must be those a whole load would give.
-    with (
-        torch.random.fork_rng(devices=devices),
-        no_init_weights(),
-        _default_dtype(dtype),
-        deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype),
-    ):
+    partitioned = (
+        _partitioning_init()(config_dict_or_path=ds_config, dtype=dtype)
+        if ds_config is not None
+        else contextlib.nullcontext()
+    )
+    # The RNG left as it was: a re-initialised block or LoRA adapters drawn after this must be those
+    # a plain load would give.
+    with torch.random.fork_rng(devices=devices), no_init_weights(), _default_dtype(dtype), partitioned:
         model = OvisForCausalLM(config)
     model.tie_weights()  # init_weights (which ties) was skipped above
+    for param in model.parameters():
+        # An LLM built from its config takes the config's dtype; its tensors are not yet written, so
+        # the cast costs nothing resident but the result (zero.Init has cast them already).
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = torch.empty_like(param.data, dtype=dtype)
     return model
+
+
+def _partitioning_init() -> type:
+    """``deepspeed.zero.Init`` that gives each parameter its (empty) partition without copying the
+    values it was built with: they are never initialised (``no_init_weights``) and every one is loaded
+    after, so the whole tensor a module creates is never written, hence never resident, and neither
+    is the partition of a parameter dropped before loading (a tied ``lm_head``). Stock DeepSpeed
+    broadcasts each new parameter from rank 0 and copies the rank's slice: a whole copy of the
+    biggest module in memory at once, and every partition written twice."""
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import OffloadDeviceEnum, PartitionedParamStatus
+
+    class PartitionOnly(deepspeed.zero.Init):
+        def _zero_init_param(self, param: torch.nn.Parameter) -> None:
+            if self.remote_device == OffloadDeviceEnum.nvme or self.quantized_nontrainable_weights:
+                return super()._zero_init_param(param)  # the layouts this shortcut does not know
+            self._convert_to_deepspeed_param(param)
+            aligned = self._aligned_size(param)
+            size = aligned // self._partition_world_size(param)
+            device = self.local_device if param.ds_persist else self.remote_device
+            partition = torch.empty(size, dtype=param.dtype, device=device)
+            partition.requires_grad = False
+            partition.ds_numel = size
+            partition.status = PartitionedParamStatus.AVAILABLE
+            partition.final_location = None
+            param.ds_tensor = partition
+            param.ds_numel_aligned = aligned
+            param.partition()  # a partition exists: this only frees the whole tensor
+            return None
+
+    return PartitionOnly
 
 
 # -- where each partition comes from ---------------------------------------------------------------
@@ -188,18 +258,24 @@ class _Source:
     def names(self) -> set[str]:
         raise NotImplementedError
 
-    def read(self, name: str, start: int, stop: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """Elements ``[start, stop)`` of tensor ``name`` (``numel`` elements) flattened, in ``dtype``."""
+    def read_into(self, name: str, start: int, numel: int, out: torch.Tensor) -> None:
+        """Elements ``[start, start + len(out))`` of tensor ``name`` (``numel`` elements) flattened,
+        cast to ``out``'s dtype, written into ``out``."""
         raise NotImplementedError
 
     def close(self) -> None:
         pass
 
 
-class _FileSlices(_Source):
-    """An ovis directory's safetensors files: a slice's bytes read with ``pread`` (each rank its own)."""
+#: Elements read (and cast) at a time: a slice of a big embedding is read in pieces, so that neither
+#: it nor its float32 form is ever in memory beside the partition it is written into.
+CHUNK = 1 << 22
 
-    def __init__(self, files: list[Path], processes: Processes) -> None:
+
+class _FileSlices(_Source):
+    """An ovis directory's safetensors files: a slice's bytes read with plain reads (each rank its own)."""
+
+    def __init__(self, files: list[Path]) -> None:
         self.entries: dict[str, tuple[Any, int, dict[str, Any]]] = {}
         self.handles = []
         for path in files:
@@ -214,7 +290,7 @@ class _FileSlices(_Source):
     def names(self) -> set[str]:
         return set(self.entries)
 
-    def read(self, name: str, start: int, stop: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def read_into(self, name: str, start: int, numel: int, out: torch.Tensor) -> None:
         handle, base, entry = self.entries[name]
         stored = _SAFETENSORS_DTYPES.get(entry["dtype"])
         if stored is None:
@@ -223,13 +299,14 @@ class _FileSlices(_Source):
                 f"load (expected one of {', '.join(_SAFETENSORS_DTYPES)})"
             )
         size = torch.empty((), dtype=stored).element_size()
-        buffer = torch.empty((stop - start) * size, dtype=torch.uint8)
-        if stop > start:
-            offset = base + int(entry["data_offsets"][0]) + start * size
-            handle.seek(offset)
+        first = base + int(entry["data_offsets"][0])
+        for done in range(0, out.numel(), CHUNK):
+            count = min(CHUNK, out.numel() - done)
+            buffer = torch.empty(count * size, dtype=torch.uint8)
+            handle.seek(first + (start + done) * size)
             if handle.readinto(memoryview(buffer.numpy())) != buffer.numel():
                 raise InputFileError(f"{handle.name}: tensor {name!r} is cut short (a truncated file?)")
-        return buffer.view(stored).to(dtype)
+            out[done : done + count].copy_(buffer.view(stored))
 
     def close(self) -> None:
         for handle in self.handles:
@@ -248,15 +325,15 @@ class _FromRank0(_Source):
     def names(self) -> set[str]:
         return self._names
 
-    def read(self, name: str, start: int, stop: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def read_into(self, name: str, start: int, numel: int, out: torch.Tensor) -> None:
         device = self.processes.device
         if self.state is not None:
-            whole = self.state.pop(name).reshape(-1).to(device=device, dtype=dtype)  # dropped once sent
+            whole = self.state.pop(name).reshape(-1).to(device=device, dtype=out.dtype)  # dropped once sent
         else:
-            whole = torch.empty(numel, dtype=dtype, device=device)
+            whole = torch.empty(numel, dtype=out.dtype, device=device)
         if self.processes.grouped and self.processes.world_size > 1:
             dist.broadcast(whole, src=0)
-        return whole[start:stop].cpu()
+        out.copy_(whole[start : start + out.numel()])
 
 
 def _read_on_rank0(directory: Path, layout: str, processes: Processes) -> Any:
@@ -278,9 +355,9 @@ def _read_on_rank0(directory: Path, layout: str, processes: Processes) -> Any:
 
 
 # -- filling the partitions -------------------------------------------------------------------------
-def _fill(model: OvisForCausalLM, source: _Source, dtype: torch.dtype, directory: Path) -> None:
-    """Copy each parameter's slice of the checkpoint into this rank's partition; persistent buffers
-    (never partitioned) whole."""
+def _fill(model: OvisForCausalLM, source: _Source, directory: Path) -> None:
+    """Copy each parameter's slice of the checkpoint into this rank's partition (the whole of it for a
+    model that is not partitioned); persistent buffers (never partitioned) whole."""
     available = source.names()
     aliases: dict[int, list[str]] = {}
     params: dict[int, torch.nn.Parameter] = {}
@@ -305,16 +382,17 @@ def _fill(model: OvisForCausalLM, source: _Source, dtype: torch.dtype, directory
         for key, names in aliases.items():
             param = params[key]
             name = next(n for n in names if n in available)
-            numel = param.ds_numel
-            size = param.ds_tensor.ds_numel
+            partition = getattr(param, "ds_tensor", None)
+            if partition is None:  # a whole parameter
+                source.read_into(name, 0, param.numel(), param.data.view(-1))
+                continue
+            numel, size = param.ds_numel, partition.ds_numel
             start = min(size * dist.get_rank(), numel)
             stop = min(start + size, numel)
-            part = source.read(name, start, stop, numel, param.ds_tensor.dtype)
-            param.ds_tensor.zero_()
-            param.ds_tensor[: stop - start].copy_(part)
+            partition[stop - start :].zero_()  # the padding of the last partition
+            source.read_into(name, start, numel, partition[: stop - start])
         parameter_names = {n for names in aliases.values() for n in names}
         for name, buffer in model.state_dict(keep_vars=True).items():
             if name in parameter_names or name not in available:
                 continue
-            cast = dtype if buffer.is_floating_point() else buffer.dtype
-            buffer.copy_(source.read(name, 0, buffer.numel(), buffer.numel(), cast).view(buffer.shape))
+            source.read_into(name, 0, buffer.numel(), buffer.view(-1))

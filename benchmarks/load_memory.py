@@ -1,0 +1,272 @@
+"""Peak host memory per rank while a ZeRO-3 run loads its model and takes its first step.
+
+Two gloo ranks on this CPU train stage 1 (visual head + VTE; the LLM frozen, so the optimizer's
+states stay small and the figure is the model's) of a random-init model of about 1B parameters:
+a Qwen2.5-3B-architecture LLM (width 2048, 16 heads, 2 KV heads, MLP 11008, vocabulary 152064, tied
+embeddings) cut to ``--layers`` layers, behind the clip-toy ViT, saved in float32 (``ovis compose``'s
+default) and trained in bf16. Each mode runs in fresh processes:
+
+* ``zero3``: today's loading (``ovis.train.model_loading``): built under ``zero.Init``, each rank
+  reads its slices;
+* ``whole``: the loading before it: every rank loads the whole model (``ovis.load``), then
+  ``deepspeed.initialize`` partitions it;
+* ``single``: one process loading the model whole in bf16 as ZeRO-2 / one process / the PyTorch
+  engine now do (``model_loading.load_streamed``), and ``single-hf``: as they did before
+  (``ovis.load``, transformers' ``from_pretrained``): is there a float32 copy beside the bf16 one?
+
+The DeepSpeed config is the built-in ``zero3`` with ``stage3_max_live_parameters`` and
+``stage3_max_reuse_distance`` at 1e8 instead of 1e9: the built-in values let a whole model of up
+to 1B parameters stay gathered through a step (right for the 7B-70B models they are meant for; at
+1B they would measure the config, not the loading).
+
+Printed per rank: the resident set before loading (imports, process group), its peak during the
+load (model + engine) and during the first step, the peaks above the starting point as a fraction
+of one full bf16 copy of the model, and the parameter elements the rank holds after the load. The
+target (issue 18): at most 60% of a full copy per rank at 2 ranks under ZeRO-3.
+
+    python benchmarks/load_memory.py [--layers 9] [--workdir /tmp/ovis-load-memory] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TARGET = 0.60
+WORLD = 2
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current resident set
+
+
+def build_model(workdir: Path, layers: int) -> Path:
+    """The ~1B model directory (written once, reused)."""
+    out = workdir / f"qwen2.5-3b-width-{layers}-layers"
+    if (out / "config.json").is_file():
+        return out
+    import ovis
+    from ovis.model import OvisConfig, OvisForCausalLM
+
+    torch.manual_seed(0)
+    tiny, processor = ovis.compose(vit="clip-toy", llm="qwen2.5-tiny", visual_vocab_size=4096)
+    llm = dict(tiny.config.llm_config.to_dict())
+    llm.update(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        num_hidden_layers=layers,
+        tie_word_embeddings=True,
+        head_dim=128,
+    )
+    llm.pop("layer_types", None)
+    fields = tiny.config.to_dict()
+    fields["llm_config"] = llm
+    for key in ("architectures", "transformers_version", "model_type", "dtype", "torch_dtype"):
+        fields.pop(key, None)
+    config = OvisConfig(**fields)
+    model = OvisForCausalLM(config)
+    model.tie_weights()
+    print(f"built a {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B-parameter model; writing {out}", flush=True)
+    return ovis.save(model, processor, out, overwrite=True)
+
+
+def _deepspeed_json(workdir: Path) -> Path:
+    from ovis.train.deepspeed_config import builtin_deepspeed_config
+
+    config = builtin_deepspeed_config("zero3")
+    config["zero_optimization"].update(stage3_max_live_parameters=100_000_000, stage3_max_reuse_distance=100_000_000)
+    path = workdir / "zero3-live-1e8.json"
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
+def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    import deepspeed  # noqa: F401  (imported before the starting point: its size is not the model's)
+
+    import ovis.train.trainer as trainer_module
+    from ovis.composer import load
+    from ovis.train import TrainConfig, Trainer
+    from ovis.train.model_loading import local_elements
+
+    if mode == "whole":  # the loading before ZeRO-3 partitioned creation
+        trainer_module.load_training_model = lambda directory, *, dtype, processes, zero3_config=None: load(
+            directory, dtype=dtype
+        )
+    config = TrainConfig.model_validate(
+        {
+            "stage": 1,
+            "model": model,
+            "output_dir": str(Path(out) / mode),
+            "deepspeed": ds_json,
+            "precision": "bf16",
+            "train_modules": ["visual_tokenizer.head", "vte"],
+            "per_device_batch_size": 1,
+            "max_steps": 1,
+            "save_steps": 1000,
+            "logging_steps": 1,
+            "seed": 0,
+            "data": {"dataset_info": info, "datasets": ["synth-conversations"]},
+        }
+    )
+    trainer = Trainer(config, progress=False)
+    marks: dict[str, float] = {}
+    build_model = Trainer._build_model
+
+    def measured_build(self) -> None:  # the starting point: imports done, the process group up
+        marks["start"] = _status("VmRSS")
+        _reset_peak()
+        marks["began"] = time.perf_counter()
+        build_model(self)
+        marks["held"], marks["total"] = local_elements(self.model)  # what the load left on the rank
+
+    Trainer._build_model = measured_build
+    trainer.setup()  # the model, then the engine (ZeRO-3 partitions a whole model here)
+    load_s = time.perf_counter() - marks["began"]
+    load_peak = _status("VmHWM")
+    _reset_peak()
+    began = time.perf_counter()
+    trainer.fit()
+    step_s = time.perf_counter() - began
+    step_peak = _status("VmHWM")
+    start, held, total = marks["start"], marks["held"], marks["total"]
+    report = {
+        "rank": rank,
+        "start": start,
+        "load_peak": load_peak,
+        "step_peak": step_peak,
+        "held": held,
+        "total": total,
+        "load_s": load_s,
+        "step_s": step_s,
+    }
+    Path(out, f"{mode}-{rank}.json").write_text(json.dumps(report))
+    torch.distributed.barrier()
+
+
+def _single(model: str, out: str, mode: str) -> None:
+    torch.set_num_threads(1)
+    from ovis.composer import load
+    from ovis.train.model_loading import load_streamed
+
+    start = _status("VmRSS")
+    _reset_peak()
+    began = time.perf_counter()
+    loaded = load_streamed(model, dtype=torch.bfloat16) if mode == "single" else load(model, dtype="bfloat16")[0]
+    load_s = time.perf_counter() - began
+    total = sum(p.numel() for p in loaded.parameters())
+    report = {
+        "rank": 0,
+        "start": start,
+        "load_peak": _status("VmHWM"),
+        "step_peak": None,
+        "held": total,
+        "total": total,
+        "load_s": load_s,
+        "step_s": None,
+    }
+    Path(out, f"{mode}-0.json").write_text(json.dumps(report))
+
+
+def _cell(value: float | None, width: int = 9, digits: int = 2) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=9)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ovis-load-memory"))
+    parser.add_argument("--modes", nargs="+", default=["zero3", "whole", "single", "single-hf"])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    from ovis.data.synth import SynthSpec, write_synthetic_dataset
+    from ovis.ports import free_port
+
+    model = build_model(args.workdir, args.layers)
+    info = write_synthetic_dataset(args.workdir / "data", SynthSpec(train_images=8, eval_images=1), progress=False)
+    ds_json = _deepspeed_json(args.workdir)
+    runs = args.workdir / "runs"
+    runs.mkdir(exist_ok=True)
+    results = {}
+    for mode in args.modes:
+        if mode.startswith("single"):
+            proc = mp.get_context("spawn").Process(target=_single, args=(str(model), str(runs), mode))
+            proc.start()
+            proc.join()
+            reports = [json.loads((runs / f"{mode}-0.json").read_text())]
+        else:
+            spawned = (free_port(), mode, str(model), str(info), str(runs), str(ds_json))
+            mp.spawn(_rank, args=spawned, nprocs=WORLD, join=True)
+            reports = [json.loads((runs / f"{mode}-{r}.json").read_text()) for r in range(WORLD)]
+        results[mode] = reports
+    total = results[next(iter(results))][0]["total"]
+    copy = total * 2  # one full bf16 copy of the parameters
+    print(f"\nmodel: {total / 1e9:.3f}B parameters; a full bf16 copy is {copy / 2**30:.2f} GiB")
+    print(
+        f"{'mode':9} {'rank':>4} {'start GiB':>9} {'load peak':>9} {'step peak':>9} "
+        f"{'load/copy':>9} {'step/copy':>9} {'held/total':>10} {'load s':>7} {'step s':>7}"
+    )
+    for mode, reports in results.items():
+        for r in reports:
+            step = r["step_peak"]
+            r["load_ratio"] = (r["load_peak"] - r["start"]) / copy
+            r["step_ratio"] = (step - r["start"]) / copy if step else None
+            print(
+                f"{mode:9} {r['rank']:>4} {r['start'] / 2**30:9.2f} {r['load_peak'] / 2**30:9.2f} "
+                f"{_cell(step and step / 2**30)} {r['load_ratio']:9.2f} {_cell(r['step_ratio'])} "
+                f"{r['held'] / r['total']:10.2f} {r['load_s']:7.1f} {_cell(r['step_s'], 7, 1)}"
+            )
+
+    def worst(mode: str) -> float:
+        return max(max(r["load_ratio"], r["step_ratio"] or 0.0) for r in results[mode])
+
+    if "zero3" in results:
+        verdict = "PASS" if worst("zero3") <= TARGET else "MISS"
+        print(
+            f"\nZeRO-3, the worst rank's peak above its start: {worst('zero3'):.2f} of a full copy "
+            f"(target <= {TARGET:.2f}): {verdict}"
+        )
+        if "whole" in results:
+            print(
+                f"whole-model loading then partitioning, same measure: {worst('whole'):.2f} "
+                f"(ZeRO-3 / whole: {worst('zero3') / worst('whole'):.2f})"
+            )
+    if "single" in results and "single-hf" in results:
+        print(
+            f"one process, whole model in bf16: streamed {worst('single'):.2f} of a copy, "
+            f"from_pretrained {worst('single-hf'):.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"copy_bytes": copy, "layers": args.layers, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

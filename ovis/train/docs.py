@@ -69,6 +69,15 @@ a resumed run reads the same samples). At the end of a run, and of one that fail
 interrupted, one total of the skipped records (by reason, with examples and the number of skipped
 sample reads) is logged and written to `output_dir/skips.json`.
 
+Memory at load: under ZeRO-3 (`deepspeed: zero3`, or a JSON file with stage 3) every rank builds the
+model already partitioned (`deepspeed.zero.Init`) and reads, from an ovis directory (a composed
+model or a stage's `final`), only its own slice of each tensor: no rank ever holds the whole model,
+about 1/N of it per rank plus a small read buffer. A foreign checkpoint (v1, hf-ovis2, an Ovis2
+release) is translated by rank 0, which holds it while the others receive their slices; `ovis
+convert` it once to avoid that. ZeRO-2, one process and `deepspeed: null` load an ovis directory
+whole, each tensor read straight into the training dtype (no float32 copy beside a bf16 model).
+`benchmarks/load_memory.py` measures the peak per rank.
+
 Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows of at most
 `data.max_length` tokens as fit (first-fit decreasing; a sample longer than that keeps a row of its
 own, as in a padded batch), instead of each sample padded to the longest. Every sample gets position

@@ -32,7 +32,8 @@ decoder layers (``t`` = the sample's real positions, padding excluded, attention
 its LM head, which ``TrainStep`` applies at labelled positions only. Embedding look-ups, norms,
 softmax and the loss are not counted. So, for stage 3 of the 8B pair, a sample of ``T`` positions,
 ``k`` of them labelled, with one image: ``6 (N_vit 577 + D V' 576 + V' H 576 + N_llm T) + 6 H
-vocab k`` plus the attention terms, ``N`` the blocks' matmul parameters.
+vocab k`` plus the attention terms and ``4 x 588 D x 576`` for the patch convolution, ``N`` the
+blocks' matmul parameters.
 
 MFU = model FLOPs per second per device / peak. Peaks: a table of dense bf16 tensor-core peaks for
 known GPUs (A100/A800 312 TFLOP/s, H100/H800 SXM and H200 989, H100 PCIe 756, L40S 362); on the
@@ -48,7 +49,7 @@ ViT-L/14-336 frozen, the two-layer MLP projector trained, HF's LM head over ever
 assumed text length per sample (``--anchor-text-tokens``, default 300; printed with 150 and 600
 beside it: no published mean was found).
 
-    python benchmarks/train_throughput.py --toy                       # the toy pair, a few seconds
+    python benchmarks/train_throughput.py --toy                       # the toy pair (clip-toy + qwen-toy)
     python benchmarks/train_throughput.py --toy --sweep               # zero 2/3 x checkpointing x packing
     python benchmarks/train_throughput.py --vit clip --llm llama3-8b --llm-layers 2 \\
         --visual-vocab 16384 --stage 1 --zero none --batch 1 --steps 3 --warmup 1   # full width, CPU
@@ -650,7 +651,13 @@ def run_one(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     vocab = json.loads((model_dir / "config.json").read_text())["llm_config"]["vocab_size"]
     dataset = SyntheticSamples(processor, count, parse_lengths(args.text_tokens), args.labelled, vocab, args.seed)
     records: list[dict[str, Any]] = []
-    trainer = BenchTrainer(config, dataset=dataset, progress=False, on_step_end=lambda s, r: records.append(r))
+    cpu_clock: list[float] = []  # this process's CPU time at the end of each step
+
+    def on_step_end(step: int, record: dict[str, Any]) -> None:
+        records.append(record)
+        cpu_clock.append(time.process_time())
+
+    trainer = BenchTrainer(config, dataset=dataset, progress=False, on_step_end=on_step_end)
     t0 = time.perf_counter()
     trainer.setup()
     setup_s = time.perf_counter() - t0
@@ -660,9 +667,13 @@ def run_one(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     device = trainer.engine.device.type
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    cpu_clock.append(time.process_time())  # [0]: before step 1; [k]: after step k
     trainer.fit()
     world = trainer.processes.world_size
     measured = records[args.warmup :]
+    # On a shared CPU the wall time moves with other jobs' load; the CPU time this process spent
+    # moves much less (with one thread it is close to the work itself).
+    cpu_seconds = cpu_clock[-1] - cpu_clock[args.warmup]
     shapes = [dataset.shape(i) for r in measured for i in r["sample_ids"]]
     seconds = sum(r["step_time"] for r in measured)
     samples = sum(r["samples"] for r in measured)
@@ -693,6 +704,8 @@ def run_one(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         "setup_s": setup_s,
         "step_times": [r["step_time"] for r in measured],
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "samples_per_cpu_s": samples / cpu_seconds if cpu_seconds > 0 else None,
         "samples_per_s": samples / seconds / world,
         "tokens_per_s": positions / seconds / world,
         "labelled_tokens_per_s": labelled / seconds / world,
@@ -746,7 +759,7 @@ def label(r: dict[str, Any]) -> str:
 def print_table(results: list[dict[str, Any]]) -> None:
     head = (
         f"{'config':<20} {'samples/s':>10} {'tokens/s':>10} {'TFLOP/s':>9} {'MFU':>7} {'HFU':>7} "
-        f"{'pad':>6} {'step s':>8} {'mem GiB':>8}"
+        f"{'pad':>6} {'step s':>8} {'mem GiB':>8} {'samples/CPU-s':>14}"
     )
     print(head)
     print("-" * len(head))
@@ -756,16 +769,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
         hfu = f"{r['hfu']:.1%}" if r.get("hfu") is not None else "-"
         mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") is not None else "-"
         step = statistics.median(r["step_times"]) if r["step_times"] else float("nan")
+        per_cpu = f"{r['samples_per_cpu_s']:.3f}" if r.get("samples_per_cpu_s") else "-"
         print(
             f"{label(r):<20} {r['samples_per_s']:>10.3f} {r['tokens_per_s']:>10.1f} "
-            f"{r['model_flops_per_s'] / 1e12:>9.3f} {mfu:>7} {hfu:>7} {pad:>6} {step:>8.2f} {mem:>8}"
+            f"{r['model_flops_per_s'] / 1e12:>9.3f} {mfu:>7} {hfu:>7} {pad:>6} {step:>8.2f} {mem:>8} {per_cpu:>14}"
         )
     if len(results) > 1 and results[0]["samples_per_s"]:
         base = results[0]
-        print(
-            "samples/s relative to the first row: "
-            + ", ".join(f"{label(r)} {r['samples_per_s'] / base['samples_per_s']:.2f}x" for r in results)
-        )
+        for key, what in (("samples_per_s", "samples/s"), ("samples_per_cpu_s", "samples per CPU-second")):
+            if all(r.get(key) for r in results):
+                ratios = ", ".join(f"{label(r)} {r[key] / base[key]:.2f}x" for r in results)
+                print(f"{what} relative to the first row: {ratios}")
 
 
 def print_anchor(results: list[dict[str, Any]], text_tokens: int) -> list[dict[str, float]]:

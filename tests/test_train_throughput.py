@@ -112,6 +112,7 @@ def test_one_tiny_run_end_to_end(bench, tmp_path, capsys):
     (result,) = report["results"]
     assert result["steps"] == 2 and result["engine"] == "torch" and result["precision"] == "fp32"
     assert result["samples_per_s"] > 0 and result["tokens_per_s"] > result["samples_per_s"]
+    assert 0 < result["cpu_seconds"] and result["samples_per_cpu_s"] > 0
     assert 0 < result["mfu"] == pytest.approx(result["model_flops_per_s"] / 1e11)
     assert 0 <= result["padding_fraction"] < 1  # lengths 8-24 in a batch of 2: some padding, not all
     printed = capsys.readouterr().out

@@ -19,7 +19,7 @@ from ovis.data.packing import pack_rows, pack_samples, padding_fraction, uses_va
 from ovis.model.merging import IGNORE_INDEX, IMAGE_TOKEN_ID
 from ovis.processing import EncodedSample
 from ovis.train import TrainConfig, Trainer
-from ovis.train.step import BATCH_KEYS, TrainStep
+from ovis.train.step import BATCH_KEYS, TrainStep, packed_row_length
 
 
 # -- rows -------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(toy):
     assert sum(s.num_images for s in samples) == 4
     longest = max(len(s.input_ids) for s in samples)
     padded = DataCollator(processor)(samples)
-    packed = DataCollator(processor, packing=True, max_length=longest + 60)(samples)
+    packed = DataCollator(processor, packing=True, max_length=longest + 60, row_length="max_length")(samples)
     assert packed["num_samples"] == len(samples) and packed["input_ids"].shape[0] < len(samples)
     assert padding_fraction(packed) < padding_fraction(padded)
     _assert_same(_loss_and_grads(model, padded), _loss_and_grads(model, packed))
@@ -181,12 +181,31 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(toy):
         ).sum()
 
 
+def test_rows_as_long_as_the_longest_sample_never_cost_more_than_padding(toy):
+    """The default row length (``"longest"``, what the trainer uses without flash-attention): no row
+    longer than the padded batch's, fewer rows, less padding, and the same loss and gradients."""
+    _, model, processor = toy
+    samples = [processor.encode(m, i) for m, i in _conversations()]
+    padded = DataCollator(processor)(samples)
+    packed = DataCollator(processor, packing=True)(samples)
+    assert packed["input_ids"].shape[1] == padded["input_ids"].shape[1]
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
+    assert padding_fraction(packed) < padding_fraction(padded)
+    _assert_same(_loss_and_grads(model, padded), _loss_and_grads(model, packed))
+    assert packed_row_length(model) == "longest"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2")
+        assert packed_row_length(model) == "max_length"
+    with pytest.raises(ValueError, match="row_length"):
+        pack_samples(samples, max_length=64, pad_token_id=0, image_size=4, row_length="wide")
+
+
 def test_attention_crossing_samples_would_be_caught(toy):
     """The control: the same packed rows read as one sequence each (positions never restarting, so no
     block-diagonal mask) give another loss: the equality above is not vacuous."""
     _, model, processor = toy
     samples = [processor.encode(m, i) for m, i in _conversations()[:4]]
-    packed = DataCollator(processor, packing=True, max_length=10_000)(samples)
+    packed = DataCollator(processor, packing=True, max_length=10_000, row_length="max_length")(samples)
     assert packed["input_ids"].shape[0] == 1  # all in one row
     loss, count, _ = _loss_and_grads(model, packed)
     crossing = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
-from ovis.data.packing import pack_samples
+from ovis.data.packing import RowLength, pack_samples
 from ovis.data.readers import Record
 from ovis.data.schema import DatasetInfo
 from ovis.data.skips import SkipLog, Skipped
@@ -102,7 +102,8 @@ def build_dataset(
 
 class DataCollator:
     """Drops skipped samples (``Skipped`` or ``None``), pads the rest (or, with ``packing``, packs
-    them into as few rows of at most ``max_length`` tokens as fit: :mod:`ovis.data.packing`) and
+    them into as few rows as fit, each no longer than the longest sample, or than ``max_length``
+    with ``row_length="max_length"``: :mod:`ovis.data.packing`) and
     adds ``num_skipped`` (an int) and ``skips`` (the ``Skipped`` values, to merge into the
     trainer's log). A packed batch also holds ``num_samples`` (the samples kept: its rows are
     fewer) and ``sample_rows`` (where each sample sits).
@@ -119,6 +120,7 @@ class DataCollator:
         *,
         packing: bool = False,
         max_length: int | None = None,
+        row_length: RowLength = "longest",
     ) -> None:
         if packing and padding_side != "right":
             raise ValueError("packing fills rows from the left: padding_side must be 'right'")
@@ -127,6 +129,7 @@ class DataCollator:
         self.packing = packing
         #: the longest packed row (default: the processor's ``max_length``)
         self.max_length = max_length if max_length is not None else processor.max_length
+        self.row_length: RowLength = row_length
 
     def __call__(self, samples: Sequence[EncodedSample | Skipped | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None and not isinstance(s, Skipped)]
@@ -145,4 +148,5 @@ class DataCollator:
             max_length=self.max_length,
             pad_token_id=self.processor.tokenizer.pad_token_id,
             image_size=self.processor.image_processor.image_size,
+            row_length=self.row_length,
         )

@@ -2,7 +2,8 @@
 between them, each sample attending only to itself.
 
 :func:`pack_rows` chooses the rows (first-fit decreasing, at most ``max_length`` tokens a row; a
-sample longer than that gets a row of its own, as it would get in a padded batch).
+sample longer than that gets a row of its own, as it would get in a padded batch); by default a
+row grows only as long as the micro-batch's longest sample (:func:`pack_samples`' ``row_length``).
 :func:`pack_samples` builds the batch: ``input_ids`` and ``labels`` concatenated (labels
 unchanged), ``position_ids`` restarting at 0 at every sample, the rest of a row filled with pad
 tokens (labels ``IGNORE_INDEX``, positions counting from 0 again, so the tail is one more segment
@@ -22,11 +23,15 @@ position (predicted from the previous sample's last token) is left out by the lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from ovis.model.merging import IGNORE_INDEX
 from ovis.processing import EncodedSample
+
+#: How long a packed row may grow (see :func:`pack_samples`).
+RowLength = Literal["longest", "max_length"]
 
 
 def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -52,15 +57,31 @@ def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
 
 
 def pack_samples(
-    samples: Sequence[EncodedSample], *, max_length: int, pad_token_id: int, image_size: int
+    samples: Sequence[EncodedSample],
+    *,
+    max_length: int,
+    pad_token_id: int,
+    image_size: int,
+    row_length: RowLength = "longest",
 ) -> dict[str, torch.Tensor]:
     """The packed batch of ``samples``: ``input_ids``, ``labels``, ``position_ids`` ``[rows, width]``
     (width: the fullest row), ``pixel_values`` in the samples' packed order, and ``sample_rows``
-    ``[samples, 3]``: each sample's (row, start, length) in its original order."""
+    ``[samples, 3]``: each sample's (row, start, length) in its original order.
+
+    ``row_length``: how long a row may grow. ``"longest"`` (the default): as long as the batch's
+    longest sample (at most ``max_length``), so that a packed batch never costs more than the same
+    samples padded: fewer positions, and no row longer than a padded one (a masked attention costs
+    the square of the row length: rows of ``max_length`` short samples would cost far more on the
+    CPU than padding, measured in ``benchmarks/packing.py``). ``"max_length"``: rows up to
+    ``max_length``, the fewest rows (for flash-attention's varlen kernel, whose cost does not grow
+    with the row)."""
     if not samples:
         raise ValueError("pack_samples needs at least one sample")
+    if row_length not in ("longest", "max_length"):
+        raise ValueError(f"row_length must be 'longest' or 'max_length', got {row_length!r}")
     lengths = [len(s.input_ids) for s in samples]
-    rows = pack_rows(lengths, max_length)
+    capacity = min(max_length, max(lengths)) if row_length == "longest" else max_length
+    rows = pack_rows(lengths, capacity)
     width = max(sum(lengths[i] for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

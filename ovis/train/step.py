@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovis.data.packing import uses_varlen, varlen_kwargs
+from ovis.data.packing import RowLength, uses_varlen, varlen_kwargs
 from ovis.model.merging import IGNORE_INDEX
 
 #: The batch entries a forward pass takes (a collated batch may hold more, e.g. ``num_skipped``).
@@ -90,6 +90,14 @@ def _packed_inputs(
         inputs["inputs_embeds"] = embeds.reshape(1, -1, embeds.shape[-1])
         inputs["position_ids"] = position_ids.reshape(1, -1)
     return inputs
+
+
+def packed_row_length(model: nn.Module) -> RowLength:
+    """How long packed rows may grow for ``model``'s attention: up to ``max_length`` on flash-attention
+    (its varlen kernel's cost does not grow with the row), else as long as the longest sample (a
+    masked attention costs the square of the row: longer rows would cost more than padding)."""
+    lm = causal_lm(model.llm)
+    return "max_length" if uses_varlen(getattr(lm.config, "_attn_implementation", None)) else "longest"
 
 
 def _plain_head(lm: nn.Module) -> bool:

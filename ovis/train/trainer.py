@@ -53,7 +53,7 @@ from ovis.train.modules import (
     visual_params_trainable,
 )
 from ovis.train.schedule import DataOrder, lr_lambda, tau_at
-from ovis.train.step import BATCH_KEYS, TrainStep, empty_batch
+from ovis.train.step import BATCH_KEYS, TrainStep, empty_batch, packed_row_length
 
 logger = logging.getLogger("ovis.train")
 StepCallback = Callable[[int, StepRecord], None]
@@ -219,7 +219,9 @@ class Trainer:
             self.dataset = SupervisedDataset(self._records, self.train_processor, skip_log=self.skip_log)
             self._records = None
         if self.collator is None:
-            self.collator = DataCollator(self.train_processor, packing=config.data.packing)
+            self.collator = DataCollator(
+                self.train_processor, packing=config.data.packing, row_length=packed_row_length(self.model)
+            )
         world_size = self.processes.world_size
         accumulation = config.gradient_accumulation_steps
         self.order = DataOrder(

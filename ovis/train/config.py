@@ -71,11 +71,11 @@ class DataConfig(_Strict):
     )
     packing: bool = Field(
         default=False,
-        description="Pack each micro-batch's samples into as few rows of at most `max_length` tokens as "
-        "fit (first-fit decreasing), each sample with its own position ids and attention that never "
-        "crosses a sample boundary (flash-attention varlen on a GPU with `flash_attention_2`, a "
-        "block-diagonal mask otherwise); image blocks stay whole, labels and the loss are unchanged. "
-        "Less padding, more training tokens per second.",
+        description="Pack each micro-batch's samples into as few rows as fit (first-fit decreasing; rows "
+        "no longer than the micro-batch's longest sample, or up to `max_length` with `flash_attention_2`), "
+        "each sample with its own position ids and attention that never crosses a sample boundary "
+        "(flash-attention varlen on a GPU, a block-diagonal mask otherwise); image blocks stay whole, "
+        "labels and the loss are unchanged. Less padding, fewer rows (see Packing above).",
     )
 
 

@@ -78,15 +78,20 @@ convert` it once to avoid that. ZeRO-2, one process and `deepspeed: null` load a
 whole, each tensor read straight into the training dtype (no float32 copy beside a bf16 model).
 `benchmarks/load_memory.py` measures the peak per rank.
 
-Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows of at most
-`data.max_length` tokens as fit (first-fit decreasing; a sample longer than that keeps a row of its
-own, as in a padded batch), instead of each sample padded to the longest. Every sample gets position
-ids from 0 and attends only to itself: the LLM gets `position_ids` and no attention mask, from which
+Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows as fit
+(first-fit decreasing) instead of each sample padded to the longest. Without flash-attention a row
+grows only as long as the micro-batch's longest sample: a masked attention costs the square of the
+row's length, so rows of `data.max_length` filled with short samples would cost more than padding
+(measured on the CPU by `benchmarks/packing.py`), while rows no longer than the padded ones never
+cost more. With `flash_attention_2` rows grow up to `data.max_length` (the varlen kernel's cost does
+not grow with the row). A sample longer than `data.max_length` keeps a row of its own, as in a
+padded batch.
+Every sample gets position ids from 0 and attends only to itself: the LLM gets `position_ids` and no attention mask, from which
 transformers builds the block-diagonal causal mask on the CPU (Gemma 2's sliding window included),
 and with `flash_attention_2` on a GPU the rows are flattened into one and the samples' boundaries
-(`cu_seq_lens_q/k`, `max_length_q/k`) go to the varlen kernel (a GPU test is in
-`tests/test_packing.py`; it has not run on a GPU yet). Samples move whole, so an image
-block never splits and the images keep their order; labels are unchanged, and the loss leaves out
+(`cu_seq_lens_q/k`, `max_length_q/k`) go to the varlen kernel (tested on the CPU
+through a stand-in kernel; the GPU test in `tests/test_packing.py` has not run on a GPU yet).
+Samples move whole, so an image block never splits and the images keep their order; labels are unchanged, and the loss leaves out
 the target at each sample's first token (it would be predicted from the previous sample), so the
 loss and gradients equal those of the same samples padded (`tests/test_packing.py`, float32, 1e-5).
 Steps, samples, labelled tokens and skips are counted as without packing; the config hash changes

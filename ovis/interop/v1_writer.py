@@ -151,7 +151,7 @@ def original_state_dict(model) -> tuple[dict[str, torch.Tensor], list[str]]:
         raise UnsupportedError(f"the Ovis v1 format holds a CLIP vision tower only: {exc}") from exc
     if layout == "hf":
         return state, []
-    tower = {k[len(_BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(_BACKBONE_PREFIX)}
+    tower = {k[len(_BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(_BACKBONE_PREFIX)}
     converted = convert_vit_state_dict(tower, layout, "hf")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():

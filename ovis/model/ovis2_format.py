@@ -175,8 +175,14 @@ def vision_spec_from_hf(vision: Mapping[str, Any], preprocess: ImagePreprocessSp
     arch["image_size"] = _square(arch["image_size"], "vision_config.image_size")
     arch["patch_size"] = _square(arch["patch_size"], "vision_config.patch_size")
     arch.update(use_head=False, apply_final_norm=True)
-    return aimv2_spec(arch, preprocess, name="aimv2-hf-ovis2", description=(
-        "AIMv2 trunk of a transformers Ovis2 checkpoint (final RMSNorm applied, as Ovis2VisionModel does)"))
+    return aimv2_spec(
+        arch,
+        preprocess,
+        name="aimv2-hf-ovis2",
+        description=(
+            "AIMv2 trunk of a transformers Ovis2 checkpoint (final RMSNorm applied, as Ovis2VisionModel does)"
+        ),
+    )
 
 
 def aimv2_spec(arch: dict[str, Any], preprocess: ImagePreprocessSpec, *, name: str, description: str) -> VisionSpec:

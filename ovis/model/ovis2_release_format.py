@@ -212,8 +212,12 @@ def translate_release_config(
     llm = llm_config_of(config)
     chat_format = extras.get("chat_format") or chat_format_for(config.get("conversation_formatter_class"), host)
     preprocess, notes = preprocess_from_clip_processor(preprocessor, arch["image_size"])
-    spec = aimv2_spec(arch, preprocess, name="aimv2-ovis2-release", description=(
-        "AIMv2 trunk of an AIDC-AI Ovis2 release checkpoint (features before the final norm)"))
+    spec = aimv2_spec(
+        arch,
+        preprocess,
+        name="aimv2-ovis2-release",
+        description=("AIMv2 trunk of an AIDC-AI Ovis2 release checkpoint (features before the final norm)"),
+    )
     max_partition = int(extras.get("max_partition", 9))
     notes[:0] = [
         f"visual_tokenizer_config.backbone_config (aimv2: {spec.num_layers} layers, width {spec.hidden_size}, "

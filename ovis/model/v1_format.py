@@ -46,9 +46,21 @@ _SHARD = re.compile(r"^(pytorch_model|model)-(\d+)-of-(\d+)\.(bin|safetensors)$"
 _RESAMPLE = {3: "bicubic", 2: "bilinear"}
 _RESAMPLE_ID = {v: k for k, v in _RESAMPLE.items()}
 #: CLIPVisionConfig fields kept in a VisionSpec's architecture
-_CLIP_FIELDS = ("hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
-                "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout",
-                "initializer_range", "initializer_factor")
+_CLIP_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "projection_dim",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "attention_dropout",
+    "initializer_range",
+    "initializer_factor",
+)
 #: buffers some transformers versions saved that no current module holds (dropped with a note)
 _STALE_BUFFERS = (".position_ids", ".rotary_emb.inv_freq")
 _BACKBONE_PREFIX = "visual_tokenizer.backbone."
@@ -57,6 +69,7 @@ _PAD_CANDIDATES = ("<|end_of_text|>", "<|endoftext|>")
 
 
 # -- errors ---------------------------------------------------------------------------------------
+
 
 class ConversionError(OvisError, ValueError):
     """A checkpoint that cannot be read or written in the requested format."""
@@ -83,6 +96,7 @@ class UnsupportedError(ConversionError):
 
 
 # -- detection ------------------------------------------------------------------------------------
+
 
 def read_json(path: Path, what: str) -> dict:
     try:
@@ -129,9 +143,7 @@ def checkpoint_format(directory: str | Path) -> Literal["ovis", "original", "hf-
     return config_format(read_config(directory), directory)
 
 
-def config_format(
-    config: Mapping[str, Any], directory: str | Path
-) -> Literal["ovis", "original", "hf-ovis2", "ovis2"]:
+def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["ovis", "original", "hf-ovis2", "ovis2"]:
     """:func:`checkpoint_format` of a ``config.json`` already read from ``directory``."""
     if config.get("model_type") == "ovis2":
         return "hf-ovis2"
@@ -146,7 +158,8 @@ def config_format(
     raise NotAnOvisCheckpointError(
         f"{directory}: neither an ovis model (config.json with model_type 'ovis' and a vision_spec) nor an "
         f"original Ovis v1 checkpoint (model_type 'ovis' with a visual_tokenizer_config); its config.json has "
-        f"model_type {found!r}" + ("" if found != "ovis" else " but neither field")
+        f"model_type {found!r}"
+        + ("" if found != "ovis" else " but neither field")
         + " (transformers Ovis2 checkpoints, model_type 'ovis2', are read too)"
     )
 
@@ -169,6 +182,7 @@ def is_original_checkpoint(path: str | Path | None) -> bool:
 
 
 # -- config translation ---------------------------------------------------------------------------
+
 
 @dataclass
 class ConfigTranslation:
@@ -266,9 +280,7 @@ def preprocess_from_clip_processor(
     interpolation, mean, std = pixel_settings(processor, what)
     if processor.get("do_center_crop"):
         notes.append(f"{what}: do_center_crop ignored (Ovis v1 resizes the long side and pads instead)")
-    spec = ImagePreprocessSpec(
-        image_size=size, mean=mean, std=std, resize="pad", interpolation=interpolation
-    )
+    spec = ImagePreprocessSpec(image_size=size, mean=mean, std=std, resize="pad", interpolation=interpolation)
     notes.append(
         f"{what} (CLIPImageProcessor, {size} px, {interpolation}) -> resize 'pad' "
         "(long side to the image size, normalise, centred zero padding)"
@@ -472,8 +484,7 @@ def _translate(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
         f"visual_tokenizer_config.vocab_size {vocab} -> visual_vocab_size; tokenize_function {tokenize_function}, "
         f"tau {vt.get('tau', 1.0)}, use_indicators {use_indicators} kept",
         f"conversation_formatter_class {config.get('conversation_formatter_class')} -> chat format '{chat_format}'",
-        f"llm_config ({llm['model_type']}) and multimodal_max_length "
-        f"{config.get('multimodal_max_length', 2048)} kept",
+        f"llm_config ({llm['model_type']}) and multimodal_max_length {config.get('multimodal_max_length', 2048)} kept",
     ]
     kwargs = ovis_config_kwargs(
         config, vt, llm, spec, vocab, tokenize_function, chat_format, use_indicators=use_indicators, max_length=2048

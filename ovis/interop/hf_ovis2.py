@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ovis.fsutil import atomic_directory, check_output_dir
+from ovis.interop.foreign import load_foreign
 from ovis.interop.v1_writer import weights_note, write_weights
-from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_hf_ovis2
 from ovis.model.ovis2_format import (
     AIMV2_POOL_HEAD,
@@ -43,11 +43,7 @@ _AIMV2_BUILDER = "hf-aimv2-vision"
 
 def load_hf_ovis2(directory: str | Path, *, dtype: str | torch.dtype | None = None):
     """``(model, processor, notes)`` from an hf-ovis2 directory."""
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    checkpoint = read_hf_ovis2(directory)
-    model = OvisForCausalLM.from_pretrained(None, config=checkpoint.config, state_dict=checkpoint.state, **kwargs)
-    notes = list(checkpoint.notes)
-    processor = load_hf_ovis2_processor(directory, notes)
+    model, processor, notes = load_foreign(directory, read_hf_ovis2, load_hf_ovis2_processor, dtype)
     return model, processor, notes
 
 

@@ -14,8 +14,8 @@ import torch
 from ovis.composer import DTYPES, load, save
 from ovis.errors import ConfigError
 from ovis.fsutil import check_output_dir
+from ovis.interop.foreign import load_foreign
 from ovis.interop.v1_writer import original_config, parse_size, save_original
-from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_original
 from ovis.model.v1_format import (
     ConfigTranslation,
@@ -66,11 +66,7 @@ __all__ = [
 
 def load_original(directory: str | Path, *, dtype: str | torch.dtype | None = None):
     """``(model, processor, notes)`` from a v1 directory."""
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    checkpoint = read_original(directory)
-    model = OvisForCausalLM.from_pretrained(None, config=checkpoint.config, state_dict=checkpoint.state, **kwargs)
-    notes = list(checkpoint.notes)
-    processor = load_original_processor(directory, notes)
+    model, processor, notes = load_foreign(directory, read_original, load_original_processor, dtype)
     _sync_generation(model, processor)
     return model, processor, notes
 

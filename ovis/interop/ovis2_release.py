@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from ovis.fsutil import check_output_dir
+from ovis.interop.foreign import load_foreign
 from ovis.interop.v1_writer import (
     original_preprocessor_config,
     remote_code_config,
     weights_note,
     write_remote_code_checkpoint,
 )
-from ovis.model import OvisForCausalLM
 from ovis.model.modeling_ovis import read_release
 from ovis.model.ovis2_format import EXTRAS_KEY
 from ovis.model.ovis2_release_format import (
@@ -40,11 +40,7 @@ __all__ = ["load_release", "release_config", "save_release"]
 
 def load_release(directory: str | Path, *, dtype: str | torch.dtype | None = None):
     """``(model, processor, notes)`` from an AIDC-AI Ovis2 release directory."""
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    checkpoint = read_release(directory)
-    model = OvisForCausalLM.from_pretrained(None, config=checkpoint.config, state_dict=checkpoint.state, **kwargs)
-    notes = list(checkpoint.notes)
-    processor = load_release_processor(directory, notes)
+    model, processor, notes = load_foreign(directory, read_release, load_release_processor, dtype)
     return model, processor, notes
 
 

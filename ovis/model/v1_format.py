@@ -166,12 +166,16 @@ def config_format(config: Mapping[str, Any], directory: str | Path) -> Literal["
 
 def holds_config(path: str | Path | None, accepts: Callable[[Mapping[str, Any]], bool]) -> bool:
     """Whether ``path`` is a local directory holding a ``config.json`` that ``accepts`` (a layout's
-    config test) recognises; an unreadable or absent file is ``False``, never an error."""
+    config test) recognises; an unreadable or absent file, or one that is not a JSON object, is
+    ``False``, never an error."""
     if path is None:
         return False
     try:
         file = Path(path) / CONFIG_FILE
-        return file.is_file() and accepts(json.loads(file.read_text()))
+        if not file.is_file():
+            return False
+        data = json.loads(file.read_text())
+        return isinstance(data, Mapping) and accepts(data)
     except (OSError, ValueError, TypeError):
         return False
 

@@ -200,6 +200,20 @@ def test_rows_as_long_as_the_longest_sample_never_cost_more_than_padding(toy):
         pack_samples(samples, max_length=64, pad_token_id=0, image_size=4, row_length="wide")
 
 
+def test_a_batch_that_nothing_would_share_a_row_in_stays_padded(toy):
+    _, _, processor = toy
+    samples = [processor.encode(m, i) for m, i in _conversations()]
+    # Rows no longer than the longest sample, and every two samples together longer than that.
+    alike = [s for s in samples if len(s.input_ids) * 2 > max(len(t.input_ids) for t in samples)]
+    assert len(alike) >= 2
+    batch = DataCollator(processor, packing=True)(alike)
+    padded = DataCollator(processor)(alike)
+    assert "position_ids" not in batch and batch["num_samples"] == len(alike)
+    for key in padded:
+        if torch.is_tensor(padded[key]):
+            assert torch.equal(batch[key], padded[key]), key
+
+
 def test_attention_crossing_samples_would_be_caught(toy):
     """The control: the same packed rows read as one sequence each (positions never restarting, so no
     block-diagonal mask) give another loss: the equality above is not vacuous."""
@@ -233,7 +247,8 @@ def test_packing_refuses_left_padding_and_an_attention_mask(toy):
     with pytest.raises(ValueError, match="padding_side"):
         DataCollator(processor, padding_side="left", packing=True)
     samples = [processor.encode(m, i) for m, i in _conversations()[:2]]
-    packed = DataCollator(processor, packing=True)(samples)
+    packed = DataCollator(processor, packing=True, row_length="max_length")(samples)
+    assert "position_ids" in packed
     with pytest.raises(ValueError, match="attention_mask"):
         _step(model)(
             **{k: packed[k] for k in ("input_ids", "labels", "pixel_values", "position_ids")},
@@ -399,6 +414,8 @@ def test_a_packed_run_learns_exactly_as_the_padded_run(engine, toy_dir, data_inf
     padded = _train(toy_dir, data_info, tmp_path / "padded", packing=False, deepspeed=engine)
     packed = _train(toy_dir, data_info, tmp_path / "packed", packing=True, deepspeed=engine)
     assert packed.config.data.packing and isinstance(packed.collator, DataCollator) and packed.collator.packing
+    everything = packed.collator([packed.dataset[i] for i in range(len(packed.dataset))])
+    assert everything["input_ids"].shape[0] < everything["num_samples"] == len(packed.dataset)  # rows shared
     losses = [r["loss"] for r in packed.records]
     assert losses == pytest.approx([r["loss"] for r in padded.records], rel=1e-4)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses

@@ -106,7 +106,8 @@ class DataCollator:
     with ``row_length="max_length"``: :mod:`ovis.data.packing`) and
     adds ``num_skipped`` (an int) and ``skips`` (the ``Skipped`` values, to merge into the
     trainer's log). A packed batch also holds ``num_samples`` (the samples kept: its rows are
-    fewer) and ``sample_rows`` (where each sample sits).
+    fewer) and ``sample_rows`` (where each sample sits); when no two samples would share a row the
+    batch is padded as without packing (the position-id mask would only cost time).
 
     When every sample of the batch was skipped the batch holds only those two keys (no
     ``input_ids``): the trainer reads no step from it. Both are counted in whichever process
@@ -143,10 +144,13 @@ class DataCollator:
     def _collate(self, samples: list[EncodedSample]) -> dict[str, Any]:
         if not self.packing:
             return self.processor.collate(samples, padding_side=self.padding_side)
-        return pack_samples(
+        packed = pack_samples(
             samples,
             max_length=self.max_length,
             pad_token_id=self.processor.tokenizer.pad_token_id,
             image_size=self.processor.image_processor.image_size,
             row_length=self.row_length,
         )
+        if packed["input_ids"].shape[0] == len(samples):  # no two samples share a row: nothing saved
+            return self.processor.collate(samples, padding_side=self.padding_side)
+        return packed

@@ -41,6 +41,7 @@ from ovis.model.v1_format import (
     holds_config,
     pixel_settings,
     read_json,
+    refuses_bad_values,
     structural_kwargs,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
@@ -241,6 +242,7 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+@refuses_bad_values
 def translate_hf_config(
     config: Mapping[str, Any],
     preprocessor: Mapping[str, Any] | None = None,

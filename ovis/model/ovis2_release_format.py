@@ -49,6 +49,7 @@ from ovis.model.v1_format import (
     llm_config_of,
     ovis_config_kwargs,
     preprocess_from_clip_processor,
+    refuses_bad_values,
     visual_vocab_size,
 )
 from ovis.model.v1_weights import ForeignCheckpoint
@@ -183,6 +184,7 @@ def aimv2_architecture(backbone: Mapping[str, Any]) -> dict[str, Any]:
     return arch
 
 
+@refuses_bad_values
 def translate_release_config(
     config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
 ) -> ConfigTranslation:

@@ -20,12 +20,13 @@ converts an open_clip or timm CLIP tower to the transformers layout (:mod:`ovis.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ovis.errors import OvisError
 from ovis.interfaces import CLIP_MEAN, CLIP_STD, ImagePreprocessSpec, VisionSpec
@@ -33,6 +34,7 @@ from ovis.json_files import read_json_object
 from ovis.model.visual_tokenizer import TOKENIZE_FUNCTIONS
 from ovis.plugin_host import PluginHost, get_host
 
+_T = TypeVar("_T")
 ORIGINAL_ARCHITECTURES = ["Ovis"]
 AUTO_MAP = {"AutoConfig": "configuration_ovis.OvisConfig", "AutoModelForCausalLM": "modeling_ovis.Ovis"}
 VISUAL_TOKENIZER_TYPE = "clip_visual_tokenizer"
@@ -438,21 +440,31 @@ def ovis_config_kwargs(
     )
 
 
+def refuses_bad_values(translate: Callable[..., _T]) -> Callable[..., _T]:
+    """``translate`` (a config translation) reporting a field of the wrong type or shape deep in the
+    config (the named checks cover the common ones) as a one-line ConversionError: the input is at fault."""
+
+    @functools.wraps(translate)
+    def checked(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return translate(*args, **kwargs)
+        except OvisError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConversionError(
+                f"config.json holds a value of the wrong type or shape ({type(exc).__name__}: {first[:300]})"
+            ) from exc
+
+    return checked
+
+
+@refuses_bad_values
 def translate_config(
     config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, *, host=None
 ) -> ConfigTranslation:
     """A v1 ``config.json`` (+ its ``preprocessor_config.json``) -> ``OvisConfig`` arguments."""
-    try:
-        return _translate(config, preprocessor, host)
-    except OvisError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        # A field of the wrong type or shape deep in the backbone config (the named checks above
-        # cover the common ones): the input is at fault, so say so in one line.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConversionError(
-            f"config.json holds a value of the wrong type or shape ({type(exc).__name__}: {first[:300]})"
-        ) from exc
+    return _translate(config, preprocessor, host)
 
 
 def _number(value: Any, what: str, kind: type[int] | type[float]) -> Any:

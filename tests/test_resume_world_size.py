@@ -215,16 +215,17 @@ def reference(toy, tmp_path_factory) -> tuple[Path, dict[int, dict]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (VENV_BIN / "torchrun").exists(), reason="torchrun not installed")
-def test_two_ranks_resumed_on_one_match_an_uninterrupted_run(toy, reference, tmp_path):
-    ref_dir, ref = reference
-    _two_ranks(toy, tmp_path, tmp_path / "two")  # 2 ranks x 1 sample: global batch 2 too
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_ranks_resumed_on_one_match_an_uninterrupted_run(stage, toy, reference, tmp_path):
+    ref_dir, ref = reference  # ZeRO-2 (ZeRO-3 partitions differently and trains the same)
+    _two_ranks(toy, tmp_path, tmp_path / "two", deepspeed=stage)  # 2 ranks x 1 sample: global batch 2 too
     two = _steps(tmp_path / "two")
     _assert_same_run(two, ref, range(1, SAVE + 1))  # the premise: the two layouts train alike
     _copy_checkpoint(tmp_path / "two", tmp_path / "one", SAVE)
     # On one rank the 2-rank checkpoint needs 2 micro-batches a step; with 1 it is refused.
     with pytest.raises(ConfigError, match="set gradient_accumulation_steps: 2"):
-        _in_process(toy, tmp_path / "one", resume=True)
-    resumed = _in_process(toy, tmp_path / "one", resume=True, gradient_accumulation_steps=2)
+        _in_process(toy, tmp_path / "one", resume=True, deepspeed=stage)
+    resumed = _in_process(toy, tmp_path / "one", resume=True, gradient_accumulation_steps=2, deepspeed=stage)
     ours = {r["step"]: r for r in resumed.records}
     assert sorted(ours) == list(range(SAVE + 1, STEPS + 1))
     _assert_same_run(ours, ref, range(SAVE + 1, STEPS + 1))

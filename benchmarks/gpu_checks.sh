@@ -14,7 +14,7 @@
 #                checkpointing (as the recipe and LLaVA-1.5), batch 8 of 64-512 text tokens + one image
 #                each, unpacked, then packed (data.packing) in what is left of the budget; samples/s,
 #                tokens/s and MFU (visual path included) against the LLaVA-1.5 anchor
-#                (benchmarks/train_throughput.py). Sized for one H200 (141 GB) and ~3 minutes: full
+#                (benchmarks/train_throughput.py). Sized for one H200 (141 GB) and ~3-4 minutes: full
 #                depth does not fit, since AdamW under ZeRO-2 on one GPU holds ~16 bytes per parameter
 #                (bf16 weights and gradients, fp32 master weights and two moments) and the pair has
 #                9.0B parameters with its 131K visual vocabulary: 134 GiB of the ~139 GiB before
@@ -117,7 +117,7 @@ for s in "${steps[@]}"; do
         tp=(benchmarks/train_throughput.py --vit clip --llm llama3-8b --visual-vocab 131072 --stage 3 --zero 2
             --precision bf16 --checkpointing on --batch 8 --text-tokens 64-512 --steps 6 --warmup 2 --work "$tw")
         layers=16
-        step throughput 240 $py "${tp[@]}" --llm-layers $layers --packing off --json "$out/train_throughput.json"
+        step throughput 300 $py "${tp[@]}" --llm-layers $layers --packing off --json "$out/train_throughput.json"
         if [ ! -s "$out/train_throughput.json" ]; then
           layers=8
           step throughput_8_layers 180 $py "${tp[@]}" --llm-layers $layers --packing off \

@@ -35,9 +35,11 @@ RowLength = Literal["longest", "max_length"]
 
 
 def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
-    """Indices of the samples in each row, first-fit decreasing: the longest sample first, each into
-    the first row it fits in (a row holds at most ``max_length`` tokens). Within a row samples keep
-    their original order; a sample longer than ``max_length`` is a row alone."""
+    """Indices of the samples in each row. First-fit decreasing finds how many rows (the longest
+    sample first, each into the first row it fits in; a row holds at most ``max_length`` tokens);
+    then the same number of rows is filled evenly where that fits (the longest sample first, each
+    onto the emptiest row), since the batch is as wide as its fullest row. Within a row samples
+    keep their original order; a sample longer than ``max_length`` is a row alone."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -53,6 +55,17 @@ def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
         else:
             rows.append([index])
             room.append(max(max_length - size, 0))
+    even: list[list[int]] = [[] for _ in rows]
+    load = [0] * len(rows)
+    for index in order:
+        row = min(range(len(rows)), key=lambda r: (load[r], r))
+        if load[row] and load[row] + lengths[index] > max_length:
+            break  # evening out would overfill a row: keep first fit
+        even[row].append(index)
+        load[row] += lengths[index]
+    else:
+        if max(load) < max(sum(lengths[i] for i in row) for row in rows):
+            rows = even
     return [sorted(row) for row in rows]
 
 

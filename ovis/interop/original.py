@@ -121,8 +121,13 @@ def convert(
             model, processor = load(src, dtype=dtype)
             notes = []
         notes += save_original(
-            model, processor, out, overwrite=overwrite, max_shard_size=max_shard_size,
-            safetensors=safetensors, code_from=code_from,
+            model,
+            processor,
+            out,
+            overwrite=overwrite,
+            max_shard_size=max_shard_size,
+            safetensors=safetensors,
+            code_from=code_from,
         )
     else:
         raise ConfigError(f"to must be 'ovis' or 'original', got {to!r}")

@@ -1,5 +1,6 @@
 """benchmarks/train_throughput.py: its analytic model-FLOP count against torch's FlopCounterMode
-over one real training pass of a tiny model (per stage), and one tiny run end to end."""
+over one real training pass of a tiny model (per stage), the depth override, and one tiny run end
+to end."""
 
 from __future__ import annotations
 
@@ -117,3 +118,16 @@ def test_one_tiny_run_end_to_end(bench, tmp_path, capsys):
     assert 0 <= result["padding_fraction"] < 1  # lengths 8-24 in a batch of 2: some padding, not all
     printed = capsys.readouterr().out
     assert "MFU" in printed and "LLaVA-1.5 anchor" in printed
+
+
+def test_depth_override_keeps_the_width_and_names_bad_depths(bench):
+    from ovis.plugin_host import get_host
+
+    host = bench.DepthHost(get_host(), vit_layers=3, llm_layers=2, tokenizer=None)
+    model, _ = ovis.compose("clip", "llama3-8b", visual_vocab_size=4096, dry_run=True, host=host)
+    assert len(model.llm.model.layers) == 2 and len(model.backbone.blocks()) == 3
+    assert model.llm.config.hidden_size == 4096 and model.llm.config.intermediate_size == 14336
+    assert host.llm("llama3-8b").spec.tokenizer == "offline:llama3"  # the hub one is not reachable
+    assert host.llm("llama3-8b").spec.weights is None
+    with pytest.raises(SystemExit, match="--llm-layers 40: preset 'llama3-8b' has 32 layers"):
+        bench.DepthHost(get_host(), vit_layers=None, llm_layers=40, tokenizer=None).llm("llama3-8b")

@@ -204,6 +204,7 @@ def _assert_same_run(zero2, zero3, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_stage1_with_a_reinitialised_block_trains_under_zero3_as_under_zero2(toy, info, tmp_path, one_thread):
     zero2, zero3 = _pair(
         toy,
@@ -226,6 +227,7 @@ def test_stage1_with_a_reinitialised_block_trains_under_zero3_as_under_zero2(toy
     assert last and all(not torch.equal(before[k], after[k]) for k in last if k.endswith("weight"))
 
 
+@pytest.mark.slow
 def test_lora_trains_under_zero3_as_under_zero2(toy, info, tmp_path, one_thread):
     zero2, zero3 = _pair(toy, info, tmp_path, train_modules=["llm"], lora={"enabled": True, "r": 4})
     _assert_same_run(zero2, zero3, tmp_path)

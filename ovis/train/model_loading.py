@@ -211,6 +211,10 @@ def _build(config: OvisConfig, dtype: torch.dtype, ds_config: dict[str, Any] | N
     # a plain load would give.
     with torch.random.fork_rng(devices=devices), no_init_weights(), _default_dtype(dtype), partitioned:
         model = OvisForCausalLM(config)
+    if ds_config is not None:
+        # DeepSpeed converts parameters added later (LoRA adapters) through the Init that made the
+        # model's: from now on their values are real and must be copied.
+        partitioned.values_unset = False
     model.tie_weights()  # init_weights (which ties) was skipped above
     for param in model.parameters():
         # An LLM built from its config takes the config's dtype; its tensors are not yet written, so
@@ -231,9 +235,15 @@ def _partitioning_init() -> type:
     from deepspeed.runtime.zero.partition_parameters import OffloadDeviceEnum, PartitionedParamStatus
 
     class PartitionOnly(deepspeed.zero.Init):
+        values_unset = True  # while the model is built; False after (see _build)
+
         def _zero_init_param(self, param: torch.nn.Parameter) -> None:
-            if self.remote_device == OffloadDeviceEnum.nvme or self.quantized_nontrainable_weights:
-                return super()._zero_init_param(param)  # the layouts this shortcut does not know
+            if (
+                not self.values_unset
+                or self.remote_device == OffloadDeviceEnum.nvme
+                or self.quantized_nontrainable_weights
+            ):
+                return super()._zero_init_param(param)  # real values, or layouts this shortcut does not know
             self._convert_to_deepspeed_param(param)
             aligned = self._aligned_size(param)
             size = aligned // self._partition_world_size(param)

@@ -108,7 +108,7 @@ for s in "${steps[@]}"; do
     throughput)
       if [ $dry = 1 ]; then
         step throughput 240 $py benchmarks/train_throughput.py --toy --zero 2 --precision fp32 --packing on \
-          --batch 4 --steps 2 --warmup 1 --json "$out/train_throughput.json"
+          --batch 8 --text-tokens 8-200 --steps 2 --warmup 1 --json "$out/train_throughput.json"
       else
         # RAM-backed scratch when there is room: the composed model is written once and read once.
         tw=/tmp/ovis-throughput

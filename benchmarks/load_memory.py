@@ -19,10 +19,12 @@ The DeepSpeed config is the built-in ``zero3`` with ``stage3_max_live_parameters
 to 1B parameters stay gathered through a step (right for the 7B-70B models they are meant for; at
 1B they would measure the config, not the loading).
 
-Printed per rank: the resident set before loading (imports, process group), its peak during the
-load (model + engine) and during the first step, the peaks above the starting point as a fraction
-of one full bf16 copy of the model, and the parameter elements the rank holds after the load. The
-target (issue 18): at most 60% of a full copy per rank at 2 ranks under ZeRO-3.
+Printed per rank, as peaks of the resident set above its value before loading (imports and the
+process group done), in full bf16 copies of the model: reading the weights (the model alone), up to
+the engine ready (adds the processor and DeepSpeed's own buffers), and the first training step
+(DeepSpeed gathers each module's weights as it runs, here the 311M-parameter tied embedding among
+them); also the parameter elements the rank holds after loading. The target (issue 18): at most 60%
+of a full copy per rank at 2 ranks under ZeRO-3.
 
     python benchmarks/load_memory.py [--layers 9] [--workdir /tmp/ovis-load-memory] [--json out.json]
 """

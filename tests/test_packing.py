@@ -315,13 +315,13 @@ def test_flash_attention_varlen_matches_padded_sdpa():  # pragma: no cover - GPU
     model = model.cuda().train()
     samples = [processor.encode(m, i) for m, i in _conversations()]
     padded = {k: v.cuda() if torch.is_tensor(v) else v for k, v in DataCollator(processor)(samples).items()}
-    packed = {
-        k: v.cuda() if torch.is_tensor(v) else v
-        for k, v in DataCollator(processor, packing=True, max_length=256)(samples).items()
-    }
     model.llm.set_attn_implementation("sdpa")
     loss_a, count_a, _ = _loss_and_grads(model, padded)
     model.llm.set_attn_implementation("flash_attention_2")
+    assert packed_row_length(model) == "max_length"
+    collate = DataCollator(processor, packing=True, max_length=256, row_length=packed_row_length(model))
+    packed = {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(samples).items()}
+    assert "position_ids" in packed
     loss_b, count_b, _ = _loss_and_grads(model, packed)
     assert count_a == count_b
     torch.testing.assert_close(loss_b.float(), loss_a.float(), rtol=0, atol=2e-2)  # bf16

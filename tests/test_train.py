@@ -591,3 +591,27 @@ def test_rng_files_of_older_versions_still_load_without_unpickling_code(tmp_path
     expected = (random.random(), np.random.rand(), torch.rand(1))
     ckpt.set_rng_state(ckpt.load_rng_state(path))
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_attn_implementation_is_chosen_for_the_hardware(monkeypatch):
+    from ovis.train import attention
+
+    monkeypatch.setattr(attention, "flash_attention_available", lambda: True)
+    assert attention.choose_attention("auto", on_cuda=True) == "flash_attention_2"
+    assert attention.choose_attention("auto", on_cuda=False) is None  # the model's own (sdpa)
+    assert attention.choose_attention("eager", on_cuda=False) == "eager"
+    with pytest.raises(ConfigError, match="flash_attention_2 needs a CUDA GPU"):
+        attention.choose_attention("flash_attention_2", on_cuda=False)
+    monkeypatch.setattr(attention, "flash_attention_available", lambda: False)
+    assert attention.choose_attention("auto", on_cuda=True) is None
+    with pytest.raises(ConfigError, match="needs the flash-attn package"):
+        attention.choose_attention("flash_attention_2", on_cuda=True)
+
+
+def test_a_run_trains_with_the_attention_it_names_and_exports_without_it(toy_dir, data_info, tmp_path):
+    trainer = _run(_config(toy_dir, data_info, tmp_path / "run", deepspeed=None, max_steps=2,
+                           attn_implementation="eager"))
+    assert trainer.model.llm.config._attn_implementation == "eager"
+    # A training choice, not the model's: the exported model loads with its default attention.
+    model, _ = ovis.load(tmp_path / "run" / "final")
+    assert model.llm.config._attn_implementation == "sdpa"

@@ -169,6 +169,12 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass (less memory, more time).",
     )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        default="auto",
+        description="The LLM's attention while training. `auto`: `flash_attention_2` on a GPU where the "
+        "`flash-attn` package is installed (packed rows then run as one varlen sequence), else the "
+        "model's own (`sdpa`); `flash_attention_2` asked for without a GPU or the package is refused.",
+    )
     deepspeed: str | None = Field(
         default="zero2",
         description="A DeepSpeed JSON file, or `zero2` / `zero3` (built in; `\"auto\"` values are filled "

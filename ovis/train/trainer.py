@@ -36,6 +36,7 @@ from ovis.errors import ConfigError, InputFileError, OvisError
 from ovis.model import OvisForCausalLM
 from ovis.processing import OvisProcessor
 from ovis.train import checkpoint as ckpt
+from ovis.train.attention import choose_attention
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes, agree_on_precision, set_seed, start_processes
@@ -182,6 +183,10 @@ class Trainer:
             raise ConfigError(f"train_modules {config.train_modules} select no trainable parameters")
         if config.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
+        attention = choose_attention(config.attn_implementation, on_cuda=self.processes.device.type == "cuda")
+        if attention is not None:
+            model.llm.set_attn_implementation(attention)
+            logger.info("LLM attention: %s", attention)
         self.gumbel = model.config.tokenize_function == "gumbel_argmax"
         self.summary = summary
         self.model = model

@@ -85,15 +85,16 @@ row's length, so rows of `data.max_length` filled with short samples would cost 
 (measured on the CPU by `benchmarks/packing.py`), while rows no longer than the padded ones never
 cost more. With `flash_attention_2` rows grow up to `data.max_length` (the varlen kernel's cost does
 not grow with the row). A sample longer than `data.max_length` keeps a row of its own, as in a
-padded batch.
-Every sample gets position ids from 0 and attends only to itself: the LLM gets `position_ids` and no attention mask, from which
-transformers builds the block-diagonal causal mask on the CPU (Gemma 2's sliding window included),
-and with `flash_attention_2` on a GPU the rows are flattened into one and the samples' boundaries
-(`cu_seq_lens_q/k`, `max_length_q/k`) go to the varlen kernel (tested on the CPU
-through a stand-in kernel; the GPU test in `tests/test_packing.py` has not run on a GPU yet).
-Samples move whole, so an image block never splits and the images keep their order; labels are unchanged, and the loss leaves out
-the target at each sample's first token (it would be predicted from the previous sample), so the
-loss and gradients equal those of the same samples padded (`tests/test_packing.py`, float32, 1e-5).
+padded batch. Every sample gets position ids from 0 and attends only to itself: the LLM gets
+`position_ids` and no attention mask, from which transformers builds the block-diagonal causal
+mask on the CPU (Gemma 2's sliding window included), and with `flash_attention_2` on a GPU
+(`attn_implementation: auto` takes it where `flash-attn` is installed) the rows are flattened into
+one and the samples' boundaries (`cu_seq_lens_q/k`, `max_length_q/k`) go to the varlen kernel
+(tested on the CPU through a stand-in kernel; the GPU test in `tests/test_packing.py` has not run
+on a GPU yet). Samples move whole, so an image block never splits and the images keep their order;
+labels are unchanged, and the loss leaves out the target at each sample's first token (it would be
+predicted from the previous sample), so the loss and gradients equal those of the same samples
+padded (`tests/test_packing.py`, float32, 1e-5).
 Steps, samples, labelled tokens and skips are counted as without packing; the config hash changes
 only when packing is on. `python benchmarks/packing.py` measures the padding fraction and training
 tokens/s packed vs padded (`benchmarks/README.md`).

@@ -91,6 +91,73 @@ def build_model(workdir: Path, layers: int) -> Path:
     return ovis.save(model, processor, out, overwrite=True)
 
 
+class _Probe:
+    """Where the first step's resident set peaks: a thread samples ``VmRSS`` every millisecond and
+    files each sample under the phase running then (set by forward hooks on the model's blocks and
+    by wrapping the engine's forward / backward / optimizer step); also the resident set at each
+    phase's end and what ``malloc_trim`` gives back after the step (memory freed but kept by glibc)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase = "setup"
+        self.peaks: dict[str, int] = {}
+        self.ends: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            rss = _status("VmRSS")
+            if rss > self.peaks.get(self.phase, 0):
+                self.peaks[self.phase] = rss
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+
+    def end(self, phase: str) -> None:
+        self.ends.append((phase, _status("VmRSS")))
+
+    def watch(self, engine) -> None:
+        """Hooks on ``engine`` (an ``ovis.train.engines.DeepSpeedEngine``)."""
+        from ovis.train.step import causal_lm
+
+        step_module = engine.engine.module
+        model = step_module.model
+        lm = causal_lm(model.llm)
+        blocks = {"visual_tokenizer": model.visual_tokenizer, "vte": model.vte}
+        decoder = lm.get_decoder()
+        blocks["embed_tokens"] = decoder.embed_tokens
+        for i, layer in enumerate(decoder.layers):
+            blocks[f"layer{i}"] = layer
+        blocks["lm_head"] = lm.get_output_embeddings()
+        for name, module in blocks.items():
+            module.register_forward_pre_hook(lambda *_, n=name: self.enter(f"fwd {n}"))
+            module.register_forward_hook(lambda *_, n=name: self.end(f"fwd {n}"))
+        ds = engine.engine
+        for method in ("forward", "backward", "step"):
+            original = getattr(ds, method)
+
+            def wrapped(*args, _original=original, _method=method, **kwargs):
+                self.enter(_method)
+                result = _original(*args, **kwargs)
+                self.enter(f"after {_method}")
+                self.end(_method)
+                return result
+
+            setattr(ds, method, wrapped)
+
+    def finish(self) -> dict:
+        import ctypes
+
+        self._stop.set()
+        self._thread.join()
+        before = _status("VmRSS")
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return {"peaks": self.peaks, "ends": self.ends, "trim_before": before, "trim_after": _status("VmRSS")}
+
+
 class _FirstStepDone(Exception):
     """Raised after the first optimizer step: its peak is measured, the run need not go on."""
 
@@ -166,6 +233,9 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
     trainer.setup()  # the model, then the engine (ZeRO-3 partitions a whole model here)
     load_s = time.perf_counter() - marks["began"]
     load_peak = _status("VmHWM")
+    probe = _Probe()
+    probe.end("setup")
+    probe.watch(trainer.engine)
     _reset_peak()
     began = time.perf_counter()
     try:
@@ -174,6 +244,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
         pass
     step_s = time.perf_counter() - began
     step_peak = marks["step_peak"]
+    breakdown = probe.finish()
     start, held, total = marks["start"], marks["held"], marks["total"]
     report = {
         "rank": rank,
@@ -185,6 +256,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
         "total": total,
         "load_s": load_s,
         "step_s": step_s,
+        "breakdown": breakdown,
     }
     Path(out, f"{mode}-{rank}.json").write_text(json.dumps(report))
     torch.distributed.barrier()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ovis.errors import InputFileError
+from ovis.train import gloo_gather
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes
@@ -86,6 +87,7 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed  # optional (ovis[train]) and slow to import
 
+        gloo_gather.install()  # ZeRO's gathers on a CPU: no second full-size buffer
         self.ds_config = build_deepspeed_config(
             config, world_size=processes.world_size, hidden_size=hidden_size,
             on_cuda=processes.device.type == "cuda", precision=precision,

@@ -39,6 +39,7 @@ from ovis.model.directory_check import check_model_directory, check_tensor_shape
 from ovis.model.modeling_ovis import read_hf_ovis2, read_original, read_release
 from ovis.model.v1_format import checkpoint_format
 from ovis.processing import OvisProcessor
+from ovis.train import gloo_gather
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import read_deepspeed_config
 from ovis.train.distributed import Processes
@@ -117,6 +118,7 @@ def load_partitioned(
     directory: str | Path, *, dtype: torch.dtype, processes: Processes, zero3_config: ZeroConfigFor
 ) -> OvisForCausalLM:
     """The model of ``directory`` built under ``deepspeed.zero.Init``, each rank's partition read."""
+    gloo_gather.install()  # gathers during the build (zero.Init) and the step: no double buffer on gloo
     directory = Path(directory)
     layout = _layout(directory)
     checkpoint = None

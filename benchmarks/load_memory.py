@@ -21,10 +21,16 @@ to 1B parameters stay gathered through a step (right for the 7B-70B models they 
 
 Printed per rank, as peaks of the resident set above its value before loading (imports and the
 process group done), in full bf16 copies of the model: reading the weights (the model alone), up to
-the engine ready (adds the processor and DeepSpeed's own buffers), and the first training step
-(DeepSpeed gathers each module's weights as it runs, here the 311M-parameter tied embedding among
-them); also the parameter elements the rank holds after loading. The target (issue 18): at most 60%
-of a full copy per rank at 2 ranks under ZeRO-3.
+the engine ready (adds the processor and DeepSpeed's own buffers), and the first training step;
+also the parameter elements the rank holds after loading. The target (issue 18): at most 60% of a
+full copy per rank at 2 ranks under ZeRO-3.
+
+Then where rank 0's first ZeRO-3 step peaks (a thread samples the resident set every millisecond,
+filed under the phase running: the engine's forward / backward / optimizer step, each decoder layer,
+the embedding, the LM head), what ``malloc_trim`` still gives back after the step, and the floor
+while DeepSpeed gathers whole parameters: the rank's own partition plus the largest parameter
+gathered (the 311M-parameter tied embedding, 31% of this shallow model, gathered for the lookup, the
+LM head and the LM head's backward).
 
     python benchmarks/load_memory.py [--layers 9] [--workdir /tmp/ovis-load-memory] [--json out.json]
 """
@@ -204,6 +210,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
             model = OvisForCausalLM.from_pretrained(str(directory), dtype=DTYPES[dtype])
         marks["weights_peak"] = _status("VmHWM")
         marks["held"], marks["total"] = local_elements(model)
+        marks["largest"] = max(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         return model, OvisProcessor.from_pretrained(directory)
 
     trainer_module.load_training_model = measured_load
@@ -257,6 +264,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
         "load_s": load_s,
         "step_s": step_s,
         "breakdown": breakdown,
+        "largest": marks["largest"],
     }
     Path(out, f"{mode}-{rank}.json").write_text(json.dumps(report))
     torch.distributed.barrier()
@@ -292,6 +300,38 @@ def _single(model: str, out: str, mode: str) -> None:
 
 def _cell(value: float | None, width: int = 9, digits: int = 2) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def _print_breakdown(report: dict, copy: int) -> None:
+    """Where rank 0's first ZeRO-3 step peaks, in full bf16 copies above the start."""
+    start, probe = report["start"], report["breakdown"]
+
+    def share(value: int) -> str:
+        return f"{(value - start) / copy:.2f}"
+
+    peaks, ends = probe["peaks"], dict(probe["ends"])
+    layers = [k for k in peaks if k.startswith("fwd layer")]
+    # DeepSpeed's pre-forward hook (the gather) runs before the probe's: a module's gather peaks
+    # under the phase before it (the embedding's under "forward", the LM head's under the last layer).
+    rows = [
+        ("engine ready (partitions, optimizer states, buffers)", ends["setup"]),
+        ("forward: tied embedding gathered for the lookup", peaks["forward"]),
+        ("forward: decoder layers (one gathered at a time)", max(peaks[k] for k in layers[:-1])),
+        ("forward: tied embedding gathered for the LM head", max(peaks[layers[-1]], peaks["fwd lm_head"])),
+        ("forward done (activations kept for backward)", ends["forward"]),
+        ("backward (LM head gathered again, then the layers)", peaks["backward"]),
+        ("optimizer step", peaks["step"]),
+        ("after the step", probe["trim_before"]),
+        ("after malloc_trim(0) (memory glibc still kept)", probe["trim_after"]),
+    ]
+    print("\nZeRO-3 first step, rank 0 (resident set above the start, in full bf16 copies):")
+    for what, value in rows:
+        print(f"  {what:55} {share(value):>6}")
+    partition, largest = 1 / WORLD, report["largest"] / report["total"]
+    print(
+        f"  floor while whole modules are gathered: own partition {partition:.2f} + largest parameter "
+        f"(the tied embedding) {largest:.2f} = {partition + largest:.2f}"
+    )
 
 
 def main() -> None:
@@ -354,6 +394,8 @@ def main() -> None:
             verdict = "PASS" if value <= TARGET else "MISS"
             before = f"; whole-model loading: {worst('whole', phase):.2f}" if "whole" in results else ""
             print(f"ZeRO-3, {what}: worst rank {value:.2f} of a full copy (target <= {TARGET:.2f}): {verdict}{before}")
+    if "zero3" in results:
+        _print_breakdown(results["zero3"][0], copy)
     if "single" in results and "single-hf" in results:
         print(
             f"one process, whole model in bf16: streamed {worst('single', 'load'):.2f} of a copy, "

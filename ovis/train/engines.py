@@ -28,6 +28,7 @@ from ovis.train import gloo_gather
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes
+from ovis.train.host_memory import return_freed_memory
 from ovis.train.step import WRAPPER_PREFIX
 
 #: The engine state's subdirectory in a checkpoint (DeepSpeed's "tag").
@@ -88,6 +89,8 @@ class DeepSpeedEngine:
         import deepspeed  # optional (ovis[train]) and slow to import
 
         gloo_gather.install()  # ZeRO's gathers on a CPU: no second full-size buffer
+        if processes.device.type == "cpu":
+            return_freed_memory()  # freed activations and gathered weights leave the process
         self.ds_config = build_deepspeed_config(
             config, world_size=processes.world_size, hidden_size=hidden_size,
             on_cuda=processes.device.type == "cuda", precision=precision,

@@ -43,6 +43,7 @@ from ovis.train import gloo_gather
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import read_deepspeed_config
 from ovis.train.distributed import Processes
+from ovis.train.host_memory import return_freed_memory
 
 logger = logging.getLogger("ovis.train")
 
@@ -119,6 +120,8 @@ def load_partitioned(
 ) -> OvisForCausalLM:
     """The model of ``directory`` built under ``deepspeed.zero.Init``, each rank's partition read."""
     gloo_gather.install()  # gathers during the build (zero.Init) and the step: no double buffer on gloo
+    if processes.device.type == "cpu":
+        return_freed_memory()  # freed activations and gathered weights leave the process
     directory = Path(directory)
     layout = _layout(directory)
     checkpoint = None

@@ -4,7 +4,8 @@ Two gloo ranks on this CPU train stage 1 (visual head + VTE; the LLM frozen, so 
 states stay small and the figure is the model's) of a random-init model of about 1B parameters:
 a Qwen2.5-3B-architecture LLM (width 2048, 16 heads, 2 KV heads, MLP 11008, vocabulary 152064, tied
 embeddings) cut to ``--layers`` layers, behind the clip-toy ViT, saved in float32 (``ovis compose``'s
-default) and trained in bf16. Each mode runs in fresh processes:
+default) and trained in bf16 (``--train all``: stage 3 instead, everything trains, and the
+optimizer's states are most of the figure). Each mode runs in fresh processes:
 
 * ``zero3``: today's loading (``ovis.train.model_loading``): built under ``zero.Init``, each rank
   reads its slices;
@@ -178,7 +179,7 @@ def _deepspeed_json(workdir: Path) -> Path:
     return path
 
 
-def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str) -> None:
+def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str, train: str) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
@@ -216,12 +217,12 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
     trainer_module.load_training_model = measured_load
     config = TrainConfig.model_validate(
         {
-            "stage": 1,
+            "stage": 1 if train == "stage1" else 3,
             "model": model,
             "output_dir": str(Path(out) / mode),
             "deepspeed": ds_json,
             "precision": "bf16",
-            "train_modules": ["visual_tokenizer.head", "vte"],
+            "train_modules": ["visual_tokenizer.head", "vte"] if train == "stage1" else ["all"],
             "per_device_batch_size": 1,
             "max_steps": 2,
             "save_steps": 1000,
@@ -316,7 +317,7 @@ def _print_breakdown(report: dict, copy: int) -> None:
     rows = [
         ("engine ready (partitions, optimizer states, buffers)", ends["setup"]),
         ("forward: tied embedding gathered for the lookup", peaks["forward"]),
-        ("forward: decoder layers (one gathered at a time)", max(peaks[k] for k in layers[:-1])),
+        ("forward: decoder layers (one gathered at a time)", max((peaks[k] for k in layers[:-1]), default=None)),
         ("forward: tied embedding gathered for the LM head", max(peaks[layers[-1]], peaks["fwd lm_head"])),
         ("forward done (activations kept for backward)", ends["forward"]),
         ("backward (LM head gathered again, then the layers)", peaks["backward"]),
@@ -326,7 +327,8 @@ def _print_breakdown(report: dict, copy: int) -> None:
     ]
     print("\nZeRO-3 first step, rank 0 (resident set above the start, in full bf16 copies):")
     for what, value in rows:
-        print(f"  {what:55} {share(value):>6}")
+        if value is not None:  # (one layer: its peak is the LM head's gather)
+            print(f"  {what:55} {share(value):>6}")
     partition, largest = 1 / WORLD, report["largest"] / report["total"]
     print(
         f"  floor while whole modules are gathered: own partition {partition:.2f} + largest parameter "
@@ -339,6 +341,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=9)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ovis-load-memory"))
     parser.add_argument("--modes", nargs="+", default=["zero3", "whole", "single", "single-hf"])
+    parser.add_argument(
+        "--train",
+        choices=["stage1", "all"],
+        default="stage1",
+        help="stage1: the target's setting; all: stage 3, everything trains (optimizer states dominate)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +366,7 @@ def main() -> None:
             proc.join()
             reports = [json.loads((runs / f"{mode}-0.json").read_text())]
         else:
-            spawned = (free_port(), mode, str(model), str(info), str(runs), str(ds_json))
+            spawned = (free_port(), mode, str(model), str(info), str(runs), str(ds_json), args.train)
             mp.spawn(_rank, args=spawned, nprocs=WORLD, join=True)
             reports = [json.loads((runs / f"{mode}-{r}.json").read_text()) for r in range(WORLD)]
         results[mode] = reports
@@ -402,7 +410,8 @@ def main() -> None:
             f"from_pretrained {worst('single-hf', 'load'):.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"copy_bytes": copy, "layers": args.layers, "results": results}, indent=1))
+        figures = {"copy_bytes": copy, "layers": args.layers, "train": args.train, "results": results}
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

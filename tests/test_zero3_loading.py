@@ -323,3 +323,23 @@ def test_host_memory_freed_in_a_step_leaves_the_process(mode):
         assert kept > 6
     else:
         assert kept < 2
+
+
+def test_zero3_on_a_cpu_steps_the_optimizer_in_bounded_sub_groups(tmp_path):
+    from ovis.train.deepspeed_config import CPU_SUB_GROUP, build_deepspeed_config
+
+    config = _train_config(tmp_path, tmp_path / "out", "bf16")
+    cpu = build_deepspeed_config(config, world_size=2, hidden_size=64, on_cuda=False)
+    assert cpu["zero_optimization"]["sub_group_size"] == CPU_SUB_GROUP
+    cuda = build_deepspeed_config(config, world_size=2, hidden_size=64, on_cuda=True)
+    assert "sub_group_size" not in cuda["zero_optimization"]  # DeepSpeed's own (fused Adam: no temporaries)
+    own = json.loads(json.dumps(cpu))
+    own["zero_optimization"]["sub_group_size"] = 123
+    (tmp_path / "ds.json").write_text(json.dumps(own))
+    given = config.model_copy(update={"deepspeed": str(tmp_path / "ds.json")})
+    assert (
+        build_deepspeed_config(given, world_size=2, hidden_size=64, on_cuda=False)["zero_optimization"][
+            "sub_group_size"
+        ]
+        == 123
+    )

@@ -19,6 +19,8 @@ BUILTIN_DEEPSPEED = ("zero2", "zero3")
 #: Smallest "auto" bucket (elements): hidden_size**2 alone (the usual "auto") would cut a small
 #: model's gradients into thousands of tiny all-reduces.
 MIN_BUCKET = 2**24
+#: ZeRO-3's optimizer sub-group on a CPU (elements; a larger parameter is a sub-group alone).
+CPU_SUB_GROUP = 2**24
 
 
 def _zero(stage: int) -> dict[str, Any]:
@@ -114,6 +116,11 @@ def build_deepspeed_config(
     params = ds["optimizer"]["params"]
     if not on_cuda:
         params.setdefault("torch_adam", True)  # a JSON without the key would compile FusedAdam for a CPU
+        zero = ds.get("zero_optimization")
+        if isinstance(zero, dict) and zero.get("stage") == 3:
+            # torch's AdamW on a CPU is not fused: each optimizer step makes temporaries as large as
+            # the fp32 sub-group it steps (DeepSpeed's default: the rank's whole partition).
+            zero.setdefault("sub_group_size", CPU_SUB_GROUP)
     if on_cuda and params.get("torch_adam") is True and ds["optimizer"].get("type", "").lower() == "adamw":
         params.setdefault("fused", True)
     left = _autos(ds)

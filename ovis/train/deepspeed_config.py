@@ -3,6 +3,10 @@ filled from the :class:`~ovis.train.config.TrainConfig`.
 
 A value set explicitly in the JSON that contradicts the training config (batch size, accumulation,
 clipping, lr...) is a :class:`~ovis.errors.ConfigError` rather than silently winning.
+
+On a CPU, keys the JSON leaves out get CPU defaults: torch's AdamW (``torch_adam``), and under
+ZeRO-3 optimizer sub-groups of :data:`CPU_SUB_GROUP` elements (``sub_group_size``), which bound the
+unfused AdamW's temporaries (``benchmarks/load_memory.py --train all``).
 """
 
 from __future__ import annotations

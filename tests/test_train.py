@@ -615,3 +615,19 @@ def test_a_run_trains_with_the_attention_it_names_and_exports_without_it(toy_dir
     # A training choice, not the model's: the exported model loads with its default attention.
     model, _ = ovis.load(tmp_path / "run" / "final")
     assert model.llm.config._attn_implementation == "sdpa"
+
+
+def test_deepspeed_on_a_cpu_starts_without_compiling_its_shm_kernel(tmp_path):
+    """DeepSpeed's CPU backend would build a C++ all-reduce kernel (minutes, and a compiler) that
+    training never uses: starting the process group must not build it."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    code = ("from ovis.train.distributed import join_deepspeed_group\n"
+            "p = join_deepspeed_group()\n"
+            "import deepspeed.comm.comm as c\n"
+            "print(p.world_size, c.cdb.shm_comm_op)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["1", "None"], proc.stdout
+    assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").iterdir())

@@ -8,6 +8,8 @@ group even alone (DeepSpeed needs one), created here when no launcher made it.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import random
 from dataclasses import dataclass
@@ -79,9 +81,28 @@ def join_deepspeed_group() -> Processes:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1")
         if local > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
+    with _no_shm_kernel(on_cpu=kind == "cpu"):
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
     device = torch.device("cpu") if kind == "cpu" else torch.device(kind, local_rank)
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank, device, grouped=True)
+
+
+@contextlib.contextmanager
+def _no_shm_kernel(*, on_cpu: bool):
+    """On a CPU, DeepSpeed's communication backend compiles a shared-memory all-reduce kernel (a C++
+    extension: minutes on a first run, and a compiler required) that only its inference all-reduce
+    uses; training goes through gloo. Skip building it while the process group starts."""
+    # (the package's attribute ``torch`` is torch itself, not this submodule)
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    if not on_cpu or not hasattr(ds_torch, "build_shm_op"):
+        yield
+        return
+    original = ds_torch.build_shm_op
+    ds_torch.build_shm_op = lambda: None
+    try:
+        yield
+    finally:
+        ds_torch.build_shm_op = original
 
 
 def single_process() -> Processes:

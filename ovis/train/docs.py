@@ -44,7 +44,10 @@ against the YAML file's directory; paths given with `--set` resolve against the 
 `deepspeed: null` trains in one process without DeepSpeed: a plain PyTorch loop with the same
 optimizer (torch's AdamW), parameter groups, learning-rate schedule, clipping, precision (bf16 under
 `torch.autocast`, fp32 master weights) and resumable checkpoints. A checkpoint resumes only with the
-engine that wrote it.
+engine that wrote it, on any number of ranks: a DeepSpeed checkpoint written by N ranks resumes on
+M through DeepSpeed's universal checkpoint, with the same global batch (a different one is refused,
+naming the `gradient_accumulation_steps` that keeps it) and the epoch continued at its first unread
+sample ([multi-node.md](multi-node.md)).
 
 Checkpoints (`output_dir/checkpoints/step-N`) record every file's size and sha256 in
 `manifest.json`, written (with every file flushed to disk) before the `COMPLETE` marker. `--resume`

@@ -164,3 +164,14 @@ def _served(model_dir, *, runner: dict | None = None, build: dict | None = None,
 def served():
     """The context manager that serves a model directory (see ``_served``), for module fixtures."""
     return _served
+
+
+@pytest.fixture
+def one_thread():
+    """The CPU here is shared: one thread avoids OpenMP stalls and keeps timings steady."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

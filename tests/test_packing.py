@@ -377,14 +377,6 @@ def data_info(tmp_path_factory) -> Path:
     return info_path
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(model: Path, info: Path, out: Path, *, packing: bool, **fields) -> Trainer:
     config = TrainConfig.model_validate(
         dict(

@@ -77,15 +77,6 @@ def data_info(tmp_path_factory) -> Path:
     return info_path
 
 
-@pytest.fixture
-def one_thread():
-    """The CPU here is shared: one thread avoids OpenMP stalls and keeps timings steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DATASETS = ["synth-conversations", "text", "bad"]
 
 

@@ -233,14 +233,6 @@ def test_lora_trains_under_zero3_as_under_zero2(toy, info, tmp_path, one_thread)
     _assert_same_run(zero2, zero3, tmp_path)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- gathers on gloo (ovis.train.gloo_gather) -------------------------------------------------------
 def _gather_on_rank(rank: int, port: int, out: str) -> None:
     """One rank: DeepSpeed's gather of a large bf16 partition (as ZeRO-3 fetches a parameter), its

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ovis.data import DataError
 from ovis.train import Trainer
-from tests.test_train import (  # noqa: F401 - one_thread: a fixture, by name
+from tests.test_train import (
     VENV_BIN,
     _compose,
     _config,
@@ -23,7 +23,6 @@ from tests.test_train import (  # noqa: F401 - one_thread: a fixture, by name
     _run_child,
     _weights,
     _yaml,
-    one_thread,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +49,7 @@ def nothing_heavy(monkeypatch):
 
         return called
 
-    monkeypatch.setattr(trainer, "load", refuse("the model loader"))
+    monkeypatch.setattr(trainer, "load_training_model", refuse("the model loader"))
     monkeypatch.setattr(trainer, "start_processes", refuse("start_processes (DeepSpeed)"))
     monkeypatch.setattr(trainer, "build_engine", refuse("build_engine"))
 

@@ -47,7 +47,9 @@ optimizer (torch's AdamW), parameter groups, learning-rate schedule, clipping, p
 engine that wrote it, on any number of ranks: a DeepSpeed checkpoint written by N ranks resumes on
 M through DeepSpeed's universal checkpoint, with the same global batch (a different one is refused,
 naming the `gradient_accumulation_steps` that keeps it) and the epoch continued at its first unread
-sample ([multi-node.md](multi-node.md)).
+sample ([multi-node.md](multi-node.md)). A bf16 run resumed on as many ranks continues as if never
+stopped: the checkpoint holds the fp32 weights (DeepSpeed's fp32 master weights), so the resumed steps
+repeat the uninterrupted run's bit for bit on the CPU (`tests/test_resume_bf16.py`, PyTorch and ZeRO-2).
 
 Checkpoints (`output_dir/checkpoints/step-N`) record every file's size and sha256 in
 `manifest.json`, written (with every file flushed to disk) before the `COMPLETE` marker. `--resume`
@@ -97,7 +99,9 @@ one and the samples' boundaries (`cu_seq_lens_q/k`, `max_length_q/k`) go to the 
 on a GPU yet). Samples move whole, so an image block never splits and the images keep their order;
 labels are unchanged, and the loss leaves out the target at each sample's first token (it would be
 predicted from the previous sample), so the loss and gradients equal those of the same samples
-padded (`tests/test_packing.py`, float32, 1e-5).
+padded (`tests/test_packing.py`, float32, 1e-5). Under ZeRO-3, on one rank and on two, a packed run
+trains as the padded one (losses to 1e-5, weights to 1e-3) and each rank packs exactly the samples of
+its own data order, none dropped or read twice (`tests/test_packing_ranks.py`).
 Steps, samples, labelled tokens and skips are counted as without packing; the config hash changes
 only when packing is on. `python benchmarks/packing.py` measures the padding fraction and training
 tokens/s packed vs padded (`benchmarks/README.md`).

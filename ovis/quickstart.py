@@ -25,6 +25,9 @@ VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
 #: the toy LLM (stage 0), the paper's stages 1 and 2, and stage 3 as a curriculum (scenes of at most
 #: one object, then two, then all).
 STAGES = ("stage0-text", "stage1", "stage2", "stage3-max1", "stage3-max2", "stage3")
+#: The step before them that pre-trains the toy ViT on the scenes (:mod:`ovis.train.vision_pretrain`),
+#: as Ovis starts from a pretrained ViT; ``steps={VISION: n}`` changes its length (0: keep it random).
+VISION = "vision"
 #: The budget the quick-start is held to: accuracy and minutes end to end on a 2-core CPU.
 TARGET = (0.9, 10.0)
 #: Synthetic scenes the visual vocabulary is measured on after each stage (ovis.inspect); 0 skips it.
@@ -120,9 +123,13 @@ def quickstart(
     from ovis.data.synth import SynthSpec
     from ovis.precision import resolve_precision
 
-    unknown = sorted(set(steps or {}) - set(STAGES))
+    unknown = sorted(set(steps or {}) - {VISION, *STAGES})
     if unknown:
-        raise ConfigError(f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+        raise ConfigError(
+            f"steps for unknown stage(s) {', '.join(unknown)}; the stages are {', '.join((VISION, *STAGES))}"
+        )
+    if any(n < 0 for n in (steps or {}).values()):
+        raise ConfigError(f"steps must be 0 or more, got {steps}")
     if vocabulary_scenes < 0:
         raise ConfigError(f"vocabulary_scenes must be 0 (skip) or more, got {vocabulary_scenes}")
     run = _Run(Path(out).resolve(), blind=blind, seed=seed, progress=progress, log=log)
@@ -132,6 +139,7 @@ def quickstart(
     run.make_data(SynthSpec(train_images=train_images, eval_images=eval_images, seed=seed, blank=blind,
                             compositional_images=compositional_images))
     run.compose(adapter)
+    run.pretrain_vision((steps or {}).get(VISION))
     model_dir, text_report = run.train(precision, steps or {}, curve_every, curve_questions)
     report, compositional = run.evaluate_final(model_dir)
     result = run.result
@@ -139,6 +147,7 @@ def quickstart(
         **report.to_dict(),
         "compositional": compositional.to_dict() if compositional else None,
         "text_only": text_report.to_dict() if text_report else None,
+        "vision_pretraining": run.vision_report,
         "seconds": result.stage_seconds,
         "minutes": round(result.total_seconds / 60, 2),
         "target": {"accuracy": TARGET[0], "minutes": TARGET[1]},
@@ -164,6 +173,8 @@ class _Run:
         self.out, self.blind, self.seed, self.progress, self.log = out, blind, seed, progress, log
         self.data = out / "data"
         self.composed = out / "composed"
+        self.vision = out / VISION
+        self.vision_report: dict | None = None
         self.result = QuickstartResult(out=out)
         self.clock = Clock()
         self.curve: list[dict] = []
@@ -202,6 +213,19 @@ class _Run:
             _record_key(self.composed, key)
         self.lap("compose")
 
+    def pretrain_vision(self, steps: int | None) -> None:
+        """Pre-train the composed model's ViT on the scenes (``steps`` overrides the recipe's)."""
+        from ovis.train.vision_pretrain import REPORT_FILE, VisionPretrainConfig, pretrain_vision_directory
+
+        config = VisionPretrainConfig(seed=self.seed, **({} if steps is None else {"steps": steps}))
+        composed_key = json.loads((self.composed / KEY_FILE).read_text())
+        key = {"composed": composed_key, "pretraining": config.key()}
+        if not _reusable(self.vision / "config.json", self.vision, VISION, key):
+            pretrain_vision_directory(self.composed, self.vision, config, progress=self.progress, log=self.log)
+            _record_key(self.vision, key)
+        self.vision_report = json.loads((self.vision / REPORT_FILE).read_text())
+        self.lap(VISION)
+
     def evaluate(self, model, processor, eval_file: str, *, mode: str = "image", limit: int | None = None):
         from ovis.eval.synth import evaluate_synth
 
@@ -215,7 +239,7 @@ class _Run:
         import ovis
         from ovis.train import Trainer, load_train_config
 
-        previous, text_report = self.composed, None
+        previous, text_report = self.vision, None
         for name in STAGES:
             overrides = [f"model={previous}", f"output_dir={self.out / name}",
                          f"data.dataset_info={self.data / 'dataset_info.json'}", f"seed={self.seed}",

@@ -162,13 +162,17 @@ def test_quickstart_configs_are_the_stages_and_chain():
 
     assert sorted(p.stem for p in configs_dir().glob("*.yaml")) == sorted(STAGES)
     configs = [load_train_config(configs_dir() / f"{name}.yaml") for name in STAGES]
-    assert configs[0].model.name == "composed"
+    assert configs[0].model.name == "vision"  # the composed model with its ViT pre-trained (ovis pretrain-vision)
     for earlier, later in itertools.pairwise(configs):
         assert later.model == earlier.output_dir / "final", later.output_dir
     assert [c.stage for c in configs] == [0, 1, 2, 3, 3, 3]
     # Stage 0 is the LLM alone on text; everything after trains on images.
     assert configs[0].train_modules == ["llm"] and configs[0].data.datasets == ["synth-scene-text"]
     assert all("scene-text" not in d for c in configs[1:] for d in c.data.datasets)
+    # The pre-trained ViT stays frozen: the Ovis stages train the visual head, the VTE and the LLM.
+    assert [sorted(c.train_modules) for c in configs[1:]] == (
+        [["visual_tokenizer.head", "vte"]] * 2 + [["llm", "visual_tokenizer.head", "vte"]] * 3)
+    assert not any(c.reinit_last_block for c in configs)
     assert [c.data.datasets[0] for c in configs[3:]] == [
         "synth-conversations-max1", "synth-conversations-max2", "synth-conversations"]
     # Precision fits the hardware in every stage, resolved here to something this machine runs.
@@ -198,7 +202,7 @@ def test_chart_draws_every_series(tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------
-SMALL = {"stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 100, "stage3-max2": 150, "stage3": 400}
+SMALL = {"vision": 100, "stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 100, "stage3-max2": 150, "stage3": 400}
 
 
 @pytest.mark.slow
@@ -214,12 +218,21 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
     assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
     assert report["precision"].startswith("precision: ") and report["machine"]["cores"]
-    # Stage 0 trained the LLM alone: the visual side is as composed, the LLM changed.
+    # The vision step trained the ViT alone and learned the scenes' shapes (chance: 1 in 5).
     composed = load_file(tmp_path / "composed" / "model.safetensors")
+    vision = load_file(tmp_path / "vision" / "model.safetensors")
+    backbone = [k for k in composed if k.startswith("visual_tokenizer.backbone.")]
+    assert backbone and any(not torch.equal(composed[k], vision[k]) for k in backbone)
+    assert all(torch.equal(composed[k], vision[k]) for k in composed if k not in backbone)
+    assert report["vision_pretraining"]["steps"] == 100 and report["vision_pretraining"]["shape_accuracy"] > 0.5
+    # Stage 0 trained the LLM alone: the visual side is as pre-trained, the LLM changed.
     text = load_file(tmp_path / "stage0-text" / "final" / "model.safetensors")
     visual = [k for k in composed if not k.startswith("llm.")]
-    assert visual and all(torch.equal(composed[k], text[k]) for k in visual)
-    assert any(not torch.equal(composed[k], text[k]) for k in composed if k.startswith("llm."))
+    assert visual and all(torch.equal(vision[k], text[k]) for k in visual)
+    assert any(not torch.equal(vision[k], text[k]) for k in composed if k.startswith("llm."))
+    # ... and the ViT stays as pre-trained to the end.
+    final = load_file(tmp_path / "stage3" / "final" / "model.safetensors")
+    assert all(torch.equal(vision[k], final[k]) for k in backbone)
     # The text-only report (the ceiling) and the compositional split are there, per type.
     assert report["text_only"]["questions"] == 200
     assert report["compositional"]["questions"] == 40
@@ -254,7 +267,7 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     from ovis.inspect.meaning import synthetic_scenes
     from ovis.quickstart import STAGES, quickstart
 
-    tiny = {"steps": dict.fromkeys(STAGES, 2), "train_images": 48, "eval_images": 6, "compositional_images": 0,
+    tiny = {"steps": dict.fromkeys(("vision", *STAGES), 2), "train_images": 48, "eval_images": 6, "compositional_images": 0,
             "progress": False, "log": lambda *_: None}
     result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -264,10 +277,10 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
         assert set(FIGURES) <= set(figures) and figures["images"] == 3 and figures["vocab_size"] == 1022
     assert set(vocabulary["seconds"]) == set(STAGES) and (tmp_path / vocabulary["chart"]).stat().st_size > 10_000
     assert result.report["vocabulary"] == vocabulary
-    # Stage 0 trains the LLM alone, so its figures are the composed model's, on the same scenes;
+    # Stage 0 trains the LLM alone, so its figures are the vision step's model's, on the same scenes;
     # the usage counted in the figures' one pass is what vocab_usage counts on its own. (Not bit for
     # bit: a random head's logits are nearly equal, and its LayerNorm magnifies float rounding.)
-    model, processor = load(tmp_path / "composed", dtype="float32")
+    model, processor = load(tmp_path / "vision", dtype="float32")
     scenes = synthetic_scenes(3, 64, 0)
     stage0 = vocabulary["by_stage"]["stage0-text"]
     assert stage0 == pytest.approx(vocabulary_figures(model.eval(), processor, scenes), rel=1e-3)
@@ -297,6 +310,8 @@ def test_quickstart_refuses_unknown_stage_names(tmp_path):
 
     with pytest.raises(ValueError, match="unknown stage.*stage3-easy"):
         quickstart(tmp_path, steps={"stage3-easy": 5}, log=lambda *_: None)
+    with pytest.raises(ValueError, match="steps must be 0 or more"):
+        quickstart(tmp_path, steps={"vision": -1}, log=lambda *_: None)
     assert not any(tmp_path.iterdir())
 
 
@@ -307,7 +322,11 @@ def test_cli_steps_option_names_the_stages(capsys):
         main(["quickstart", "--steps", "stage3-easy=5"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "'stage3-easy=5': expected STAGE=N" in err and "stage0-text" in err
+    assert "'stage3-easy=5': expected STAGE=N" in err and "stage0-text" in err and "vision" in err
+    # vision=0 is allowed (the ViT stays random); a training stage needs at least one step.
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--steps", "stage1=0"])
+    assert "'stage1=0': expected STAGE=N with N >= 1" in capsys.readouterr().err
 
 
 def test_text_mode_asks_with_the_scene_in_words_and_blind_mode_blanks_the_image(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovis.quickstart import STAGES, VOCABULARY_SCENES
+from ovis.quickstart import STAGES, VISION, VOCABULARY_SCENES
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural")
     p.add_argument("--blind", action="store_true", help="blank every image: the no-vision baseline")
     p.add_argument("--steps", action="append", default=[], metavar="STAGE=N", type=_stage_steps,
-                   help="override one stage's max_steps (repeatable); stages: " + ", ".join(STAGES))
+                   help="override one stage's max_steps (repeatable); stages: " + ", ".join((VISION, *STAGES))
+                   + f" ({VISION}: the ViT's pre-training steps, 0 keeps it random)")
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--compositional-images", type=int, default=500,
@@ -42,8 +43,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _stage_steps(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
-    if not sep or name not in STAGES or not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected STAGE=N with N >= 1 and STAGE one of {', '.join(STAGES)}")
+    if not sep or name not in (VISION, *STAGES) or not value.isdigit() or int(value) < (name != VISION):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected STAGE=N with N >= 1 ({VISION}: N >= 0) and STAGE one of "
+            + ", ".join((VISION, *STAGES))
+        )
     return name, int(value)
 
 

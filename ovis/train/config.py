@@ -150,6 +150,18 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(
         default=0.0, ge=0, description="AdamW weight decay (matrices only; norms and biases get none).",
     )
+    optimizer: Literal["adamw", "muon"] = Field(
+        default="adamw",
+        description="`muon`: torch's Muon (momentum orthogonalised by Newton-Schulz) for the hidden "
+        "matrices (the LLM's and the ViT's attention and MLP weights, the visual head), at `muon_lr`; "
+        "AdamW at `lr` for the rest (embedding tables, the VTE, the LM head, norms, biases, "
+        "convolutions). In the PyTorch engine only (`deepspeed: null`).",
+    )
+    muon_lr: float = Field(
+        default=0.02, gt=0,
+        description="Peak learning rate of the Muon matrices (`optimizer: muon`); a `module_lr` part's "
+        "matrices get it in the same ratio to `lr` as the part's own rate, and the schedule scales it.",
+    )
     adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
     adam_eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
     lr_scheduler: Literal["cosine", "constant", "linear"] = Field(
@@ -228,6 +240,14 @@ class TrainConfig(_Strict):
             raise ValueError(f"module_lr values must be >= 0, got {negative}")
         return rates
 
+    @model_validator(mode="after")
+    def _muon_engine(self) -> TrainConfig:
+        if self.optimizer == "muon" and self.deepspeed is not None:
+            raise ValueError(
+                f"optimizer: muon runs in the PyTorch engine; set deepspeed: null (got deepspeed: {self.deepspeed})"
+            )
+        return self
+
     # -- derived ---------------------------------------------------------------------------------
     def resolved_precision(self) -> Literal["bf16", "fp32"]:
         return resolve_precision(self.precision).precision
@@ -238,4 +258,6 @@ class TrainConfig(_Strict):
         data = self.model_dump(mode="json", exclude=skip)
         if not self.data.packing:  # absent when off, so runs from before the key still resume
             del data["data"]["packing"]
+        if self.optimizer == "adamw":  # likewise for runs from before the optimizer keys
+            del data["optimizer"], data["muon_lr"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

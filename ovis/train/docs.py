@@ -43,7 +43,10 @@ against the YAML file's directory; paths given with `--set` resolve against the 
 
 `deepspeed: null` trains in one process without DeepSpeed: a plain PyTorch loop with the same
 optimizer (torch's AdamW), parameter groups, learning-rate schedule, clipping, precision (bf16 under
-`torch.autocast`, fp32 master weights) and resumable checkpoints. A checkpoint resumes only with the
+`torch.autocast`, fp32 master weights) and resumable checkpoints. It alone also offers
+`optimizer: muon` (torch's Muon on the hidden matrices at `muon_lr`, AdamW on the rest; the
+quick-start's choice: benchmarks/README.md); DeepSpeed's own Muon picks its matrices by parameter
+name and would give the VTE to Muon, so it is not wired. A checkpoint resumes only with the
 engine that wrote it, on any number of ranks: a DeepSpeed checkpoint written by N ranks resumes on
 M through DeepSpeed's universal checkpoint, with the same global batch (a different one is refused,
 naming the `gradient_accumulation_steps` that keeps it) and the epoch continued at its first unread

@@ -10,7 +10,8 @@ with the same groups, betas, eps and weight decay; the loss divided by the accum
 before the backward pass; the global gradient norm clipped to ``max_grad_norm``; the schedule
 stepped after each optimizer step. bf16 differs in form: DeepSpeed holds bf16 weights with fp32
 master copies in its optimizer, the PyTorch engine holds fp32 weights and computes in bf16 under
-``torch.autocast``; both export bf16 weights.
+``torch.autocast``; both export bf16 weights. Only the PyTorch engine offers ``optimizer: muon``
+(:class:`MuonWithAdamW`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes
 from ovis.train.host_memory import return_freed_memory
+from ovis.train.muon import MuonWithAdamW, muon_matrices
 from ovis.train.step import WRAPPER_PREFIX
 
 #: The engine state's subdirectory in a checkpoint (DeepSpeed's "tag").
@@ -172,10 +174,15 @@ class TorchEngine:
         self.device = device
         self.zero_stage = 0
         fused = {"fused": True} if device.type == "cuda" else {}  # as DeepSpeed's config asks on CUDA
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
-            weight_decay=config.weight_decay, **fused,
-        )
+        if config.optimizer == "muon":
+            self.optimizer = MuonWithAdamW(
+                groups, muon_matrices(step_module), config, newton_schulz_bf16=precision == "bf16", **fused
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
+                weight_decay=config.weight_decay, **fused,
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.accumulation = config.gradient_accumulation_steps
         self.max_grad_norm = config.max_grad_norm

@@ -206,3 +206,4 @@ def lr_groups(
                     "name": f"{token or 'base'}{'' if decay else '.no_decay'}",
                 })
     return groups
+

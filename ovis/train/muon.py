@@ -1,0 +1,139 @@
+"""``optimizer: muon``: torch's Muon on the hidden matrices, AdamW on everything else.
+
+Muon (momentum whose update is orthogonalised by a Newton-Schulz iteration) learned the quick-start's
+look-ups in fewer steps than AdamW (benchmarks/README.md). torch runs that iteration in bfloat16,
+which a CPU without native bf16 emulates at a small fraction of its float32 speed (an AVX2-only CPU:
+1/60 on a matmul), so where the run computes in float32 the iteration does too: the same quintic
+iteration and coefficients as torch's, only the dtype differs. The swap is made for the duration of
+Muon's step only; it relies on ``torch.optim._muon`` (torch pinned in constraints.txt), and
+tests/test_muon.py checks the result against torch's own iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import _muon
+
+from ovis.train.config import TrainConfig
+
+
+def muon_matrices(model: nn.Module) -> set[int]:
+    """Ids of the parameters ``optimizer: muon`` gives Muon: the 2-D weights of hidden layers.
+    Tables (every ``nn.Embedding``: token embeddings, the VTE, position tables) and the output layer
+    (often tied to a table) stay with AdamW, as Muon's authors advise; so do vectors and the
+    4-D patch convolution."""
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    for m in model.modules():
+        get_output = getattr(m, "get_output_embeddings", None)
+        output = get_output() if callable(get_output) else None
+        if isinstance(output, nn.Module):
+            tables |= {id(p) for p in output.parameters()}
+    return {id(p) for p in model.parameters() if p.ndim == 2 and id(p) not in tables}
+
+
+def newton_schulz(
+    grad: torch.Tensor,
+    ns_coefficients: tuple[float, float, float],
+    ns_steps: int,
+    eps: float,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Muon's orthogonalisation of a 2-D ``grad`` (approximately ``U V^T`` of its SVD), in ``dtype``."""
+    a, b, c = ns_coefficients
+    wide = grad.size(0) <= grad.size(1)
+    x = grad.to(dtype) if wide else grad.to(dtype).T  # iterate on the smaller Gram matrix
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+@contextmanager
+def _newton_schulz_in(dtype: torch.dtype) -> Iterator[None]:
+    if dtype == torch.bfloat16:  # torch's own
+        yield
+        return
+    original = _muon._zeropower_via_newtonschulz
+    _muon._zeropower_via_newtonschulz = lambda grad, coefficients, steps, eps: newton_schulz(
+        grad, coefficients, steps, eps, dtype
+    )
+    try:
+        yield
+    finally:
+        _muon._zeropower_via_newtonschulz = original
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``optimizer: muon``: torch's Muon on the parameters in ``muon_ids``, AdamW on the rest, seen
+    by the schedule and the trainer as one optimizer. Each incoming group is split in two; the
+    halves' dicts are shared with the two inner optimizers, so the schedule's rates reach them."""
+
+    def __init__(
+        self,
+        groups: list[dict[str, Any]],
+        muon_ids: set[int],
+        config: TrainConfig,
+        *,
+        newton_schulz_bf16: bool,
+        **adamw: Any,
+    ) -> None:
+        self.newton_schulz_bf16 = newton_schulz_bf16
+        adam_groups, muon_groups = [], []
+        for group in groups:
+            for use_muon, target in ((False, adam_groups), (True, muon_groups)):
+                params = [p for p in group["params"] if (id(p) in muon_ids) is use_muon]
+                if not params:
+                    continue
+                half = {**group, "params": params}
+                if use_muon:  # the group's rate in the same ratio to lr, at muon_lr
+                    half["lr"] = config.muon_lr * (group["lr"] / config.lr if config.lr else 1.0)
+                    half["name"] = f"{group.get('name', 'group')}.muon"
+                target.append(half)
+        self.adamw = (
+            torch.optim.AdamW(
+                adam_groups,
+                lr=config.lr,
+                betas=config.adam_betas,
+                eps=config.adam_eps,
+                weight_decay=config.weight_decay,
+                **adamw,
+            )
+            if adam_groups
+            else None
+        )
+        self.muon = (
+            torch.optim.Muon(muon_groups, lr=config.muon_lr, weight_decay=config.weight_decay) if muon_groups else None
+        )
+        inner = [o for o in (self.adamw, self.muon) if o is not None]
+        super().__init__([p for o in inner for g in o.param_groups for p in g["params"]], {})
+        # AdamW's groups first: the trainer reads the base rate off the first group.
+        self.param_groups = [g for o in inner for g in o.param_groups]
+
+    def step(self, closure: Any = None) -> None:
+        if self.adamw is not None:
+            self.adamw.step()
+        if self.muon is not None:
+            with _newton_schulz_in(torch.bfloat16 if self.newton_schulz_bf16 else torch.float32):
+                self.muon.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in (self.adamw, self.muon):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: o.state_dict() for name, o in (("adamw", self.adamw), ("muon", self.muon)) if o is not None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        inner = [o for o in (self.adamw, self.muon) if o is not None]
+        for name, optimizer in (("adamw", self.adamw), ("muon", self.muon)):
+            if optimizer is not None:
+                optimizer.load_state_dict(state_dict[name])
+        # Loading gives the inner optimizers new group dicts: share those with the schedule again.
+        self.param_groups = [g for o in inner for g in o.param_groups]

@@ -1,0 +1,220 @@
+"""Pre-training the toy vision backbone on the synthetic scenes, before Ovis sees it.
+
+Ovis starts from a pretrained ViT (CLIP, SigLIP, AIMv2): its patch features already say what is
+where, and the visual head only has to turn them into visual words. The embedded default's
+``clip-toy`` is random, so ``ovis quickstart`` first gives it that start: the backbone learns to
+tell, for each quarter of a scene, the colour and the shape of the object there (or that it is
+empty). Small linear read-outs on the quarters' mean patch features take the loss and are thrown
+away afterwards; only the backbone keeps what it learned. (Also teaching each patch which quarter it
+lies in was tried and did not help the quick-start: benchmarks/README.md.)
+
+The scenes are drawn fresh from the training distribution (:func:`ovis.data.synth.random_scene`),
+the held-out colour-shape pairs left out as everywhere in training, so the compositional split
+stays unseen. The run is deterministic for a seed on a given machine. What it reaches is measured
+on scenes drawn from another seed (:class:`VisionPretrainReport`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ovis.data.synth import CELLS, COLOURS, HELD_OUT_PAIRS, SHAPES, Pair, draw_scene, random_scene
+from ovis.errors import ConfigError
+
+#: Bump when the recipe's code changes, so a cached result made by other code is not reused.
+RECIPE_VERSION = 1
+#: What the pre-training reached, written beside the model it made.
+REPORT_FILE = "vision-pretraining.json"
+#: Seed offset of the scenes the result is measured on (never trained on).
+_MEASURE_SEED_OFFSET = 10_007
+
+
+@dataclass(frozen=True)
+class VisionPretrainConfig:
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    seed: int = 0
+    image_size: int = 64
+    held_out_pairs: tuple[Pair, ...] = HELD_OUT_PAIRS
+    #: scenes the result is measured on, after training
+    measure_scenes: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "measure_scenes"):
+            if getattr(self, name) < (0 if name == "steps" else 1):
+                raise ConfigError(f"vision pre-training: {name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"vision pre-training: lr must be > 0, got {self.lr}")
+
+    def key(self) -> dict:
+        """Everything that shapes the result (the cache key of a quick-start step)."""
+        return {**asdict(self), "recipe_version": RECIPE_VERSION}
+
+
+@dataclass
+class VisionPretrainReport:
+    steps: int
+    seconds: float
+    #: per quarter of held-out scenes: colour (or empty) and shape (or empty) read right
+    colour_accuracy: float
+    shape_accuracy: float
+    final_loss: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quarter_of_patches(side: int) -> torch.Tensor:
+    """For a ``side x side`` patch grid in raster order, the quarter (index into ``CELLS``) of each."""
+    if side < 2 or side % 2:
+        raise ConfigError(f"vision pre-training needs an even patch grid to split in quarters, got {side} x {side}")
+    rows = torch.arange(side).repeat_interleave(side)
+    cols = torch.arange(side).repeat(side)
+    return (rows * 2 // side) * 2 + cols * 2 // side
+
+
+class _Readouts(nn.Module):
+    """Linear read-outs thrown away after pre-training: colour and shape per quarter (the last class
+    is "empty")."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOURS) + 1)
+        self.shape = nn.Linear(width, len(SHAPES) + 1)
+
+
+def _labels(scenes: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    colour_index = {c: i for i, c in enumerate(COLOURS)}
+    shape_index = {s: i for i, s in enumerate(SHAPES)}
+    colours = torch.full((len(scenes), len(CELLS)), len(COLOURS))
+    shapes = torch.full((len(scenes), len(CELLS)), len(SHAPES))
+    for i, scene in enumerate(scenes):
+        for thing in scene:
+            colours[i, thing.cell] = colour_index[thing.colour]
+            shapes[i, thing.cell] = shape_index[thing.shape]
+    return colours, shapes
+
+
+def _read(visual_tokenizer, readouts: _Readouts, pixel_values: torch.Tensor, quarters: torch.Tensor):
+    features = visual_tokenizer.backbone(pixel_values)  # [B, N, D], N = side^2 patches
+    if features.shape[1] != quarters.numel():
+        raise ConfigError(
+            f"vision pre-training: the backbone gave {features.shape[1]} patches for a "
+            f"{quarters.numel()}-patch grid; the image size does not match the backbone's"
+        )
+    one_hot = F.one_hot(quarters, len(CELLS)).to(features.dtype)  # [N, 4]
+    pooled = torch.einsum("bnd,nq->bqd", features, one_hot) / one_hot.sum(0)[None, :, None]
+    return readouts.colour(pooled), readouts.shape(pooled)
+
+
+def pretrain_vision(
+    model,
+    processor,
+    config: VisionPretrainConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> VisionPretrainReport:
+    """Train ``model``'s vision backbone in place (float32, on the model's device) and measure it.
+
+    ``model`` is an Ovis model whose backbone takes ``config.image_size`` px images (the quick-start's
+    ``clip-toy``); its visual head, VTE and LLM are left untouched.
+    """
+    config = config or VisionPretrainConfig()
+    tokenizer = model.visual_tokenizer
+    backbone = tokenizer.backbone
+    device = next(backbone.parameters()).device
+    image_processor = processor.image_processor
+    patch = backbone.spec.patch_size
+    side = image_processor.image_size // patch
+    quarters = quarter_of_patches(side).to(device)
+    dtype = next(backbone.parameters()).dtype
+    backbone.float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        readouts = _Readouts(backbone.feature_dim).to(device)
+    params = [*backbone.parameters(), *readouts.parameters()]
+    was = [p.requires_grad for p in backbone.parameters()]
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    rng = random.Random(config.seed)
+
+    def batch(rng: random.Random, count: int):
+        scenes = [random_scene(rng, exclude=config.held_out_pairs) for _ in range(count)]
+        images = [draw_scene(scene, config.image_size, rng) for scene in scenes]
+        return image_processor(images).to(device), *(t.to(device) for t in _labels(scenes))
+
+    start = time.perf_counter()
+    backbone.train()
+    loss_value = None
+    for step in tqdm(range(1, config.steps + 1), desc="pre-training the vision backbone", disable=not progress):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, step / max(1, config.warmup_steps))
+        pixels, colours, shapes = batch(rng, config.batch_size)
+        colour_logits, shape_logits = _read(tokenizer, readouts, pixels, quarters)
+        loss = F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()) + F.cross_entropy(
+            shape_logits.flatten(0, 1), shapes.flatten()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+    seconds = time.perf_counter() - start
+
+    backbone.eval()
+    with torch.no_grad():
+        measure_rng = random.Random(config.seed + _MEASURE_SEED_OFFSET)
+        pixels, colours, shapes = batch(measure_rng, config.measure_scenes)
+        colour_logits, shape_logits = _read(tokenizer, readouts, pixels, quarters)
+        colour_acc = (colour_logits.argmax(-1) == colours).float().mean().item()
+        shape_acc = (shape_logits.argmax(-1) == shapes).float().mean().item()
+    for p, flag in zip(backbone.parameters(), was, strict=True):
+        p.requires_grad_(flag)
+    backbone.to(dtype)
+    report = VisionPretrainReport(
+        steps=config.steps,
+        seconds=round(seconds, 1),
+        colour_accuracy=round(colour_acc, 4),
+        shape_accuracy=round(shape_acc, 4),
+        final_loss=None if loss_value is None else round(loss_value, 4),
+    )
+    if log:
+        log(
+            f"[quickstart] vision backbone pre-trained: {config.steps} steps in {seconds:.0f} s; per quarter of "
+            f"unseen scenes colour {colour_acc:.1%}, shape {shape_acc:.1%}"
+        )
+    return report
+
+
+def pretrain_vision_directory(
+    model_dir: str | Path,
+    out: str | Path,
+    config: VisionPretrainConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> VisionPretrainReport:
+    """:func:`pretrain_vision` on the model in ``model_dir``, written to ``out`` with its report
+    (``out/vision-pretraining.json``)."""
+    import ovis
+
+    model, processor = ovis.load(model_dir, dtype="float32")
+    report = pretrain_vision(model, processor, config, progress=progress, log=log)
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    return report

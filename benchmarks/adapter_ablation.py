@@ -1,7 +1,7 @@
 """The paper's central ablation at toy scale: structural embedding (Ovis) vs an MLP projector
 (LLaVA-style), plus a blind model, trained with the same recipe, data, budget and seeds.
 
-Runs the quick-start pipeline (``ovis.quickstart``: text pre-training of the toy LLM, stages 1-2,
+Runs the quick-start pipeline (``ovis.quickstart``: pre-training of the toy ViT and LLM, stages 1-2,
 the stage-3 curriculum) once per variant and seed, then prints held-out accuracy per question type,
 on the compositional split (colour-shape pairs never seen in training) and stage-3 step times, per
 run and as mean +- standard deviation over seeds, measured side by side in one run:
@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from ovis.data.synth import QUESTION_TYPES
-from ovis.quickstart import STAGES, quickstart
+from ovis.quickstart import STAGES, VISION, quickstart
 
 VARIANTS = {
     "structural": {"adapter": "structural", "blind": False},
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
-                        help="override one stage's max_steps for every run; stages: " + ", ".join(STAGES))
+                        help="override one stage's max_steps for every run; stages: " + ", ".join((VISION, *STAGES)))
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--variants", nargs="+", default=["structural", "mlp"], choices=list(VARIANTS))
     parser.add_argument("--reuse", action="append", default=[], metavar="VARIANT-seedN=DIR",

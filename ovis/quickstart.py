@@ -1,9 +1,11 @@
-"""The main job on the embedded default: synthesise data, compose the toy pair, pre-train the toy LLM
-on text, train the Ovis stages, and report held-out accuracy per question type. Offline, on a CPU.
+"""The main job on the embedded default: synthesise data, compose the toy pair, pre-train the toy ViT
+on the scenes and the toy LLM on text (Ovis starts from both pretrained), train the Ovis stages, and
+report held-out accuracy per question type. Offline, on a CPU.
 
-It runs exactly what a user would run by hand (``ovis data synth``, ``ovis compose``, ``ovis train``
-with each of :data:`STAGES` from ``configs/quickstart/``), with the paths moved under ``out``.
-Everything is trained here from random initialisation; nothing pretrained is loaded.
+It runs exactly what a user would run by hand (``ovis data synth``, ``ovis compose``, ``ovis
+pretrain-vision``, ``ovis train`` with each of :data:`STAGES` from ``configs/quickstart/``), with the
+paths moved under ``out``. Everything is trained here from random initialisation, inside the timed
+run; nothing pretrained is loaded.
 
 The command line imports this module to build its parser (:data:`STAGES`), and ``ovis --help``
 must not import torch: so every import of torch, the data, training and evaluation code is inside

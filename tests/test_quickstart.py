@@ -202,7 +202,8 @@ def test_chart_draws_every_series(tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------
-SMALL = {"vision": 100, "stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 100, "stage3-max2": 150, "stage3": 400}
+SMALL = {"vision": 100, "stage0-text": 150, "stage1": 20, "stage2": 20, "stage3-max1": 100, "stage3-max2": 150,
+         "stage3": 400}
 
 
 @pytest.mark.slow
@@ -267,8 +268,8 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     from ovis.inspect.meaning import synthetic_scenes
     from ovis.quickstart import STAGES, quickstart
 
-    tiny = {"steps": dict.fromkeys(("vision", *STAGES), 2), "train_images": 48, "eval_images": 6, "compositional_images": 0,
-            "progress": False, "log": lambda *_: None}
+    tiny = {"steps": dict.fromkeys(("vision", *STAGES), 2), "train_images": 48, "eval_images": 6,
+            "compositional_images": 0, "progress": False, "log": lambda *_: None}
     result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
     report = json.loads((tmp_path / "report.json").read_text())
     vocabulary = report["vocabulary"]

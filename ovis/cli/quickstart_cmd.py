@@ -13,7 +13,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="synthesise data, compose the toy pair, pre-train its LLM on text, train the Ovis stages, "
         "report held-out accuracy",
         description="The embedded default end to end, offline on a CPU: synthetic scenes, "
-        "clip-toy + qwen-toy, text-only pre-training of the toy LLM (stage 0), the three Ovis training "
+        "clip-toy + qwen-toy, pre-training of the toy ViT on the scenes and of the toy LLM on text (stage "
+        "0), the three Ovis training "
         "stages, held-out accuracy per question type, on unseen colour-shape pairs and from the scene "
         "told in words.",
     )

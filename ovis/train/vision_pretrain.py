@@ -41,7 +41,7 @@ _MEASURE_SEED_OFFSET = 10_007
 
 @dataclass(frozen=True)
 class VisionPretrainConfig:
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20

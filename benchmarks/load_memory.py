@@ -180,14 +180,9 @@ def _deepspeed_json(workdir: Path) -> Path:
 
 
 def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str, train: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    from ovis.train.distributed import local_launch_env
+
+    os.environ.update(local_launch_env(rank, WORLD, port))
     torch.set_num_threads(1)
     import deepspeed  # noqa: F401  (imported before the starting point: its size is not the model's)
 

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 import ovis
 from ovis.ports import free_port
 from ovis.train import checkpoint as ckpt
+from ovis.train.distributed import LAUNCH_ENV_VARS
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 #: a process group of this process (an in-process run elsewhere in the session) must not leak in
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 STEPS = 4
 
 pytestmark = [
@@ -61,7 +61,7 @@ def config(tmp_path_factory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
     return env | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

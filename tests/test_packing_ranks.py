@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 
 from ovis.ports import free_port
 from ovis.train import TrainConfig, Trainer
+from ovis.train.distributed import local_launch_env
 from ovis.train.schedule import DataOrder
 from tests.test_train import _compose, _weights
 
@@ -195,15 +196,8 @@ def test_a_packed_zero3_run_trains_as_the_padded_one(toy, tmp_path, one_thread):
 # -- two gloo ranks (spawned) ----------------------------------------------------------------------------
 def _on_rank(rank: int, port: int, runs: dict[str, dict[str, Any]], out: str) -> None:
     """One rank: the runs of ``runs`` one after the other, in one process group."""
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
+    os.environ.update(local_launch_env(rank, WORLD, port))
+    os.environ["OMP_NUM_THREADS"] = "1"
     for name, fields in runs.items():
         trainer, batches = _watched_run(TrainConfig.model_validate(fields))
         assert trainer.processes.world_size == WORLD

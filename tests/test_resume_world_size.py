@@ -21,6 +21,7 @@ import ovis
 from ovis.errors import ConfigError
 from ovis.train import TrainConfig, Trainer
 from ovis.train import checkpoint as ckpt
+from ovis.train.distributed import LAUNCH_ENV_VARS
 from ovis.train.schedule import DataOrder, resume_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,6 @@ def test_resumes_that_cannot_continue_exactly_are_refused_with_the_numbers():
 
 # -- DeepSpeed runs: 2 ranks -> 1 and 1 -> 2 -----------------------------------------------------
 #: set in this process by in-process training runs (a one-rank group whose port is still held)
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 STEPS, SAVE = 6, 3
 
 
@@ -163,7 +163,7 @@ def _in_process(toy, out: Path, *, resume: bool = False, **fields) -> Trainer:
 def _two_ranks(toy, tmp_path: Path, out: Path, *extra: str, **fields) -> None:
     config = tmp_path / f"{out.name}.yaml"
     config.write_text(yaml.safe_dump(_fields(toy, out, **fields)))
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
     env |= {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
         str(VENV_BIN / "torchrun"),

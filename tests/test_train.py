@@ -23,6 +23,7 @@ import ovis
 from ovis.errors import ConfigError, InputFileError, OvisError
 from ovis.train import TrainConfig, Trainer, apply_train_modules, load_train_config
 from ovis.train import checkpoint as ckpt
+from ovis.train.distributed import LAUNCH_ENV_VARS
 from ovis.train.modules import lr_groups
 from ovis.train.schedule import DataOrder, lr_multiplier, tau_at
 
@@ -406,7 +407,6 @@ def test_user_errors_of_a_run_are_ovis_errors(toy_dir, data_info, tmp_path, monk
 # -- subprocess runs (slow) ------------------------------------------------------------------------
 #: set in this process by in-process training runs (a single-rank group whose port is still held);
 #: a child must make its own group, not join that one
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _run_child(command: list[str], **kwargs) -> None:
@@ -416,7 +416,7 @@ def _run_child(command: list[str], **kwargs) -> None:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
     return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import ovis
 from ovis.ports import free_port
 from ovis.train import TrainConfig
+from ovis.train.distributed import local_launch_env
 from tests.test_train import _compose, _config, _run
 
 WORLD = 2
@@ -37,14 +38,7 @@ def _train_config(model: Path, out: Path, precision: str) -> TrainConfig:
 
 def _load_on_rank(rank: int, port: int, directory: str, precision: str, out: str) -> None:
     """One rank: load partitioned, report what it holds, gather, compare with a plain load (rank 0)."""
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    os.environ.update(local_launch_env(rank, WORLD, port))
     torch.set_num_threads(1)
     import deepspeed
 

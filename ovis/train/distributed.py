@@ -22,6 +22,17 @@ from ovis.errors import ConfigError
 from ovis.ports import free_port
 from ovis.train.config import TrainConfig
 
+#: What a launcher (torchrun, deepspeed) sets for each rank; a child started outside one must not
+#: inherit them.
+LAUNCH_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def local_launch_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """:data:`LAUNCH_ENV_VARS` as a launcher sets them for ``rank`` of ``world_size`` ranks on this
+    one machine, meeting at 127.0.0.1:``port`` (for ranks spawned by hand: tests, benchmarks)."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
 
 @dataclass(frozen=True)
 class Processes:

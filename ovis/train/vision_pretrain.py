@@ -107,8 +107,8 @@ def _labels(scenes: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     return colours, shapes
 
 
-def _read(visual_tokenizer, readouts: _Readouts, pixel_values: torch.Tensor, quarters: torch.Tensor):
-    features = visual_tokenizer.backbone(pixel_values)  # [B, N, D], N = side^2 patches
+def _read(backbone: nn.Module, readouts: _Readouts, pixel_values: torch.Tensor, quarters: torch.Tensor):
+    features = backbone(pixel_values)  # [B, N, D], N = side^2 patches
     if features.shape[1] != quarters.numel():
         raise ConfigError(
             f"vision pre-training: the backbone gave {features.shape[1]} patches for a "
@@ -133,8 +133,7 @@ def pretrain_vision(
     ``clip-toy``); its visual head, VTE and LLM are left untouched.
     """
     config = config or VisionPretrainConfig()
-    tokenizer = model.visual_tokenizer
-    backbone = tokenizer.backbone
+    backbone = model.visual_tokenizer.backbone
     device = next(backbone.parameters()).device
     image_processor = processor.image_processor
     patch = backbone.spec.patch_size
@@ -164,7 +163,7 @@ def pretrain_vision(
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, step / max(1, config.warmup_steps))
         pixels, colours, shapes = batch(rng, config.batch_size)
-        colour_logits, shape_logits = _read(tokenizer, readouts, pixels, quarters)
+        colour_logits, shape_logits = _read(backbone, readouts, pixels, quarters)
         loss = F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()) + F.cross_entropy(
             shape_logits.flatten(0, 1), shapes.flatten()
         )
@@ -178,7 +177,7 @@ def pretrain_vision(
     with torch.no_grad():
         measure_rng = random.Random(config.seed + _MEASURE_SEED_OFFSET)
         pixels, colours, shapes = batch(measure_rng, config.measure_scenes)
-        colour_logits, shape_logits = _read(tokenizer, readouts, pixels, quarters)
+        colour_logits, shape_logits = _read(backbone, readouts, pixels, quarters)
         colour_acc = (colour_logits.argmax(-1) == colours).float().mean().item()
         shape_acc = (shape_logits.argmax(-1) == shapes).float().mean().item()
     for p, flag in zip(backbone.parameters(), was, strict=True):
@@ -193,7 +192,7 @@ def pretrain_vision(
     )
     if log:
         log(
-            f"[quickstart] vision backbone pre-trained: {config.steps} steps in {seconds:.0f} s; per quarter of "
+            f"vision backbone pre-trained: {config.steps} steps in {seconds:.0f} s; per quarter of "
             f"unseen scenes colour {colour_acc:.1%}, shape {shape_acc:.1%}"
         )
     return report

@@ -110,30 +110,31 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon = (
             torch.optim.Muon(muon_groups, lr=config.muon_lr, weight_decay=config.weight_decay) if muon_groups else None
         )
-        inner = [o for o in (self.adamw, self.muon) if o is not None]
-        super().__init__([p for o in inner for g in o.param_groups for p in g["params"]], {})
+        #: the inner optimizers by name (their state dicts' keys), AdamW first
+        self.inner = {name: o for name, o in (("adamw", self.adamw), ("muon", self.muon)) if o is not None}
+        super().__init__([p for o in self.inner.values() for g in o.param_groups for p in g["params"]], {})
+        self._share_groups()
+
+    def _share_groups(self) -> None:
         # AdamW's groups first: the trainer reads the base rate off the first group.
-        self.param_groups = [g for o in inner for g in o.param_groups]
+        self.param_groups = [g for o in self.inner.values() for g in o.param_groups]
 
     def step(self, closure: Any = None) -> None:
-        if self.adamw is not None:
-            self.adamw.step()
-        if self.muon is not None:
-            with _newton_schulz_in(torch.bfloat16 if self.newton_schulz_bf16 else torch.float32):
-                self.muon.step()
+        for name, optimizer in self.inner.items():
+            if name == "muon":
+                with _newton_schulz_in(torch.bfloat16 if self.newton_schulz_bf16 else torch.float32):
+                    optimizer.step()
+            else:
+                optimizer.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in (self.adamw, self.muon):
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=set_to_none)
+        for optimizer in self.inner.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: o.state_dict() for name, o in (("adamw", self.adamw), ("muon", self.muon)) if o is not None}
+        return {name: optimizer.state_dict() for name, optimizer in self.inner.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        inner = [o for o in (self.adamw, self.muon) if o is not None]
-        for name, optimizer in (("adamw", self.adamw), ("muon", self.muon)):
-            if optimizer is not None:
-                optimizer.load_state_dict(state_dict[name])
-        # Loading gives the inner optimizers new group dicts: share those with the schedule again.
-        self.param_groups = [g for o in inner for g in o.param_groups]
+        for name, optimizer in self.inner.items():
+            optimizer.load_state_dict(state_dict[name])
+        self._share_groups()  # loading gave the inner optimizers new group dicts

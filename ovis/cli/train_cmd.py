@@ -38,7 +38,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "pretrain-vision",
         help="pre-train a toy ViT on the synthetic scenes (the quick-start's first training step)",
         description="Train the vision backbone of a composed model (e.g. clip-toy) to tell the colour and "
-        "shape of the object in each quarter of synthetic scenes and the quarter of each patch, as real "
+        "shape of the object in each quarter of synthetic scenes, as real "
         "ViTs come pre-trained; the held-out colour-shape pairs stay unseen. Writes the model with its "
         "ViT trained to --out and what it reached to --out/vision-pretraining.json "
         "(ovis.train.vision_pretrain).",

@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--types",
         default=",".join(QUESTION_TYPES),
-        help=f"question types trained and evaluated (comma list of {', '.join(QUESTION_TYPES)})",
+        help=f"question types trained and evaluated (comma list of {', '.join(QUESTION_TYPES)}; "
+        "a type named twice is asked twice as often)",
     )
     parser.add_argument("--schedule", default="", help="types by step, e.g. colour:250,colour+shape:500 (then --types)")
     parser.add_argument(

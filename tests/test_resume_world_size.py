@@ -161,6 +161,11 @@ def _in_process(toy, out: Path, *, resume: bool = False, **fields) -> Trainer:
 
 
 def _two_ranks(toy, tmp_path: Path, out: Path, *extra: str, **fields) -> None:
+    _ranks(2, toy, tmp_path, out, *extra, **fields)
+
+
+def _ranks(count: int, toy, tmp_path: Path, out: Path, *extra: str, **fields) -> None:
+    """``ovis train`` on ``count`` gloo ranks under torchrun, in fresh processes."""
     config = tmp_path / f"{out.name}.yaml"
     config.write_text(yaml.safe_dump(_fields(toy, out, **fields)))
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
@@ -168,7 +173,7 @@ def _two_ranks(toy, tmp_path: Path, out: Path, *extra: str, **fields) -> None:
     command = [
         str(VENV_BIN / "torchrun"),
         "--nproc_per_node",
-        "2",
+        str(count),
         "-m",
         "ovis",
         "train",

@@ -5,7 +5,6 @@ a hostfile and ``--no_ssh``), train exactly as one launch of two ranks does (doc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,10 @@ from safetensors.torch import load_file
 import ovis
 from ovis.ports import free_port
 from ovis.train import checkpoint as ckpt
-from ovis.train.distributed import LAUNCH_ENV_VARS
+from tests.test_train import _env
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-#: a process group of this process (an in-process run elsewhere in the session) must not leak in
 STEPS = 4
 
 pytestmark = [
@@ -58,11 +56,6 @@ def config(tmp_path_factory) -> Path:
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump(fields))
     return path
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
-    return env | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _train_args(config: Path, out: Path) -> list[str]:

@@ -5,7 +5,6 @@ against an uninterrupted run with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +20,8 @@ import ovis
 from ovis.errors import ConfigError
 from ovis.train import TrainConfig, Trainer
 from ovis.train import checkpoint as ckpt
-from ovis.train.distributed import LAUNCH_ENV_VARS
 from ovis.train.schedule import DataOrder, resume_at
+from tests.test_train import _env
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -116,7 +115,6 @@ def test_resumes_that_cannot_continue_exactly_are_refused_with_the_numbers():
 
 
 # -- DeepSpeed runs: 2 ranks -> 1 and 1 -> 2 -----------------------------------------------------
-#: set in this process by in-process training runs (a one-rank group whose port is still held)
 STEPS, SAVE = 6, 3
 
 
@@ -168,8 +166,6 @@ def _ranks(count: int, toy, tmp_path: Path, out: Path, *extra: str, **fields) ->
     """``ovis train`` on ``count`` gloo ranks under torchrun, in fresh processes."""
     config = tmp_path / f"{out.name}.yaml"
     config.write_text(yaml.safe_dump(_fields(toy, out, **fields)))
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
-    env |= {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
         str(VENV_BIN / "torchrun"),
         "--nproc_per_node",
@@ -182,7 +178,7 @@ def _ranks(count: int, toy, tmp_path: Path, out: Path, *extra: str, **fields) ->
         str(config),
         *extra,
     ]
-    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(command)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
 
 

@@ -405,10 +405,6 @@ def test_user_errors_of_a_run_are_ovis_errors(toy_dir, data_info, tmp_path, monk
 
 
 # -- subprocess runs (slow) ------------------------------------------------------------------------
-#: set in this process by in-process training runs (a single-rank group whose port is still held);
-#: a child must make its own group, not join that one
-
-
 def _run_child(command: list[str], **kwargs) -> None:
     """Run a child to completion; on failure show the end of what it printed, not just its exit code."""
     proc = subprocess.run(command, env=_env(), capture_output=True, text=True, **kwargs)
@@ -416,6 +412,8 @@ def _run_child(command: list[str], **kwargs) -> None:
 
 
 def _env() -> dict[str, str]:
+    """The environment of a child run: in-process runs leave a one-rank group's launch variables here
+    (its port still held), and a child must make its own group, not join that one."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
     return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("stage1", "stage2", "stage3-max1", "stage3-max2", "stage3")
+STAGES = ("stage1", "stage2", "stage3")
 
 
 def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:

@@ -23,10 +23,12 @@ from pathlib import Path
 from ovis.errors import ConfigError, InputFileError, OutputExistsError
 
 VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
+#: Ovis2's merge of each 2 x 2 block of patches into one visual token: clip-toy's 4 x 4 patches give
+#: one token per cell of the scenes' 2 x 2 grid, and the look-ups by position are learned far sooner.
+HIDDEN_STRIDE = 2
 #: The training runs, in order, each a config in ``configs/quickstart/``: text-only pre-training of
-#: the toy LLM (stage 0), the paper's stages 1 and 2, and stage 3 as a curriculum (scenes of at most
-#: one object, then two, then all).
-STAGES = ("stage0-text", "stage1", "stage2", "stage3-max1", "stage3-max2", "stage3")
+#: the toy LLM (stage 0), then the paper's stages 1, 2 and 3.
+STAGES = ("stage0-text", "stage1", "stage2", "stage3")
 #: The step before them that pre-trains the toy ViT on the scenes (:mod:`ovis.train.vision_pretrain`),
 #: as Ovis starts from a pretrained ViT; ``steps={VISION: n}`` changes its length (0: keep it random).
 VISION = "vision"
@@ -208,10 +210,12 @@ class _Run:
 
         import ovis
 
-        key = {"vit": VIT, "llm": LLM, "visual_vocab_size": VISUAL_VOCAB, "adapter": adapter, "seed": self.seed}
+        key = {"vit": VIT, "llm": LLM, "visual_vocab_size": VISUAL_VOCAB, "hidden_stride": HIDDEN_STRIDE,
+               "adapter": adapter, "seed": self.seed}
         if not _reusable(self.composed / "config.json", self.composed, "compose", key):
             torch.manual_seed(self.seed)  # the random initial weights, so that seeds differ in them too
-            ovis.compose(vit=VIT, llm=LLM, visual_vocab_size=VISUAL_VOCAB, adapter=adapter, out=self.composed)
+            ovis.compose(vit=VIT, llm=LLM, visual_vocab_size=VISUAL_VOCAB, hidden_stride=HIDDEN_STRIDE,
+                         adapter=adapter, out=self.composed)
             _record_key(self.composed, key)
         self.lap("compose")
 

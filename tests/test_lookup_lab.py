@@ -63,3 +63,29 @@ def test_colour_at_a_position_alone_is_learned(lab, tmp_path):
     rows = json.loads(out.read_text())["evaluations"]
     # 2.5 objects a scene on average: naming a colour the scene has, at random, scores about 0.5
     assert rows[-1]["by_type"]["colour"] >= 0.9
+
+
+@pytest.mark.parametrize("question_first", [False, True])
+def test_each_sample_gets_its_image_where_it_put_it(lab, question_first):
+    import random
+
+    import torch
+
+    args = lab.build_parser().parse_args(["--tokens", "4", *(["--question-first"] if question_first else [])])
+    bench = lab.Lab(args)
+    rng = random.Random(0)
+    samples = [bench.sample(rng, kinds, 4) for kinds in (["colour"], ["exists", "shape"])]
+    starts = [s[2] for s in samples]
+    if question_first:  # the question's words come first, so the image starts later than the prompt
+        assert all(start > len(bench.prefix) for start in starts) and starts[0] != starts[1]
+    else:
+        assert starts == [len(bench.prefix)] * 2
+    embeds, ids, _, _ = bench.batch(samples)
+    text = bench.llm.get_input_embeddings()(ids)
+    colour = torch.tensor([s[3][0] for s in samples])
+    shape = torch.tensor([s[3][1] for s in samples])
+    images = bench.images(colour, shape)
+    for row, start in enumerate(starts):
+        torch.testing.assert_close(embeds[row, start : start + 6], images[row])
+        torch.testing.assert_close(embeds[row, :start], text[row, :start])
+        torch.testing.assert_close(embeds[row, start + 6 :], text[row, start + 6 :])

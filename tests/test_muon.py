@@ -44,11 +44,11 @@ def test_muon_takes_the_hidden_matrices_and_leaves_the_tables(toy):
     chosen = {names[i] for i in muon_matrices(model)}
     assert "llm.model.layers.0.self_attn.q_proj.weight" in chosen
     assert "llm.model.layers.3.mlp.down_proj.weight" in chosen
-    assert "visual_tokenizer.head.0.weight" in chosen
     assert any(n.startswith("visual_tokenizer.backbone.") and n.endswith("fc1.weight") for n in chosen)
     left = set(names.values()) - chosen
-    # Tables (tied LM head included), the VTE, position tables, the patch convolution, vectors.
-    assert {"llm.model.embed_tokens.weight", "vte.weight"} <= left
+    # Tables (tied LM head included), the VTE, the visual head (an output layer: it scores the visual
+    # vocabulary), position tables, the patch convolution, vectors.
+    assert {"llm.model.embed_tokens.weight", "vte.weight", "visual_tokenizer.head.0.weight"} <= left
     assert any("position_embedding" in n for n in left) and any("patch_embedding" in n for n in left)
     assert all(p.ndim == 2 for n, p in model.named_parameters() if n in chosen)
 

@@ -1,6 +1,6 @@
 """bf16 DeepSpeed runs resumed on another number of ranks: a 2-rank run (ZeRO-2, ZeRO-3) stopped
 after its step-3 checkpoint and resumed on 1 rank with twice the accumulation, and a 1-rank run
-resumed on 2 (ZeRO-2), against the uninterrupted 1-rank run with the same global batch.
+resumed on 2 (ZeRO-2, ZeRO-3), against the uninterrupted 1-rank run with the same global batch.
 
 The universal checkpoint the resume goes through must carry DeepSpeed's fp32 master weights and
 Adam moments, not the bf16 weights the model computes with. The tolerance, and why it is not zero:
@@ -139,10 +139,11 @@ def test_a_bf16_run_of_two_ranks_resumed_on_one_trains_as_the_uninterrupted_run(
 
 @pytest.mark.slow
 @needs_torchrun
-def test_a_bf16_run_of_one_rank_resumed_on_two_trains_as_the_uninterrupted_run(toy, reference, tmp_path):
-    ref_dir, ref = reference("zero2")
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_a_bf16_run_of_one_rank_resumed_on_two_trains_as_the_uninterrupted_run(stage, toy, reference, tmp_path):
+    ref_dir, ref = reference(stage)
     _copy_checkpoint(ref_dir, tmp_path / "two", SAVE)
-    _two_ranks(toy, tmp_path, tmp_path / "two", "--resume", precision="bf16")
+    _two_ranks(toy, tmp_path, tmp_path / "two", "--resume", precision="bf16", deepspeed=stage)
     ours = _steps(tmp_path / "two")
     assert sorted(ours) == list(range(SAVE + 1, STEPS + 1))
     _assert_alike(ours, ref, range(SAVE + 1, STEPS + 1))

@@ -112,6 +112,11 @@ class VisualTokenizer(nn.Module):
             )
         return merge_patches(features, self.hidden_stride)
 
+    def output_layers(self) -> list[nn.Module]:
+        """The layers that score the visual vocabulary (the structural head's ``Linear``): an output
+        layer, as an LM head is, which optimisers such as Muon treat apart from hidden layers."""
+        return [self.head[0]] if self.adapter == "structural" else []
+
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))
 

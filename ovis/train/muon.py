@@ -25,14 +25,19 @@ from ovis.train.config import TrainConfig
 def muon_matrices(model: nn.Module) -> set[int]:
     """Ids of the parameters ``optimizer: muon`` gives Muon: the 2-D weights of hidden layers.
     Tables (every ``nn.Embedding``: token embeddings, the VTE, position tables) and the output layer
-    (often tied to a table) stay with AdamW, as Muon's authors advise; so do vectors and the
-    4-D patch convolution."""
+    (often tied to a table; the visual head, which scores the visual vocabulary) stay with AdamW, as
+    Muon's authors advise for output layers; so do vectors and the 4-D patch convolution."""
     tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     for m in model.modules():
         get_output = getattr(m, "get_output_embeddings", None)
         output = get_output() if callable(get_output) else None
         if isinstance(output, nn.Module):
             tables |= {id(p) for p in output.parameters()}
+        # The visual head scores the visual vocabulary: an output layer too (and with Ovis2's merge,
+        # its Newton-Schulz iteration cost more than the rest of Muon's step together).
+        output_layers = getattr(m, "output_layers", None)
+        for layer in output_layers() if callable(output_layers) else ():
+            tables |= {id(p) for p in layer.parameters()}
     return {id(p) for p in model.parameters() if p.ndim == 2 and id(p) not in tables}
 
 

@@ -34,6 +34,18 @@ def test_a_short_run_reports_every_type_it_was_asked(lab, tmp_path, capsys):
     assert rows[0]["loss"] > 0
 
 
+def test_the_options_change_what_they_name(lab, tmp_path):
+    args = lab.build_parser().parse_args("--tokens 4 --heads 2 --weigh 1 --question-first".split())
+    bench = lab.Lab(args)
+    attention = bench.llm.model.layers[0].self_attn
+    assert bench.llm.config.num_attention_heads == 2 and attention.head_dim == 64
+    out = tmp_path / "lab.json"
+    argv = "--types colour,count --tokens 4 --steps 4 --eval-every 2 --eval-items 10 --batch 4 --weigh 1".split()
+    assert lab.main([*argv, "--heads", "2", "--question-first", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["evaluations"]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["loss"] > 0 for r in rows)
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [

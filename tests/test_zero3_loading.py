@@ -329,3 +329,33 @@ def test_zero3_on_a_cpu_steps_the_optimizer_in_bounded_sub_groups(tmp_path):
         ]
         == 123
     )
+
+
+def _init_dtypes(rank: int, port: int, out: str) -> None:
+    """One rank, its accelerator made to report no fp16 (as DeepSpeed's CPU accelerator does on a
+    CPU without AVX-512 FP16): the dtype stock ``zero.Init`` and ovis's take for an explicit float32."""
+    os.environ.update(local_launch_env(rank, 1, port))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    from ovis.train.distributed import join_deepspeed_group
+    from ovis.train.model_loading import _partitioning_init
+
+    type(get_accelerator()).is_fp16_supported = lambda self: False
+    join_deepspeed_group()
+    config = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
+    dtypes = {
+        "stock": str(deepspeed.zero.Init(config_dict_or_path=config, dtype=torch.float32).dtype),
+        "ovis": str(_partitioning_init()(config_dict_or_path=config, dtype=torch.float32).dtype),
+    }
+    Path(out).write_text(json.dumps(dtypes))
+
+
+def test_an_explicit_float32_holds_where_the_accelerator_has_no_fp16(tmp_path):
+    out = tmp_path / "dtypes.json"
+    mp.spawn(_init_dtypes, args=(free_port(), str(out)), nprocs=1, join=True)
+    dtypes = json.loads(out.read_text())
+    # The control: DeepSpeed 0.19.8 turns it into bf16 (when this fails, DeepSpeed has fixed it and
+    # the override in ovis.train.model_loading can go).
+    assert dtypes["stock"] == str(torch.bfloat16)
+    assert dtypes["ovis"] == str(torch.float32)

@@ -242,6 +242,14 @@ def _partitioning_init() -> type:
     class PartitionOnly(deepspeed.zero.Init):
         values_unset = True  # while the model is built; False after (see _build)
 
+        def __init__(self, *args: Any, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, dtype=dtype, **kwargs)
+            if dtype is not None:
+                # DeepSpeed 0.19.8 sets `dtype or fp16 if fp16_supported() else bf16 if ...` without
+                # brackets: where the accelerator has no fp16 (a CPU without AVX-512 FP16, such as an
+                # AVX2-only EPYC) an explicit float32 became bf16 and the load was rounded.
+                self.dtype = dtype
+
         def _zero_init_param(self, param: torch.nn.Parameter) -> None:
             if (
                 not self.values_unset

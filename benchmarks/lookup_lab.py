@@ -242,10 +242,8 @@ class Lab:
             for k in kind_of.unique().tolist():
                 if k < 0:
                     continue
-                here = kind_of == k
-                kind_loss[k] = (
-                    0.95 * kind_loss.get(k, token_loss[here].mean().item()) + 0.05 * token_loss[here].mean().item()
-                )
+                value = token_loss[kind_of == k].mean().item()
+                kind_loss[k] = 0.95 * kind_loss.get(k, value) + 0.05 * value
             if args.weigh and len(kind_loss) > 1:
                 mean = sum(kind_loss.values()) / len(kind_loss)
                 for k, value in kind_loss.items():

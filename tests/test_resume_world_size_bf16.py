@@ -3,15 +3,20 @@ after its step-3 checkpoint and resumed on 1 rank with twice the accumulation, a
 resumed on 2 (ZeRO-2, ZeRO-3), against the uninterrupted 1-rank run with the same global batch.
 
 The universal checkpoint the resume goes through must carry DeepSpeed's fp32 master weights and
-Adam moments, not the bf16 weights the model computes with. The tolerance, and why it is not zero:
-the layouts group some fp32 sums differently (the gradient norm: gloo adds 2 ranks' partial sums,
-one rank sums the whole), so an fp32 master can end an ulp apart, and now and then that flips the
-bf16 rounding of a weight. Measured on the 2-core Xeon (AVX-512 BF16, no AMX): 2 -> 1 resumed runs equal
-the reference exactly; 1 -> 2, 3 of 2.1M bf16 weights one bf16 step apart at the end, losses and
-gradient norms 2e-7 apart relative. Allowed: losses and norms 1e-5 apart relative, weights one bf16
-step (2**-7 relative) apart in 0.1% of elements at most. The control is the same resume with the
-fp32 masters rounded to bf16 (what a resume that lost them would start from): measured 26% of the
-weights off and gradient norms 3e-4 (ZeRO-2) and 1e-3 (ZeRO-3) apart, beyond both limits."""
+Adam moments, not the bf16 weights the model computes with. Every run here trains unclipped, and then
+the layouts do the same arithmetic: measured on the 2-core AVX2-only EPYC, the 2-rank and 1-rank runs
+and both resumes (ZeRO-2 and ZeRO-3) ended with equal bf16 weights and equal losses; the logged
+gradient norms were at most 7e-16 apart relative (each rank's part summed, then the parts). Allowed:
+losses and norms 1e-7 apart relative, weights equal. The control is the same resume with the fp32
+masters rounded to bf16 (what a resume that lost them would start from): measured 26% of the weights
+off and gradient norms 7e-4 (ZeRO-2) and 8e-4 (ZeRO-3) apart.
+
+Why unclipped: with clipping, the gradient norm is summed in different groupings (gloo adds 2 ranks'
+partial sums, one rank sums the whole) and ends an fp32 ulp apart; the clipped updates then differ by
+ulps, and now and then that flips a weight's bf16 rounding. On the same EPYC, 11 of 2.1M bf16
+weights flipped after step 2 and the step-3 losses of the 2-rank and the 1-rank run were 3.9e-5
+apart relative, before any resume (the CI failure of 2026-12-01). Clipping is not what these tests
+are about; tests/test_resume_world_size.py resumes clipped fp32 runs."""
 
 from __future__ import annotations
 
@@ -36,10 +41,10 @@ from tests.test_resume_world_size import (
 
 toy = fp32_resume.toy  # its 8-conversation toy run (module-scoped fixture), registered here too
 
-#: How far apart the resumed and the uninterrupted run may be (see the module docstring).
-REL = 1e-5
-SHARE = 1e-3
-BF16_STEP = 2**-7  # bf16 keeps 8 significant bits: adjacent values are at most 2**-7 apart relative
+#: How far apart the resumed and the uninterrupted run's losses and gradient norms may be, relative.
+REL = 1e-7
+#: Trained unclipped (see the module docstring).
+UNCLIPPED = {"max_grad_norm": 0}
 
 needs_torchrun = pytest.mark.skipif(not (VENV_BIN / "torchrun").exists(), reason="torchrun not installed")
 
@@ -48,7 +53,7 @@ def _bf16(toy, tmp_path: Path, out: Path, *extra: str, **fields) -> dict[int, di
     """A bf16 run on one rank, in a fresh process as the 2-rank runs are; its steps. (Run inside the
     test process, the reference departed 1.7e-5-7e-5 relative from the ranks' runs in a full-suite
     run, not when this file ran alone: state left behind by earlier tests.)"""
-    _ranks(1, toy, tmp_path, out, *extra, precision="bf16", **fields)
+    _ranks(1, toy, tmp_path, out, *extra, precision="bf16", **UNCLIPPED, **fields)
     return _steps(out)
 
 
@@ -95,9 +100,9 @@ def _assert_alike(ours: dict[int, dict], theirs: dict[int, dict], steps: range) 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = _final(a), _final(b)
-    assert _share_apart(wa, wb) <= SHARE
-    for key in wa:  # a flipped rounding: one bf16 step
-        torch.testing.assert_close(wa[key], wb[key], rtol=BF16_STEP, atol=1e-5, msg=key)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), (key, _share_apart(wa, wb))
 
 
 def _round_masters(step_dir: Path) -> int:
@@ -119,7 +124,7 @@ def _round_masters(step_dir: Path) -> int:
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_a_bf16_run_of_two_ranks_resumed_on_one_trains_as_the_uninterrupted_run(stage, toy, reference, tmp_path):
     ref_dir, ref = reference(stage)
-    _two_ranks(toy, tmp_path, tmp_path / "two", precision="bf16", deepspeed=stage)
+    _two_ranks(toy, tmp_path, tmp_path / "two", precision="bf16", deepspeed=stage, **UNCLIPPED)
     _assert_alike(_steps(tmp_path / "two"), ref, range(1, SAVE + 1))  # the premise: the layouts train alike
 
     _copy_checkpoint(tmp_path / "two", tmp_path / "one", SAVE)
@@ -133,8 +138,8 @@ def test_a_bf16_run_of_two_ranks_resumed_on_one_trains_as_the_uninterrupted_run(
     assert _round_masters(tmp_path / "control" / "checkpoints" / f"step-{SAVE}") > 0  # they held more than bf16
     control = _bf16(toy, tmp_path, tmp_path / "control", "--resume", gradient_accumulation_steps=2, deepspeed=stage)
     loss, norm = _departures(control, ref, range(SAVE + 1, STEPS + 1))
-    assert norm > 10 * REL, (loss, norm)
-    assert _share_apart(_final(tmp_path / "control"), _final(ref_dir)) > 10 * SHARE
+    assert norm > 1000 * REL, (loss, norm)
+    assert _share_apart(_final(tmp_path / "control"), _final(ref_dir)) > 0.1
 
 
 @pytest.mark.slow
@@ -143,7 +148,7 @@ def test_a_bf16_run_of_two_ranks_resumed_on_one_trains_as_the_uninterrupted_run(
 def test_a_bf16_run_of_one_rank_resumed_on_two_trains_as_the_uninterrupted_run(stage, toy, reference, tmp_path):
     ref_dir, ref = reference(stage)
     _copy_checkpoint(ref_dir, tmp_path / "two", SAVE)
-    _two_ranks(toy, tmp_path, tmp_path / "two", "--resume", precision="bf16", deepspeed=stage)
+    _two_ranks(toy, tmp_path, tmp_path / "two", "--resume", precision="bf16", deepspeed=stage, **UNCLIPPED)
     ours = _steps(tmp_path / "two")
     assert sorted(ours) == list(range(SAVE + 1, STEPS + 1))
     _assert_alike(ours, ref, range(SAVE + 1, STEPS + 1))

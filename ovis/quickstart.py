@@ -224,8 +224,7 @@ class _Run:
         from ovis.train.vision_pretrain import REPORT_FILE, VisionPretrainConfig, pretrain_vision_directory
 
         config = VisionPretrainConfig(seed=self.seed, **({} if steps is None else {"steps": steps}))
-        composed_key = json.loads((self.composed / KEY_FILE).read_text())
-        key = {"composed": composed_key, "pretraining": config.key()}
+        key = {"composed": _recorded_key(self.composed), "pretraining": config.key()}
         if not _reusable(self.vision / "config.json", self.vision, VISION, key):
             pretrain_vision_directory(self.composed, self.vision, config, progress=self.progress, log=self.log)
             _record_key(self.vision, key)
@@ -254,8 +253,10 @@ class _Run:
                 overrides.append(f"max_steps={steps[name]}")
             config = load_train_config(configs_dir() / f"{name}.yaml", overrides)
             final = Path(config.output_dir) / "final"
-            # The stage's config names its input (the previous stage), so a changed earlier stage changes it too.
-            key = {"config": config.model_dump(mode="json")}
+            # The config names its model and data only by path: their own keys make a redone earlier
+            # step (its directory deleted, then remade otherwise) change this stage's key too.
+            key = {"config": config.model_dump(mode="json"), "input": _recorded_key(previous),
+                   "data": _recorded_key(self.data)}
             if not _reusable(final / "config.json", final, name, key):
                 trainer = Trainer(config, progress=self.progress)
                 if curve_every and config.stage > 0:
@@ -348,6 +349,10 @@ def _reusable(done_marker: Path, directory: Path, step: str, key: dict) -> bool:
            else " (it records none)")
         + "; give another --out, or delete that directory to redo it"
     )
+
+
+def _recorded_key(directory: Path) -> dict:
+    return json.loads((directory / KEY_FILE).read_text())
 
 
 def _record_key(directory: Path, key: dict) -> None:

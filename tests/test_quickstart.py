@@ -296,6 +296,31 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
         quickstart(tmp_path, vocabulary_scenes=-1, **tiny)
 
 
+def test_a_stage_redone_otherwise_is_not_followed_by_the_old_later_stages(tmp_path):
+    """Stage configs name their input only by path; a stage 2 remade with other settings (its
+    directory deleted first, as the error asks) must not be followed by the stage 3 made from the
+    old one. Nor may stages made from deleted-and-remade data be reused."""
+    import shutil
+
+    from ovis.quickstart import STAGES, quickstart
+
+    tiny = {"train_images": 48, "eval_images": 6, "compositional_images": 0, "progress": False,
+            "log": lambda *_: None, "vocabulary_scenes": 0}
+    steps = dict.fromkeys(("vision", *STAGES), 2)
+    quickstart(tmp_path, steps=steps, **tiny)
+    shutil.rmtree(tmp_path / "stage2")
+    with pytest.raises(OutputExistsError, match=r"stage3 result made with other settings \(input differs\)"):
+        quickstart(tmp_path, steps={**steps, "stage2": 3}, **tiny)
+    shutil.rmtree(tmp_path / "stage3")
+    quickstart(tmp_path, steps={**steps, "stage2": 3}, **tiny)  # now it goes through, and is reused:
+    made = (tmp_path / "stage3" / "final" / "model.safetensors").stat().st_mtime_ns
+    quickstart(tmp_path, steps={**steps, "stage2": 3}, **tiny)
+    assert (tmp_path / "stage3" / "final" / "model.safetensors").stat().st_mtime_ns == made
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(OutputExistsError, match=r"stage0-text result made with other settings \(data differs\)"):
+        quickstart(tmp_path, steps={**steps, "stage2": 3}, **{**tiny, "train_images": 50})
+
+
 def test_cli_vocabulary_scenes_option(tmp_path, capsys):
     from ovis.cli import main
 

@@ -2,7 +2,7 @@
 (LLaVA-style), plus a blind model, trained with the same recipe, data, budget and seeds.
 
 Runs the quick-start pipeline (``ovis.quickstart``: pre-training of the toy ViT and LLM, stages 1-2,
-the stage-3 curriculum) once per variant and seed, then prints held-out accuracy per question type,
+stage 3) once per variant and seed, then prints held-out accuracy per question type,
 on the compositional split (colour-shape pairs never seen in training) and stage-3 step times, per
 run and as mean +- standard deviation over seeds, measured side by side in one run:
 

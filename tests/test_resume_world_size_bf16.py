@@ -51,8 +51,8 @@ needs_torchrun = pytest.mark.skipif(not (VENV_BIN / "torchrun").exists(), reason
 
 def _bf16(toy, tmp_path: Path, out: Path, *extra: str, **fields) -> dict[int, dict]:
     """A bf16 run on one rank, in a fresh process as the 2-rank runs are; its steps. (Run inside the
-    test process, the reference departed 1.7e-5-7e-5 relative from the ranks' runs in a full-suite
-    run, not when this file ran alone: state left behind by earlier tests.)"""
+    test process, and clipped as these runs were then, the reference departed 1.7e-5-7e-5 relative
+    from the ranks' runs in a full-suite run, not when this file ran alone.)"""
     _ranks(1, toy, tmp_path, out, *extra, precision="bf16", **UNCLIPPED, **fields)
     return _steps(out)
 

@@ -233,21 +233,22 @@ class Lab:
             token_loss = F.cross_entropy(
                 logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
             )
-            kind_of = torch.full_like(labels, -1)  # the answer tokens' question type, by label position
-            for row, sample in enumerate(samples):
-                for kind, at_token, n in sample[4]:
-                    kind_of[row, at_token : at_token + n] = QUESTION_TYPES.index(kind)
-            kind_of = kind_of[:, 1:]
             weight = (labels[:, 1:] != -100).float()
-            for k in kind_of.unique().tolist():
-                if k < 0:
-                    continue
-                value = token_loss[kind_of == k].mean().item()
-                kind_loss[k] = 0.95 * kind_loss.get(k, value) + 0.05 * value
-            if args.weigh and len(kind_loss) > 1:
-                mean = sum(kind_loss.values()) / len(kind_loss)
-                for k, value in kind_loss.items():
-                    weight[kind_of == k] = (value / mean) ** args.weigh
+            if args.weigh:  # the running losses serve the weighing only
+                kind_of = torch.full_like(labels, -1)  # the answer tokens' question type, by label position
+                for row, sample in enumerate(samples):
+                    for kind, at_token, n in sample[4]:
+                        kind_of[row, at_token : at_token + n] = QUESTION_TYPES.index(kind)
+                kind_of = kind_of[:, 1:]
+                for k in kind_of.unique().tolist():
+                    if k < 0:
+                        continue
+                    value = token_loss[kind_of == k].mean().item()
+                    kind_loss[k] = 0.95 * kind_loss.get(k, value) + 0.05 * value
+                if len(kind_loss) > 1:
+                    mean = sum(kind_loss.values()) / len(kind_loss)
+                    for k, value in kind_loss.items():
+                        weight[kind_of == k] = (value / mean) ** args.weigh
             loss = (token_loss * weight).sum() / weight.sum()
             self.optimizer.zero_grad()
             loss.backward()

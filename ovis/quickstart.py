@@ -337,8 +337,7 @@ def _reusable(done_marker: Path, directory: Path, step: str, key: dict) -> bool:
     """
     if not done_marker.is_file():
         return False
-    recorded = directory / KEY_FILE
-    previous = json.loads(recorded.read_text()) if recorded.is_file() else None
+    previous = _recorded_key(directory) if (directory / KEY_FILE).is_file() else None
     key = json.loads(json.dumps(key))  # as recorded: tuples become lists
     if previous == key:
         return True

@@ -47,6 +47,8 @@ def test_the_backbone_learns_the_scenes_and_nothing_else_changes(toy):
     # Measured on scenes it never trained on: shapes are learned.
     assert after.shape_accuracy > before.shape_accuracy + 0.15, (before, after)
     assert after.colour_accuracy >= 0.9, after
+    # ...and each patch's quarter (from 0.25 untrained): what lets a visual word say where it is.
+    assert after.quarter_accuracy > before.quarter_accuracy + 0.2, (before, after)
     assert after.final_loss is not None and before.final_loss is None
     changed = [k for k, v in _state(model.visual_tokenizer.backbone).items() if not torch.equal(v, backbone[k])]
     assert changed, "the backbone did not train"
@@ -79,7 +81,9 @@ def test_same_seed_same_weights_and_held_out_pairs_never_drawn(toy, monkeypatch)
     assert not pairs & set(synth.HELD_OUT_PAIRS), pairs & set(synth.HELD_OUT_PAIRS)
 
 
-@pytest.mark.parametrize("field, value", [("steps", -1), ("batch_size", 0), ("lr", 0.0), ("measure_scenes", 0)])
+@pytest.mark.parametrize(
+    "field, value", [("steps", -1), ("batch_size", 0), ("lr", 0.0), ("measure_scenes", 0), ("position_weight", -1.0)]
+)
 def test_bad_settings_are_named(field, value):
     with pytest.raises(ConfigError, match=field):
         VisionPretrainConfig(**{field: value})
@@ -99,12 +103,15 @@ def test_the_command_writes_the_model_and_its_report(tmp_path, one_thread):
             "2",
             "--batch-size",
             "8",
+            "--position-weight",
+            "0",
             "--no-progress",
         ]
     )
     assert code == 0
     report = json.loads((tmp_path / "vision" / vision_pretrain.REPORT_FILE).read_text())
     assert report["steps"] == 2 and 0 <= report["shape_accuracy"] <= 1
+    assert report["quarter_accuracy"] is None  # --position-weight 0: no quarter read-out trained
     composed, _ = ovis.load(tmp_path / "composed")
     trained, _ = ovis.load(tmp_path / "vision")
     a, b = composed.visual_tokenizer.backbone.state_dict(), trained.visual_tokenizer.backbone.state_dict()

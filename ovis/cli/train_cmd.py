@@ -38,7 +38,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "pretrain-vision",
         help="pre-train a toy ViT on the synthetic scenes (the quick-start's first training step)",
         description="Train the vision backbone of a composed model (e.g. clip-toy) to tell the colour and "
-        "shape of the object in each quarter of synthetic scenes, as real "
+        "shape of the object in each quarter of synthetic scenes, and each patch its quarter, as real "
         "ViTs come pre-trained; the held-out colour-shape pairs stay unseen. Writes the model with its "
         "ViT trained to --out and what it reached to --out/vision-pretraining.json "
         "(ovis.train.vision_pretrain).",
@@ -48,6 +48,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     v.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     v.add_argument("--batch-size", type=int, default=None, help="scenes per step (default: the recipe's)")
     v.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    v.add_argument(
+        "--position-weight",
+        type=float,
+        default=None,
+        help="weight of the per-patch 'which quarter' loss (default: the recipe's; 0: none)",
+    )
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.set_defaults(handler=run_vision)
@@ -57,6 +63,7 @@ def run_vision(args: argparse.Namespace) -> int:
     from ovis.train.vision_pretrain import VisionPretrainConfig, pretrain_vision_directory
 
     chosen = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    chosen["position_weight"] = args.position_weight
     config = VisionPretrainConfig(seed=args.seed, **{k: v for k, v in chosen.items() if v is not None})
     pretrain_vision_directory(args.model, args.out, config, progress=args.progress, log=print)
     print(f"wrote {args.out}")

@@ -4,9 +4,16 @@ Ovis starts from a pretrained ViT (CLIP, SigLIP, AIMv2): its patch features alre
 where, and the visual head only has to turn them into visual words. The embedded default's
 ``clip-toy`` is random, so ``ovis quickstart`` first gives it that start: the backbone learns to
 tell, for each quarter of a scene, the colour and the shape of the object there (or that it is
-empty). Small linear read-outs on the quarters' mean patch features take the loss and are thrown
-away afterwards; only the backbone keeps what it learned. (Also teaching each patch which quarter it
-lies in was tried and did not help the quick-start: benchmarks/README.md.)
+empty), and each patch which quarter it lies in. Small linear read-outs take the loss (colour and
+shape on the quarters' mean patch features, the quarter on each patch's own) and are thrown away
+afterwards; only the backbone keeps what it learned.
+
+Why the quarter: the colour and shape read-outs are shared by the four quarters, so they reward
+features that say *what* an object is the same way wherever it lies, and the backbone let *where*
+fade (a linear probe on a trained quick-start's visual tokens found an object's quarter no better
+than chance). A real ViT's patches keep their position; with the quarter loss the visual words of
+an object say where it is too, and the quick-start's yes/no questions, which match two attributes of
+one object, went from chance to 71.5% at 2,000 stage-3 steps (benchmarks/README.md).
 
 The scenes are drawn fresh from the training distribution (:func:`ovis.data.synth.random_scene`),
 the held-out colour-shape pairs left out as everywhere in training, so the compositional split
@@ -50,6 +57,8 @@ class VisionPretrainConfig:
     held_out_pairs: tuple[Pair, ...] = HELD_OUT_PAIRS
     #: scenes the result is measured on, after training
     measure_scenes: int = 256
+    #: weight of the per-patch "which quarter" loss next to the colour and shape losses (0: none)
+    position_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "measure_scenes"):
@@ -57,6 +66,8 @@ class VisionPretrainConfig:
                 raise ConfigError(f"vision pre-training: {name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"vision pre-training: lr must be > 0, got {self.lr}")
+        if not self.position_weight >= 0:
+            raise ConfigError(f"vision pre-training: position_weight must be >= 0, got {self.position_weight}")
 
     def key(self) -> dict:
         """Everything that shapes the result (the cache key of a quick-start step)."""
@@ -71,6 +82,9 @@ class VisionPretrainReport:
     colour_accuracy: float
     shape_accuracy: float
     final_loss: float | None
+    #: per patch of held-out scenes: its quarter read right (None when ``position_weight`` is 0:
+    #: the read-out is then untrained)
+    quarter_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,12 +101,13 @@ def quarter_of_patches(side: int) -> torch.Tensor:
 
 class _Readouts(nn.Module):
     """Linear read-outs thrown away after pre-training: colour and shape per quarter (the last class
-    is "empty")."""
+    is "empty"), and each patch's quarter."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.colour = nn.Linear(width, len(COLOURS) + 1)
         self.shape = nn.Linear(width, len(SHAPES) + 1)
+        self.quarter = nn.Linear(width, len(CELLS))  # made last: the others' initial weights stay as they were
 
 
 def _labels(scenes: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +131,7 @@ def _read(backbone: nn.Module, readouts: _Readouts, pixel_values: torch.Tensor, 
         )
     one_hot = F.one_hot(quarters, len(CELLS)).to(features.dtype)  # [N, 4]
     pooled = torch.einsum("bnd,nq->bqd", features, one_hot) / one_hot.sum(0)[None, :, None]
-    return readouts.colour(pooled), readouts.shape(pooled)
+    return readouts.colour(pooled), readouts.shape(pooled), readouts.quarter(features)
 
 
 def pretrain_vision(
@@ -163,10 +178,14 @@ def pretrain_vision(
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, step / max(1, config.warmup_steps))
         pixels, colours, shapes = batch(rng, config.batch_size)
-        colour_logits, shape_logits = _read(backbone, readouts, pixels, quarters)
+        colour_logits, shape_logits, quarter_logits = _read(backbone, readouts, pixels, quarters)
         loss = F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()) + F.cross_entropy(
             shape_logits.flatten(0, 1), shapes.flatten()
         )
+        if config.position_weight:
+            loss = loss + config.position_weight * F.cross_entropy(
+                quarter_logits.flatten(0, 1), quarters.repeat(len(pixels))
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,9 +196,10 @@ def pretrain_vision(
     with torch.no_grad():
         measure_rng = random.Random(config.seed + _MEASURE_SEED_OFFSET)
         pixels, colours, shapes = batch(measure_rng, config.measure_scenes)
-        colour_logits, shape_logits = _read(backbone, readouts, pixels, quarters)
+        colour_logits, shape_logits, quarter_logits = _read(backbone, readouts, pixels, quarters)
         colour_acc = (colour_logits.argmax(-1) == colours).float().mean().item()
         shape_acc = (shape_logits.argmax(-1) == shapes).float().mean().item()
+        quarter_acc = (quarter_logits.argmax(-1) == quarters).float().mean().item()
     for p, flag in zip(backbone.parameters(), was, strict=True):
         p.requires_grad_(flag)
     backbone.to(dtype)
@@ -189,11 +209,13 @@ def pretrain_vision(
         colour_accuracy=round(colour_acc, 4),
         shape_accuracy=round(shape_acc, 4),
         final_loss=None if loss_value is None else round(loss_value, 4),
+        quarter_accuracy=round(quarter_acc, 4) if config.position_weight else None,
     )
     if log:
         log(
             f"vision backbone pre-trained: {config.steps} steps in {seconds:.0f} s; per quarter of "
             f"unseen scenes colour {colour_acc:.1%}, shape {shape_acc:.1%}"
+            + (f"; per patch, its quarter {quarter_acc:.1%}" if config.position_weight else "")
         )
     return report
 

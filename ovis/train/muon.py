@@ -55,7 +55,7 @@ def newton_schulz(
     x = grad.to(dtype) if wide else grad.to(dtype).T  # iterate on the smaller Gram matrix
     x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
     m, n = x.shape
-    if dtype != torch.bfloat16 and n >= 2 * m and ns_steps > 0:
+    if dtype in (torch.float32, torch.float64) and n >= 2 * m and ns_steps > 0:
         return _newton_schulz_gram(x, a, b, c, ns_steps) if wide else _newton_schulz_gram(x, a, b, c, ns_steps).T
     for _ in range(ns_steps):
         gram = x @ x.T

@@ -11,9 +11,10 @@ afterwards; only the backbone keeps what it learned.
 Why the quarter: the colour and shape read-outs are shared by the four quarters, so they reward
 features that say *what* an object is the same way wherever it lies, and the backbone let *where*
 fade (a linear probe on a trained quick-start's visual tokens found an object's quarter no better
-than chance). A real ViT's patches keep their position; with the quarter loss the visual words of
-an object say where it is too, and the quick-start's yes/no questions, which match two attributes of
-one object, went from chance to 71.5% at 2,000 stage-3 steps (benchmarks/README.md).
+than chance, 25%). A real ViT's patches keep their position; with the quarter loss the visual
+words of an object say where it is too (99.9% by the same probe); the quick-start gained 1.7
+points at 1,150 stage-3 steps and 0.9-3.8 at 2,000 (benchmarks/README.md, "Visual words that say
+where an object is").
 
 The scenes are drawn fresh from the training distribution (:func:`ovis.data.synth.random_scene`),
 the held-out colour-shape pairs left out as everywhere in training, so the compositional split

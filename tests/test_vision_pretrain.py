@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -79,6 +80,14 @@ def test_same_seed_same_weights_and_held_out_pairs_never_drawn(toy, monkeypatch)
     pairs = {(t.colour, t.shape) for scene in drawn for t in scene}
     assert len(drawn) == 2 * (3 * 16 + 8)
     assert not pairs & set(synth.HELD_OUT_PAIRS), pairs & set(synth.HELD_OUT_PAIRS)
+
+
+def test_the_rate_warms_up_then_decays_to_a_tenth():
+    config = VisionPretrainConfig(steps=100, warmup_steps=10)
+    rates = [vision_pretrain._rate_factor(step, config) for step in range(1, 101)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)  # warm-up, then the peak
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))  # never rises again
+    assert rates[-1] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(

@@ -56,10 +56,11 @@ def newton_schulz(
     x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
     m, n = x.shape
     if dtype in (torch.float32, torch.float64) and n >= 2 * m and ns_steps > 0:
-        return _newton_schulz_gram(x, a, b, c, ns_steps) if wide else _newton_schulz_gram(x, a, b, c, ns_steps).T
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = _newton_schulz_gram(x, a, b, c, ns_steps)
+    else:
+        for _ in range(ns_steps):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
     return x if wide else x.T
 
 

@@ -25,7 +25,6 @@ on scenes drawn from another seed (:class:`VisionPretrainReport`).
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from ovis.data.synth import CELLS, COLOURS, HELD_OUT_PAIRS, SHAPES, Pair, draw_scene, random_scene
 from ovis.errors import ConfigError
+from ovis.train.schedule import lr_multiplier
 
 #: Bump when the recipe's code changes, so a cached result made by other code is not reused.
 RECIPE_VERSION = 2  # 2: the rate decays (cosine) after the warm-up
@@ -137,14 +137,13 @@ def _read(backbone: nn.Module, readouts: _Readouts, pixel_values: torch.Tensor, 
 
 
 def _rate_factor(step: int, config: VisionPretrainConfig) -> float:
-    """Linear warm-up, then a cosine decay to a tenth of the rate at the last step: with a constant
+    """The trainer's schedule (``ovis.train.schedule``) for the 1-based ``step``: linear warm-up over
+    ``warmup_steps``, then a cosine decay to a tenth of the rate at the last step. With a constant
     rate the run could end in a loss spike (one seed's ViT finished at loss 1.57, shapes per quarter
     69%, where its neighbours reached 0.1-0.2)."""
-    warmup = max(1, config.warmup_steps)
-    if step < warmup:
-        return step / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr_multiplier(
+        step - 1, total_steps=config.steps, warmup=max(0, config.warmup_steps - 1), kind="cosine", min_lr_ratio=0.1
+    )
 
 
 def pretrain_vision(

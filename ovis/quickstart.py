@@ -195,11 +195,11 @@ class _Run:
         self.log(f"[quickstart] {name}: {seconds:.0f} s")
 
     def make_data(self, spec) -> None:
-        from ovis.data.synth import write_synthetic_dataset
+        from ovis.data.synth import GENERATOR_VERSION, write_synthetic_dataset
 
         # Options left unset (the high-resolution ones) stay out of the key, so data made before they
         # existed is still recognised as the same.
-        key = {k: v for k, v in asdict(spec).items() if v is not None}
+        key = {k: v for k, v in asdict(spec).items() if v is not None} | {"generator": GENERATOR_VERSION}
         if not _reusable(self.data / "dataset_info.json", self.data, "data", key):
             write_synthetic_dataset(self.data, spec, progress=self.progress)
             _record_key(self.data, key)

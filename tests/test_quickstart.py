@@ -43,6 +43,40 @@ def test_every_question_has_one_right_answer_that_depends_on_the_scene():
     assert 0.4 < exists.count("yes") / len(exists) < 0.6
 
 
+def test_yes_no_questions_are_balanced_per_pair_so_a_blind_guess_is_chance():
+    """A guess from the question alone (the majority answer of each pair, learned on one sample)
+    scores 50% on another: 54.6% with the earlier generator, which asked of random scenes, where
+    the pairs of colours with four training shapes (purple, white) are rarer than the others."""
+    import random
+    from collections import Counter
+
+    from ovis.data.synth import training_item
+
+    def sample(seed: int, n: int = 20000) -> list[tuple[str, str, list[Thing]]]:
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            scene, (qa,) = training_item(rng, ["exists"], HELD_OUT_PAIRS)
+            out.append((qa.question, qa.answer, scene))
+        return out
+
+    train, held = sample(0), sample(1)
+    votes = Counter((q, a) for q, a, _ in train)
+    majority = {q: max(("yes", "no"), key=lambda a, q=q: votes[q, a]) for q, _, _ in train}
+    blind = sum(majority[q] == a for q, a, _ in held) / len(held)
+    assert abs(blind - 0.5) < 0.012, blind
+    for colours in (("purple", "white"), ("red", "green", "blue", "yellow")):
+        answers = [a for q, a, _ in held if q.split()[3] in colours]
+        assert abs(answers.count("yes") / len(answers) - 0.5) < 0.02, colours
+    for question_text, answer, scene in held[:2000]:
+        colour, shape = question_text.removeprefix("Is there a ").rstrip("?").split()
+        assert (colour, shape) not in HELD_OUT_PAIRS
+        present = {(t.colour, t.shape) for t in scene}
+        assert ((colour, shape) in present) == (answer == "yes")
+        # A "no" is a near miss: the colour or the shape asked about is in the scene.
+        assert any(t.colour == colour or t.shape == shape for t in scene)
+
+
 def test_blank_spec_draws_empty_images(tmp_path):
     from PIL import Image
 
@@ -50,7 +84,6 @@ def test_blank_spec_draws_empty_images(tmp_path):
     assert info.name == "dataset_info.json"
     for path in (tmp_path / "images").iterdir():
         assert len(Image.open(path).getcolors()) == 1
-
 
 
 def _pairs_named(text: str) -> set[tuple[str, str]]:
@@ -83,8 +116,9 @@ def test_caption_styles_word_the_scene_three_ways():
     import random
 
     scene = [Thing("circle", "red", 0), Thing("cross", "blue", 3), Thing("square", "green", 1)]
-    assert caption(scene) == ("a red circle at the top left, a green square at the top right, "
-                              "a blue cross at the bottom right.")
+    assert caption(scene) == (
+        "a red circle at the top left, a green square at the top right, a blue cross at the bottom right."
+    )
     rng = random.Random(3)
     shuffled = {caption(scene, "shuffled", rng) for _ in range(30)}
     parts = sorted(caption(scene).rstrip(".").split(", "))
@@ -96,16 +130,18 @@ def test_caption_styles_word_the_scene_three_ways():
 
 
 def test_training_captions_mix_the_styles(tmp_path):
-    write_synthetic_dataset(tmp_path, SynthSpec(train_images=90, eval_images=1, compositional_images=0,
-                                                text_scenes=1), progress=False)
+    write_synthetic_dataset(
+        tmp_path, SynthSpec(train_images=90, eval_images=1, compositional_images=0, text_scenes=1), progress=False
+    )
     captions = [c["caption"] for c in json.loads((tmp_path / "captions.json").read_text())]
     styles = {"colour-positions" if c.startswith("objects: ") else "worded" for c in captions}
     assert styles == {"colour-positions", "worded"} and len(CAPTION_STYLES) == 3
 
 
 def test_curriculum_subsets_hold_the_small_scenes_only(tmp_path):
-    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=60, eval_images=2), progress=False)
-                      .read_text())
+    info = json.loads(
+        write_synthetic_dataset(tmp_path, SynthSpec(train_images=60, eval_images=2), progress=False).read_text()
+    )
     conversations = json.loads((tmp_path / "conversations.json").read_text())
     # Objects per scene, from the count question or else from the image's caption.
     captions = {c["image_path"]: c["caption"] for c in json.loads((tmp_path / "captions.json").read_text())}
@@ -120,8 +156,11 @@ def test_curriculum_subsets_hold_the_small_scenes_only(tmp_path):
 
 
 def test_text_only_data_tells_the_scene_and_has_no_image(tmp_path):
-    info = json.loads(write_synthetic_dataset(tmp_path, SynthSpec(train_images=2, eval_images=3, text_scenes=5),
-                                              progress=False).read_text())
+    info = json.loads(
+        write_synthetic_dataset(
+            tmp_path, SynthSpec(train_images=2, eval_images=3, text_scenes=5), progress=False
+        ).read_text()
+    )
     assert "image_dir" not in info["synth-scene-text"]
     records = json.loads((tmp_path / "scene-text.json").read_text())
     assert len(records) == 5
@@ -171,7 +210,8 @@ def test_quickstart_configs_are_the_stages_and_chain():
     assert all("scene-text" not in d for c in configs[1:] for d in c.data.datasets)
     # The pre-trained ViT stays frozen: the Ovis stages train the visual head, the VTE and the LLM.
     assert [sorted(c.train_modules) for c in configs[1:]] == (
-        [["visual_tokenizer.head", "vte"]] * 2 + [["llm", "visual_tokenizer.head", "vte"]])
+        [["visual_tokenizer.head", "vte"]] * 2 + [["llm", "visual_tokenizer.head", "vte"]]
+    )
     assert not any(c.reinit_last_block for c in configs)
     assert configs[3].data.datasets == ["synth-conversations", "synth-captions"]  # every scene, no curriculum
     # Precision fits the hardware in every stage, resolved here to something this machine runs.
@@ -184,15 +224,27 @@ def test_chart_draws_every_series(tmp_path):
 
     from ovis.charts import TYPE_COLOURS, accuracy_curve
 
-    points = [{"seconds": 60.0 * i, "accuracy": 0.2 + 0.1 * i,
-               "by_type": {k: min(1.0, 0.1 * i + j / 10) for j, k in enumerate(QUESTION_TYPES)}} for i in range(1, 6)]
-    path = accuracy_curve(points, tmp_path / "c.png", title="test", types=QUESTION_TYPES,
-                          spans=[("stage1", 0, 100), ("stage3", 100, 300)], ceiling=0.8)
+    points = [
+        {
+            "seconds": 60.0 * i,
+            "accuracy": 0.2 + 0.1 * i,
+            "by_type": {k: min(1.0, 0.1 * i + j / 10) for j, k in enumerate(QUESTION_TYPES)},
+        }
+        for i in range(1, 6)
+    ]
+    path = accuracy_curve(
+        points,
+        tmp_path / "c.png",
+        title="test",
+        types=QUESTION_TYPES,
+        spans=[("stage1", 0, 100), ("stage3", 100, 300)],
+        ceiling=0.8,
+    )
     image = Image.open(path).convert("RGB")
     colours = {c for _, c in image.getcolors(image.width * image.height)}
 
     def rgb(hex_colour: str) -> tuple[int, ...]:
-        return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+        return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
 
     assert (0, 0, 0) in colours  # the overall line
     assert {rgb(c) for c in TYPE_COLOURS} <= colours  # one line per question type
@@ -211,8 +263,17 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
 
     from ovis.quickstart import quickstart
 
-    result = quickstart(tmp_path, steps=SMALL, train_images=1500, eval_images=200, compositional_images=40,
-                        progress=False, curve_every=150, curve_questions=100, log=lambda *_: None)
+    result = quickstart(
+        tmp_path,
+        steps=SMALL,
+        train_images=1500,
+        eval_images=200,
+        compositional_images=40,
+        progress=False,
+        curve_every=150,
+        curve_questions=100,
+        log=lambda *_: None,
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
     assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
@@ -249,15 +310,38 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert result.total_seconds > 0
 
     # Run again: everything is reused. With another adapter the composed model is not.
-    again = quickstart(tmp_path, steps=SMALL, train_images=1500, eval_images=200, compositional_images=40,
-                       progress=False, log=lambda *_: None)
+    again = quickstart(
+        tmp_path,
+        steps=SMALL,
+        train_images=1500,
+        eval_images=200,
+        compositional_images=40,
+        progress=False,
+        log=lambda *_: None,
+    )
     assert again.stage_seconds["stage3"] < result.stage_seconds["stage3"] / 3
     with pytest.raises(OutputExistsError, match=r"compose result made with other settings \(adapter differs\)"):
-        quickstart(tmp_path, adapter="mlp", steps=SMALL, train_images=1500, eval_images=200,
-                   compositional_images=40, progress=False, log=lambda *_: None)
+        quickstart(
+            tmp_path,
+            adapter="mlp",
+            steps=SMALL,
+            train_images=1500,
+            eval_images=200,
+            compositional_images=40,
+            progress=False,
+            log=lambda *_: None,
+        )
     with pytest.raises(OutputExistsError, match=r"data result made with other settings \(blank differs\)"):
-        quickstart(tmp_path, blind=True, steps=SMALL, train_images=1500, eval_images=200,
-                   compositional_images=40, progress=False, log=lambda *_: None)
+        quickstart(
+            tmp_path,
+            blind=True,
+            steps=SMALL,
+            train_images=1500,
+            eval_images=200,
+            compositional_images=40,
+            progress=False,
+            log=lambda *_: None,
+        )
 
 
 def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
@@ -266,8 +350,14 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     from ovis.inspect.meaning import synthetic_scenes
     from ovis.quickstart import STAGES, quickstart
 
-    tiny = {"steps": dict.fromkeys(("vision", *STAGES), 2), "train_images": 48, "eval_images": 6,
-            "compositional_images": 0, "progress": False, "log": lambda *_: None}
+    tiny = {
+        "steps": dict.fromkeys(("vision", *STAGES), 2),
+        "train_images": 48,
+        "eval_images": 6,
+        "compositional_images": 0,
+        "progress": False,
+        "log": lambda *_: None,
+    }
     result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
     report = json.loads((tmp_path / "report.json").read_text())
     vocabulary = report["vocabulary"]
@@ -304,8 +394,14 @@ def test_a_stage_redone_otherwise_is_not_followed_by_the_old_later_stages(tmp_pa
 
     from ovis.quickstart import STAGES, quickstart
 
-    tiny = {"train_images": 48, "eval_images": 6, "compositional_images": 0, "progress": False,
-            "log": lambda *_: None, "vocabulary_scenes": 0}
+    tiny = {
+        "train_images": 48,
+        "eval_images": 6,
+        "compositional_images": 0,
+        "progress": False,
+        "log": lambda *_: None,
+        "vocabulary_scenes": 0,
+    }
     steps = dict.fromkeys(("vision", *STAGES), 2)
     quickstart(tmp_path, steps=steps, **tiny)
     shutil.rmtree(tmp_path / "stage2")
@@ -360,8 +456,12 @@ def test_text_mode_asks_with_the_scene_in_words_and_blind_mode_blanks_the_image(
 
     (tmp_path / "a.png").parent.mkdir(exist_ok=True)
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
-    item = {"id": "q1", "image": "a.png", "question": "How many objects are there?",
-            "scene": "The picture shows a red circle at the top left.\n"}
+    item = {
+        "id": "q1",
+        "image": "a.png",
+        "question": "How many objects are there?",
+        "scene": "The picture shows a red circle at the top left.\n",
+    }
     text, images = _prompt(item, "text", tmp_path)
     assert text == "The picture shows a red circle at the top left.\nHow many objects are there?" and images == []
     text, (image,) = _prompt(item, "image", tmp_path)
@@ -376,8 +476,25 @@ def test_cli_data_synth_writes_every_split(tmp_path, capsys):
     from ovis.cli import main
 
     out = tmp_path / "d"
-    assert main(["data", "synth", "--out", str(out), "--train-images", "6", "--eval-images", "2",
-                 "--compositional-images", "4", "--text-scenes", "3"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--train-images",
+                "6",
+                "--eval-images",
+                "2",
+                "--compositional-images",
+                "4",
+                "--text-scenes",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "4 compositional images, 3 text-only scenes" in capsys.readouterr().out
     assert len(json.loads((out / "eval-compositional.json").read_text())) == 4
     assert len(json.loads((out / "scene-text.json").read_text())) == 3

@@ -7,7 +7,8 @@ in a colour no other object of the scene has. Questions can only be answered by 
 * ``shape``    - "What shape is the red object?"
 * ``position`` - "Where is the red object?"
 * ``count``    - "How many objects are there?"
-* ``exists``   - "Is there a green circle?" (yes/no, balanced, the "no" ones near misses)
+* ``exists``   - "Is there a green circle?" (yes/no, the "no" ones near misses; yes for exactly
+  half the questions about each pair, so the question alone says nothing: :func:`exists_item`)
 
 A few colour-shape pairs (:data:`HELD_OUT_PAIRS`) never occur in a training scene nor in a training
 question: they appear only in a compositional split, which asks whether the model composes what
@@ -58,6 +59,9 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 )
 #: the prompt of a scene told in words, before its first question
 SCENE_TEXT_PREFIX = "The picture shows "
+#: The generator's version, written into ``synth_spec.json``: data made by another version is
+#: different data under the same spec (2: yes/no balanced per pair).
+GENERATOR_VERSION = 2
 
 Pair = tuple[str, str]
 
@@ -169,7 +173,7 @@ def question(
 
     For ``exists``, ``ask_pair`` fixes the pair asked about; otherwise it is the thing's own pair
     (answer yes) or, half the time, an absent near miss (right colour or right shape) outside
-    ``exclude`` (answer no).
+    ``exclude`` (answer no): balanced overall but not per pair, which :func:`exists_item` is.
     """
     thing = thing or rng.choice(scene)
     if kind == "colour":
@@ -195,6 +199,33 @@ def question(
         answer = "yes" if (colour, shape) in present else "no"
         return QA(kind, f"Is there a {colour} {shape}?", answer)
     raise ConfigError(f"unknown question type {kind!r}; expected one of {', '.join(QUESTION_TYPES)}")
+
+
+def exists_item(rng: random.Random, pair: Pair, exclude: Iterable[Pair] = ()) -> tuple[list[Thing], QA]:
+    """A scene and "Is there a <pair>?" about it, the answer a fair coin: yes, the pair is in the
+    scene; no, it is absent but its colour or its shape is there (a near miss).
+
+    The scene is drawn for the answer, not the answer read off a random scene: asked of random
+    scenes, pairs that are rarely present (the colours with more training shapes) would mostly be
+    answered "no", and a blind model would learn that (it scored 55% on yes/no with the earlier
+    generator, against the 50% of chance).
+    """
+    if rng.random() < 0.5:
+        scene = random_scene(rng, exclude=exclude, with_pair=pair)
+    else:
+        while True:
+            scene = random_scene(rng, exclude=exclude)
+            if all((t.colour, t.shape) != pair for t in scene) and any(
+                t.colour == pair[0] or t.shape == pair[1] for t in scene
+            ):
+                break
+    return scene, question("exists", scene, rng, ask_pair=pair)
+
+
+def training_pairs(exclude: Iterable[Pair] = ()) -> list[Pair]:
+    """Every (colour, shape) pair not in ``exclude``, in a fixed order."""
+    excluded = set(exclude)
+    return [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in excluded]
 
 
 #: The high-resolution variant (``SynthSpec(**HIRES)``, ``ovis data synth --hires``): a 256 x 128
@@ -282,15 +313,21 @@ def compositional_item(rng: random.Random, index: int, held_out: Sequence[Pair])
     the time about a held-out pair that is absent, next to a near miss)."""
     kind = COMPOSITIONAL_TYPES[index % len(COMPOSITIONAL_TYPES)]
     pair = held_out[(index // len(COMPOSITIONAL_TYPES)) % len(held_out)]
-    if kind == "exists" and rng.random() < 0.5:
-        # The held-out pair is absent, but its colour or its shape is there.
-        while True:
-            scene = random_scene(rng, exclude=held_out)
-            if any(t.colour == pair[0] or t.shape == pair[1] for t in scene):
-                return scene, question(kind, scene, rng, ask_pair=pair)
+    if kind == "exists":
+        return exists_item(rng, pair, held_out)
     scene = random_scene(rng, exclude=held_out, with_pair=pair)
     thing = next(t for t in scene if (t.colour, t.shape) == pair)
-    return scene, question(kind, scene, rng, thing=thing, ask_pair=pair if kind == "exists" else None)
+    return scene, question(kind, scene, rng, thing=thing)
+
+
+def training_item(rng: random.Random, kinds: Sequence[str], exclude: Sequence[Pair]) -> tuple[list[Thing], list[QA]]:
+    """A scene and one question of each of ``kinds`` about it; with an ``exists`` question among
+    them, the scene is drawn for it (:func:`exists_item`, a pair not in ``exclude``)."""
+    if "exists" not in kinds:
+        scene = random_scene(rng, exclude=exclude)
+        return scene, qa_turns(scene, kinds, rng, exclude)
+    scene, asked = exists_item(rng, rng.choice(training_pairs(exclude)), exclude)
+    return scene, [asked if kind == "exists" else question(kind, scene, rng, exclude=exclude) for kind in kinds]
 
 
 def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, progress: bool = True) -> Path:
@@ -313,18 +350,16 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
         bar.update()
 
     for i in range(spec.train_images):
-        scene = random_scene(rng, exclude=held_out)
+        scene, qas = training_item(rng, rng.sample(QUESTION_TYPES, spec.questions_per_image), held_out)
         name = f"train-{i:06d}.png"
         save(scene, name)
         captions.append({"image_path": name, "caption": caption(scene, rng.choice(CAPTION_STYLES), rng)})
         sizes.append(len(scene))
-        qas = qa_turns(scene, rng.sample(QUESTION_TYPES, spec.questions_per_image), rng, held_out)
         conversations.append({"id": f"train-{i}", "image": name, "conversations": conversation_turns(qas, "<image>\n")})
     for i in range(spec.train_images, spec.train_images + spec.eval_images):
-        scene = random_scene(rng, exclude=held_out)
+        scene, (qa,) = training_item(rng, [QUESTION_TYPES[i % len(QUESTION_TYPES)]], held_out)
         name = f"eval-{i:06d}.png"
         save(scene, name)
-        qa = question(QUESTION_TYPES[i % len(QUESTION_TYPES)], scene, rng, exclude=held_out)
         evaluation.append(
             {
                 "id": f"eval-{i}",
@@ -353,8 +388,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
 
     text = []
     for i in range(spec.text_scenes):
-        scene = random_scene(rng, exclude=held_out)
-        qas = qa_turns(scene, rng.sample(QUESTION_TYPES, spec.questions_per_image), rng, held_out)
+        scene, qas = training_item(rng, rng.sample(QUESTION_TYPES, spec.questions_per_image), held_out)
         text.append({"id": f"text-{i}", "conversations": conversation_turns(qas, scene_text(scene))})
 
     _dump(out / "captions.json", captions)
@@ -378,7 +412,7 @@ def write_synthetic_dataset(out: str | Path, spec: SynthSpec | None = None, *, p
         info[f"synth-captions-max{level}"] = _entry(f"captions-max{level}.json", "caption")
         info[f"synth-conversations-max{level}"] = _entry(f"conversations-max{level}.json", "conversation")
     _dump(out / "dataset_info.json", info)
-    _dump(out / "synth_spec.json", asdict(spec))
+    _dump(out / "synth_spec.json", {**asdict(spec), "generator": GENERATOR_VERSION})
     return out / "dataset_info.json"
 
 

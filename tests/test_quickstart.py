@@ -11,6 +11,7 @@ import pytest
 from ovis.data.synth import (
     CAPTION_STYLES,
     COLOURS,
+    GENERATOR_VERSION,
     HELD_OUT_PAIRS,
     QUESTION_TYPES,
     SHAPES,
@@ -500,3 +501,19 @@ def test_cli_data_synth_writes_every_split(tmp_path, capsys):
     assert len(json.loads((out / "scene-text.json").read_text())) == 3
     spec = json.loads((out / "synth_spec.json").read_text())
     assert spec["train_images"] == 6 and [tuple(p) for p in spec["held_out_pairs"]] == list(HELD_OUT_PAIRS)
+    assert spec["generator"] == GENERATOR_VERSION  # data of another generator is other data
+
+
+def test_data_made_by_another_generator_version_is_not_reused(tmp_path, monkeypatch):
+    import ovis.data.synth as synth
+    from ovis.quickstart import _Run
+
+    run = _Run(tmp_path, blind=False, seed=0, progress=False, log=lambda *_: None)
+    spec = SynthSpec(train_images=4, eval_images=2, compositional_images=0, text_scenes=2)
+    run.make_data(spec)
+    made = (tmp_path / "data" / "eval.json").read_text()
+    run.make_data(spec)  # the same generator: reused
+    assert (tmp_path / "data" / "eval.json").read_text() == made
+    monkeypatch.setattr(synth, "GENERATOR_VERSION", synth.GENERATOR_VERSION + 1)
+    with pytest.raises(OutputExistsError, match=r"data result made with other settings \(generator differs\)"):
+        run.make_data(spec)

@@ -92,14 +92,17 @@ def test_bad_hires_specs_are_refused(fields, message):
 
 
 def test_quickstart_data_made_before_the_hires_options_is_still_reused(tmp_path):
-    """A quick-start data directory recorded before ``image_shape``/``object_px`` existed is the same
-    data: its key lacks the two fields, and the run reuses it instead of refusing it."""
+    """A quick-start data directory whose key lacks ``image_shape``/``object_px`` (recorded before
+    they existed, or with them unset) is the same data: the run reuses it instead of refusing it.
+    Data of another generator version is not (tests/test_quickstart.py)."""
     from dataclasses import asdict
 
+    from ovis.data.synth import GENERATOR_VERSION
     from ovis.quickstart import KEY_FILE, _Run
 
     spec = SynthSpec(train_images=4, eval_images=2)
     old_key = {k: v for k, v in asdict(spec).items() if k not in ("image_shape", "object_px")}
+    old_key["generator"] = GENERATOR_VERSION
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset_info.json").write_text("{}")

@@ -175,3 +175,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def repo_script():
+    """Imports a script of the repository that is not part of a package (``benchmarks/*.py``,
+    ``docs/make_screenshot.py``) from its path under the repository root, registered in
+    ``sys.modules`` under its file name (dataclasses look their module up there)."""
+    import importlib.util
+
+    def load(relative: str):
+        path = REPO / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

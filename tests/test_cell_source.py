@@ -3,26 +3,17 @@ reversal it measures reaches the language model (and is undone afterwards)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from ovis.data.synth import CELLS, SynthSpec, write_synthetic_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def cell_source():
-    spec = importlib.util.spec_from_file_location("cell_source", ROOT / "benchmarks" / "cell_source.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cell_source"] = module
-    spec.loader.exec_module(module)
-    return module
+def cell_source(repo_script):
+    return repo_script("benchmarks/cell_source.py")
 
 
 def test_every_question_is_paired_with_its_mirrored_cells_answer(cell_source, tmp_path):

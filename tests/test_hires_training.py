@@ -226,20 +226,10 @@ def test_all_three_stages_train_on_tiled_hires_images_and_the_loss_falls(tmp_pat
     assert trained.config.image_layout == "tiled" and trained.config.hidden_stride == 2
 
 
-def _benchmark(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiling_detail_textures_vanish_in_one_square_and_survive_in_tiles(processors):
+def test_tiling_detail_textures_vanish_in_one_square_and_survive_in_tiles(processors, repo_script):
     """benchmarks/tiling_detail.py's premise: its four textures share a mean colour, so the v1
     layout's shrunk square cannot tell them apart while full-scale tiles can."""
-    bench = _benchmark("tiling_detail")
+    bench = repo_script("benchmarks/tiling_detail.py")
     v1, tiled = processors
     left_v1, left_tiled = [], []
     for k, colour in enumerate(COLOURS):

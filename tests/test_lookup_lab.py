@@ -4,23 +4,14 @@ learned (benchmarks/README.md measured 99% after 400 steps with 4 tokens)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def lab():
-    spec = importlib.util.spec_from_file_location("lookup_lab", ROOT / "benchmarks" / "lookup_lab.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lookup_lab"] = module
-    spec.loader.exec_module(module)
-    return module
+def lab(repo_script):
+    return repo_script("benchmarks/lookup_lab.py")
 
 
 def test_a_short_run_reports_every_type_it_was_asked(lab, tmp_path, capsys):

@@ -264,17 +264,15 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
 
     from ovis.quickstart import quickstart
 
-    result = quickstart(
-        tmp_path,
-        steps=SMALL,
-        train_images=1500,
-        eval_images=200,
-        compositional_images=40,
-        progress=False,
-        curve_every=150,
-        curve_questions=100,
-        log=lambda *_: None,
-    )
+    small = {
+        "steps": SMALL,
+        "train_images": 1500,
+        "eval_images": 200,
+        "compositional_images": 40,
+        "progress": False,
+        "log": lambda *_: None,
+    }
+    result = quickstart(tmp_path, curve_every=150, curve_questions=100, **small)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
     assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
@@ -311,38 +309,12 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert result.total_seconds > 0
 
     # Run again: everything is reused. With another adapter the composed model is not.
-    again = quickstart(
-        tmp_path,
-        steps=SMALL,
-        train_images=1500,
-        eval_images=200,
-        compositional_images=40,
-        progress=False,
-        log=lambda *_: None,
-    )
+    again = quickstart(tmp_path, **small)
     assert again.stage_seconds["stage3"] < result.stage_seconds["stage3"] / 3
     with pytest.raises(OutputExistsError, match=r"compose result made with other settings \(adapter differs\)"):
-        quickstart(
-            tmp_path,
-            adapter="mlp",
-            steps=SMALL,
-            train_images=1500,
-            eval_images=200,
-            compositional_images=40,
-            progress=False,
-            log=lambda *_: None,
-        )
+        quickstart(tmp_path, adapter="mlp", **small)
     with pytest.raises(OutputExistsError, match=r"data result made with other settings \(blank differs\)"):
-        quickstart(
-            tmp_path,
-            blind=True,
-            steps=SMALL,
-            train_images=1500,
-            eval_images=200,
-            compositional_images=40,
-            progress=False,
-            log=lambda *_: None,
-        )
+        quickstart(tmp_path, blind=True, **small)
 
 
 def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):

@@ -4,7 +4,6 @@ uploads, stopping), the v1 seed's ``python ovis/serve/server.py`` command, and a
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import itertools
 import os
@@ -377,16 +376,9 @@ def test_seed_command_serves_the_page_and_health(chatty_model_dir):
 
 
 # -- a real browser ----------------------------------------------------------------------------------------
-def _screenshot_tool():
-    spec = importlib.util.spec_from_file_location("make_screenshot", REPO / "docs" / "make_screenshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_headless_browser_chat_with_an_image(server, service, tmp_path):
-    tool = _screenshot_tool()
+def test_headless_browser_chat_with_an_image(server, service, tmp_path, repo_script):
+    tool = repo_script("docs/make_screenshot.py")
     if (why := tool.browser_missing()) is not None:
         pytest.skip(f"no headless browser: {why}")
     from selenium.webdriver.common.by import By

@@ -4,10 +4,8 @@ to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,16 +16,10 @@ from ovis.train.config import STAGE_DEFAULTS
 from ovis.train.modules import apply_train_modules
 from ovis.train.step import TrainStep
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_throughput"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
+def bench(repo_script):
+    yield repo_script("benchmarks/train_throughput.py")
     sys.modules.pop("train_throughput", None)
 
 

@@ -1,5 +1,6 @@
 """benchmarks/cell_source.py: each question is paired with the answer of its mirrored cell, and the
-reversal it measures reaches the language model (and is undone afterwards)."""
+reversal it measures reaches the language model (and is undone afterwards). benchmarks/
+cell_experiments.py: its caption style, its training-time shuffle of the cell tokens, one tiny run."""
 
 from __future__ import annotations
 
@@ -32,15 +33,14 @@ def test_every_question_is_paired_with_its_mirrored_cells_answer(cell_source, tm
         assert item["mirrored"] == CELLS[3 - CELLS.index(item["answer"])]
 
 
-def test_the_reversed_tokens_reach_the_model_and_are_put_back(cell_source, tmp_path):
-    import torch
-
-    import ovis
-    from ovis.eval.synth import evaluate_synth
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished quick-start of two steps a stage: every directory the scripts read, in seconds."""
     from ovis.quickstart import STAGES, quickstart
 
+    out = tmp_path_factory.mktemp("tiny-run")
     quickstart(
-        tmp_path,
+        out,
         steps=dict.fromkeys(("vision", *STAGES), 2),
         train_images=48,
         eval_images=40,
@@ -49,6 +49,16 @@ def test_the_reversed_tokens_reach_the_model_and_are_put_back(cell_source, tmp_p
         log=lambda *_: None,
         vocabulary_scenes=0,
     )
+    return out
+
+
+def test_the_reversed_tokens_reach_the_model_and_are_put_back(cell_source, tiny_run):
+    import torch
+
+    import ovis
+    from ovis.eval.synth import evaluate_synth
+
+    tmp_path = tiny_run
     rows = cell_source.measure(tmp_path)
     assert [(r["tokens"], r["question"]) for r in rows] == [
         ("as drawn", "colour"),
@@ -69,3 +79,49 @@ def test_the_reversed_tokens_reach_the_model_and_are_put_back(cell_source, tmp_p
     assert not torch.equal(drawn[:, 1], drawn[:, 4])
     reversed_ = cell_source.reversing(model.encode_images)(pixels)
     assert torch.equal(reversed_[:, 1:5], drawn[:, 1:5].flip(1)) and torch.equal(reversed_[:, ::5], drawn[:, ::5])
+
+
+@pytest.fixture(scope="module")
+def experiments(repo_script):
+    return repo_script("benchmarks/cell_experiments.py")
+
+
+def test_the_cell_caption_names_every_cell_in_order(experiments):
+    from ovis.data.synth import Thing
+
+    scene = [Thing("cross", "blue", 3), Thing("circle", "red", 0)]
+    assert experiments.cell_caption(scene) == (
+        "top left: a red circle. top right: nothing. bottom left: nothing. bottom right: a blue cross."
+    )
+
+
+def test_cell_tokens_are_shuffled_in_training_only_and_indicators_stay(experiments):
+    import torch
+
+    class Model:
+        training = True
+
+    tokens = torch.arange(6.0).repeat(200, 1).unsqueeze(-1)  # 200 images, [indicator, 4 cells, indicator]
+    shuffled = experiments.shuffling_cells(lambda self, pixels: tokens)
+    out = shuffled(Model(), None)[..., 0]
+    assert (out[:, 0] == 0).all() and (out[:, 5] == 5).all()
+    assert (out[:, 1:5].sort(dim=1).values == torch.tensor([1.0, 2, 3, 4])).all()  # a permutation of the cells
+    assert len({tuple(row.tolist()) for row in out[:, 1:5]}) > 12  # many orders, not one
+    Model.training = False
+    assert torch.equal(shuffled(Model(), None), tokens)
+
+
+def test_an_experiment_trains_from_stage_2_with_both_changes_and_restores_the_model_class(
+    experiments, tiny_run, tmp_path
+):
+    from ovis.model.modeling_ovis import OvisForCausalLM
+
+    encode = OvisForCausalLM.encode_images
+    result = experiments.run(tiny_run, tmp_path, cell_captions=True, shuffle_cells=True, steps=2, progress=False)
+    assert OvisForCausalLM.encode_images is encode
+    captions = [c["caption"] for c in json.loads((tmp_path / "data" / "captions.json").read_text())]
+    assert any(c.startswith("top left: ") for c in captions) and any(c.startswith("a ") for c in captions)
+    assert len(json.loads((tmp_path / "data" / "eval.json").read_text())) == 40  # the run's own spec
+    assert (tmp_path / "stage3" / "final" / "model.safetensors").is_file()
+    assert result["eval.json"]["by_type"].keys() == {"colour", "shape", "position", "count", "exists"}
+    assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))

@@ -1,24 +1,29 @@
 """Stage-3 experiments on how the quick-start's model learns where an object is (issue 12).
 
 From a finished `ovis quickstart` run's stage 2, trains stage 3 again (configs/quickstart/stage3.yaml)
-with either or both of two changes, then asks the run's held-out and compositional questions:
+with any of these changes, then asks the run's held-out and compositional questions:
 
 * ``--cell-captions``: a fourth caption style that names every cell in order, then what is in it
   ("top left: a red circle. top right: nothing. ..."), mixed in with the three shipped ones (the
   data is drawn again, with the run's seed, into ``OUT/data``);
 * ``--shuffle-cells``: each image's four cell tokens in a random order while training (as drawn in
-  evaluation), so that only a token's content, not its place, says which cell it is.
+  evaluation), so that only a token's content, not its place, says which cell it is;
+* ``--set KEY=VALUE``: any value of the stage-3 config (as ``ovis train --set``), e.g. the batch
+  size and the number of steps.
 
     python benchmarks/cell_experiments.py runs/quickstart --out runs/cells --cell-captions --shuffle-cells
+    python benchmarks/cell_experiments.py runs/quickstart --out runs/b16 --set per_device_batch_size=16 --steps 1800
     python benchmarks/cell_experiments.py runs/quickstart --out runs/c3k --cell-captions --shuffle-cells --steps 3000
 
-Findings: benchmarks/README.md, "Yes/no balanced per pair".
+Findings: benchmarks/README.md, "Yes/no balanced per pair" and "Smaller steps, more of them".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -79,29 +84,46 @@ def shuffling_cells(encode):
 
 
 def run(
-    base: Path, out: Path, *, cell_captions: bool, shuffle_cells: bool, steps: int | None, progress: bool = True
+    base: Path,
+    out: Path,
+    *,
+    cell_captions: bool,
+    shuffle_cells: bool,
+    steps: int | None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
 ) -> dict:
     recorded = json.loads((base / "data" / "synth_spec.json").read_text())
     recorded.pop("generator", None)
     spec = synth.SynthSpec(**recorded)
     info = write_data_with_cell_captions(out / "data", spec) if cell_captions else base / "data" / "dataset_info.json"
-    overrides = [
+    settings = [
         f"model={base / 'stage2' / 'final'}",
         f"output_dir={out / 'stage3'}",
         f"data.dataset_info={info}",
         f"seed={spec.seed}",
         "precision=fp32",
         *([f"max_steps={steps}"] if steps else []),
+        *overrides,
     ]
     encode = OvisForCausalLM.encode_images
     if shuffle_cells:
         OvisForCausalLM.encode_images = shuffling_cells(encode)
     try:
-        Trainer(load_train_config(CONFIG, overrides), progress=progress).run()
+        started = time.perf_counter()
+        Trainer(load_train_config(CONFIG, settings), progress=progress).run()
+        seconds = time.perf_counter() - started
     finally:
         OvisForCausalLM.encode_images = encode
     model, processor = ovis.load(out / "stage3" / "final", dtype="float32")
-    result = {"base": str(base), "cell_captions": cell_captions, "shuffle_cells": shuffle_cells, "steps": steps}
+    result = {
+        "base": str(base),
+        "cell_captions": cell_captions,
+        "shuffle_cells": shuffle_cells,
+        "steps": steps,
+        "overrides": list(overrides),
+        "train_seconds": round(seconds, 1),
+    }
     for name in ("eval.json", "eval-compositional.json"):
         if (base / "data" / name).is_file():
             report = evaluate_synth(model, processor, base / "data" / name, progress=False)
@@ -117,9 +139,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cell-captions", action="store_true")
     parser.add_argument("--shuffle-cells", action="store_true")
     parser.add_argument("--steps", type=int, help="stage 3's max_steps (default: the config's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a stage-3 config value, as `ovis train --set` (repeatable)",
+    )
     args = parser.parse_args(argv)
     result = run(
-        args.base, args.out, cell_captions=args.cell_captions, shuffle_cells=args.shuffle_cells, steps=args.steps
+        args.base,
+        args.out,
+        cell_captions=args.cell_captions,
+        shuffle_cells=args.shuffle_cells,
+        steps=args.steps,
+        overrides=args.overrides,
     )
     print(json.dumps(result, indent=2))
 

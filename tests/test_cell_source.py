@@ -125,3 +125,32 @@ def test_an_experiment_trains_from_stage_2_with_both_changes_and_restores_the_mo
     assert (tmp_path / "stage3" / "final" / "model.safetensors").is_file()
     assert result["eval.json"]["by_type"].keys() == {"colour", "shape", "position", "count", "exists"}
     assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_an_experiment_takes_stage_3_config_overrides(experiments, tiny_run, tmp_path):
+    result = experiments.run(
+        tiny_run,
+        tmp_path,
+        cell_captions=False,
+        shuffle_cells=False,
+        steps=3,
+        overrides=["per_device_batch_size=5", "muon_lr=0.001"],
+        progress=False,
+    )
+    records = [json.loads(line) for line in (tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in records] == [5, 5, 5]
+    config = (tmp_path / "stage3" / "train_config.yaml").read_text()
+    assert "muon_lr: 0.001" in config and "per_device_batch_size: 5" in config
+    assert result["overrides"] == ["per_device_batch_size=5", "muon_lr=0.001"] and result["train_seconds"] > 0
+    from ovis.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'no_such_key'"):
+        experiments.run(
+            tiny_run,
+            tmp_path / "bad",
+            cell_captions=False,
+            shuffle_cells=False,
+            steps=1,
+            overrides=["no_such_key=1"],
+            progress=False,
+        )

@@ -88,7 +88,9 @@ def machine() -> dict:
 
     from ovis.precision import cpu_model, cpu_native_bf16
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(),
+    # The thread count is part of the result: float32 sums split over other threads round otherwise,
+    # and a run of this size grows that into another outcome (benchmarks/README.md, "Smaller steps").
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_native_bf16(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

@@ -277,6 +277,7 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert report["questions"] == 200 and set(report["by_type"]) == set(QUESTION_TYPES)
     assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
     assert report["precision"].startswith("precision: ") and report["machine"]["cores"]
+    assert report["machine"]["threads"] == torch.get_num_threads()
     # The vision step trained the ViT alone and learned the scenes' shapes (chance: 1 in 5).
     composed = load_file(tmp_path / "composed" / "model.safetensors")
     vision = load_file(tmp_path / "vision" / "model.safetensors")
@@ -315,6 +316,21 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
         quickstart(tmp_path, adapter="mlp", **small)
     with pytest.raises(OutputExistsError, match=r"data result made with other settings \(blank differs\)"):
         quickstart(tmp_path, blind=True, **small)
+
+
+def test_the_report_names_the_thread_count_it_ran_with():
+    # One thread and two give different runs (float32 sums in another order), so the report says which.
+    import torch
+
+    from ovis.quickstart import machine
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert machine()["threads"] == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):

@@ -12,7 +12,7 @@ with any of these changes, then asks the run's held-out and compositional questi
   size and the number of steps.
 
     python benchmarks/cell_experiments.py runs/quickstart --out runs/cells --cell-captions --shuffle-cells
-    python benchmarks/cell_experiments.py runs/quickstart --out runs/b16 --set per_device_batch_size=16 --steps 1800
+    python benchmarks/cell_experiments.py runs/quickstart --out runs/b8 --set per_device_batch_size=8 --steps 2500
     python benchmarks/cell_experiments.py runs/quickstart --out runs/c3k --cell-captions --shuffle-cells --steps 3000
 
 Findings: benchmarks/README.md, "Yes/no balanced per pair" and "Smaller steps, more of them".

@@ -209,3 +209,19 @@ def _warn_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         logger.warning(message)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import os
+
+    # The thread count is part of the result: float32 sums split over other threads round otherwise,
+    # and a run of this size grows that into another outcome (benchmarks/README.md, "Smaller steps").
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_native_bf16(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -21,11 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovis.errors import ConfigError, InputFileError, OutputExistsError
+from ovis.toy import HIDDEN_STRIDE, LLM, VISUAL_VOCAB, VIT
 
-VIT, LLM, VISUAL_VOCAB = "clip-toy", "qwen-toy", 1024
-#: Ovis2's merge of each 2 x 2 block of patches into one visual token: clip-toy's 4 x 4 patches give
-#: one token per cell of the scenes' 2 x 2 grid, and the look-ups by position are learned far sooner.
-HIDDEN_STRIDE = 2
 #: The training runs, in order, each a config in ``configs/quickstart/``: text-only pre-training of
 #: the toy LLM (stage 0), then the paper's stages 1, 2 and 3.
 STAGES = ("stage0-text", "stage1", "stage2", "stage3")
@@ -80,21 +77,6 @@ class Clock:
         self.paused += seconds
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
-    import os
-
-    import torch
-
-    from ovis.precision import cpu_model, cpu_native_bf16
-
-    # The thread count is part of the result: float32 sums split over other threads round otherwise,
-    # and a run of this size grows that into another outcome (benchmarks/README.md, "Smaller steps").
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_native_bf16(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def quickstart(
     out: str | Path = "runs/quickstart",
     *,
@@ -127,7 +109,7 @@ def quickstart(
     MLP adapter has no vocabulary, so nothing is measured for it.
     """
     from ovis.data.synth import SynthSpec
-    from ovis.precision import resolve_precision
+    from ovis.precision import machine, resolve_precision
 
     unknown = sorted(set(steps or {}) - {VISION, *STAGES})
     if unknown:

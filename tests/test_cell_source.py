@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from ovis.data.synth import CELLS, SynthSpec, write_synthetic_dataset
@@ -154,3 +155,36 @@ def test_an_experiment_takes_stage_3_config_overrides(experiments, tiny_run, tmp
             overrides=["no_such_key=1"],
             progress=False,
         )
+
+
+@pytest.fixture(scope="module")
+def word_cells(repo_script):
+    return repo_script("benchmarks/word_cells.py")
+
+
+def test_word_cells_tells_aligns_and_trains_or_takes_a_built_llm(word_cells, tiny_run, tmp_path):
+    import argparse
+
+    from safetensors.torch import load_file
+
+    def args(out, **extra):
+        settings = dict(base=tiny_run, out=out, told_llm=None, told_steps=2, align_steps=2, stage3_steps=2)
+        return argparse.Namespace(**(settings | extra), stage3=["per_device_batch_size=4"], progress=False)
+
+    result = word_cells.run(args(tmp_path / "here"))
+    assert {"told", "aligned", "stage3-2-per_device_batch_size=4"} <= result.keys()
+    assert json.loads((tmp_path / "here" / "result.json").read_text()) == json.loads(json.dumps(result))
+    # the told run trained the LLM only, from the run's pre-trained ViT
+    vision = load_file(tiny_run / "vision" / "model.safetensors")
+    told = load_file(tmp_path / "here" / "told" / "final" / "model.safetensors")
+    assert all(torch.equal(vision[k], told[k]) for k in vision if not k.startswith("llm."))
+    assert any(not torch.equal(vision[k], told[k]) for k in vision if k.startswith("llm."))
+    # a built LLM (here: that one's, saved alone) goes into the run's model in place of the told run
+    import ovis
+
+    model, _ = ovis.load(tmp_path / "here" / "told" / "final", dtype="float32")
+    model.llm.save_pretrained(tmp_path / "llm")
+    result = word_cells.run(args(tmp_path / "taken", told_llm=tmp_path / "llm"))
+    taken = load_file(tmp_path / "taken" / "told" / "final" / "model.safetensors")
+    assert taken.keys() == told.keys() and all(torch.equal(told[k], taken[k]) for k in told)
+    assert result["told_llm"] == str(tmp_path / "llm") and "told_seconds" not in result

@@ -322,7 +322,7 @@ def test_the_report_names_the_thread_count_it_ran_with():
     # One thread and two give different runs (float32 sums in another order), so the report says which.
     import torch
 
-    from ovis.quickstart import machine
+    from ovis.precision import machine
 
     before = torch.get_num_threads()
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ovis.data.synth import CELLS, COLOURS, SHAPES, SynthSpec, write_synthetic_dataset
+from ovis.data.synth import CELLS, COLOURS, GENERATOR_VERSION, SHAPES, SynthSpec, write_synthetic_dataset
 from ovis.errors import ConfigError
 from ovis.precision import machine
 from ovis.toy import HIDDEN_STRIDE, LLM, VISUAL_VOCAB, VIT
@@ -196,10 +196,11 @@ def build_told_llm(
         | {
             "model": "qwen-toy (random, torch seed)",
             "output_dir": None,
-            "data": {"synth_seed": seed, "train_images": spec.train_images},
+            "data": {"synth_seed": seed, "train_images": spec.train_images, "datasets": config.data.datasets},
         },
         "steps": config.max_steps,
         "seed": seed,
+        "generator": GENERATOR_VERSION,
         "build_seconds": round(train_seconds, 1),
         # the mean training loss over the first and the last steps (a quarter of the run, at most 50)
         "loss": {"first": sum(losses[:window]) / window, "last": sum(losses[-window:]) / window},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ PRESETS = {
     "ovis-plugin-qwen": {
         "qwen1.5-7b", "qwen1.5-14b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b",
         "qwen2.5-32b", "qwen3-1.7b", "qwen3-8b", "qwen1.5-tiny", "qwen2.5-tiny", "qwen3-tiny", "qwen-toy",
+        "qwen-toy-told",
     },
     "ovis-plugin-gemma": {"gemma2-2b", "gemma2-9b", "gemma2-27b", "gemma2-tiny"},
 }
@@ -80,8 +82,14 @@ def _entries(tiny: bool):
     return [e for e in get_host().entries("llm") if e.spec.tiny == tiny]
 
 
+def _shipped(spec) -> bool:
+    """Weights shipped beside the preset (``weights: ./DIR``), not fetched from a hub."""
+    return bool(spec.weights) and Path(spec.weights).is_dir()
+
+
 TINY = [e.spec.name for e in _entries(True)]
-FULL = [e.spec.name for e in _entries(False) if e.plugin in FIRST_PARTY]
+FULL = [e.spec.name for e in _entries(False) if e.plugin in FIRST_PARTY and not _shipped(e.spec)]
+SHIPPED = [e.spec.name for e in _entries(False) if _shipped(e.spec)]
 
 
 @functools.cache
@@ -163,6 +171,30 @@ def test_tiny_llm_contract(name):
     )
     assert generated.shape == (1, prompt["input_ids"].shape[1] + 4)
     assert isinstance(tok.decode(generated[0, -4:]), str)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_preset_with_shipped_weights_loads_them_offline_and_they_are_the_built_ones(name):
+    """The weights beside the preset load by default (no hub), match the sizes declared and the
+    sha256 its build recorded, and the model answers in its chat format."""
+    import hashlib
+
+    entry = get_host().llm(name)
+    spec = entry.spec
+    assert spec.weights and Path(spec.weights).is_dir()
+    files = Path(spec.weights)
+    report = json.loads((files / "told-llm.json").read_text())
+    assert hashlib.sha256((files / "model.safetensors").read_bytes()).hexdigest() == report["sha256"]
+    model = entry.factory(spec).build_model(pretrained=True, dtype=torch.float32)
+    assert model.config.hidden_size == spec.hidden_size and model.config.num_hidden_layers == spec.num_layers
+    random = entry.factory(spec).build_model(pretrained=False)
+    assert not torch.equal(model.get_input_embeddings().weight, random.get_input_embeddings().weight)
+    tok = tokenizer(name)
+    fmt = get_host().chat_format(spec.chat_format)
+    prompt = tok(fmt.render([{"role": "user", "content": "How many objects are there?"}], add_generation_prompt=True),
+                 add_special_tokens=False, return_tensors="pt")
+    out = model.eval().generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
 @pytest.mark.parametrize("name", FULL)

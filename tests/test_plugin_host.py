@@ -380,3 +380,17 @@ def test_an_unreadable_preset_is_skipped_named_and_the_presets_after_it_still_li
         monkeypatch.delenv("OVIS_REGISTRY_PATH")
         reset_host()
         get_host()
+
+
+def test_weights_written_dot_slash_are_the_folder_beside_the_preset(tmp_path):
+    from ovis.interfaces.presets import PresetError, load_preset_file
+
+    (tmp_path / "vision" / "my-vit-weights").mkdir(parents=True)
+    path = tmp_path / "vision" / "my-vit.yaml"
+    path.write_text(json.dumps(_spec("my-vit", weights="./my-vit-weights").model_dump(mode="json")))
+    assert load_preset_file(path, "vision").weights == str(tmp_path / "vision" / "my-vit-weights")
+    path.write_text(json.dumps(_spec("my-vit", weights="org/my-vit").model_dump(mode="json")))
+    assert load_preset_file(path, "vision").weights == "org/my-vit"  # a hub id stays as it is
+    path.write_text(json.dumps(_spec("my-vit", weights="./gone").model_dump(mode="json")))
+    with pytest.raises(PresetError, match=r"my-vit.yaml: weights './gone': no directory .*vision/gone"):
+        load_preset_file(path, "vision")

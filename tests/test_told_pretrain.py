@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,27 @@ def test_compose_takes_the_built_llm_as_its_weights(tiny_builds):
     built, state = load_file(root / "a" / "model.safetensors"), model.llm.state_dict()
     assert len(built) > 20 and built.keys() <= state.keys()
     assert all(torch.equal(state[name], value) for name, value in built.items())
+
+
+def test_the_shipped_preset_is_this_recipe_and_compose_loads_it():
+    """qwen-toy-told's weights were built by the recipe in the repository now: a changed config or
+    data generator means the preset must be rebuilt (python -m ovis.told_pretrain)."""
+    import ovis
+    from ovis.data.synth import GENERATOR_VERSION
+    from ovis.plugin_host import get_host
+    from ovis.told_pretrain import CONFIG
+    from ovis.train import load_train_config
+
+    folder = get_host().llm("qwen-toy-told").spec.weights
+    report = json.loads((Path(folder) / REPORT_FILE).read_text())
+    recipe = load_train_config(CONFIG).model_dump(mode="json")
+    paths = {"model", "output_dir", "data"}
+    assert {k: v for k, v in report["recipe"].items() if k not in paths} == {
+        k: v for k, v in recipe.items() if k not in paths
+    }
+    assert report["recipe"]["data"]["datasets"] == recipe["data"]["datasets"]
+    assert report["generator"] == GENERATOR_VERSION and report["machine"]["threads"] == 1
+    model, _ = ovis.compose(vit="clip-toy", llm="qwen-toy-told", visual_vocab_size=64, hidden_stride=2)
+    shipped = load_file(Path(folder) / "model.safetensors")
+    state = model.llm.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in shipped.items())

@@ -73,7 +73,21 @@ def load_preset_file(path: Path, kind: Kind) -> VisionSpec | LLMSpec:
         raise PresetError(f"{path}: {problems}") from exc
     if spec.name != path.stem:
         raise PresetError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
-    return spec
+    return _beside(spec, path)
+
+
+def _beside(spec: VisionSpec | LLMSpec, path: Path) -> VisionSpec | LLMSpec:
+    """A preset's ``weights`` (and an LLM's ``tokenizer``) written ``./DIR`` name a directory beside
+    its file: weights shipped with the preset, found wherever the registry is installed."""
+    update = {}
+    for field in ("weights", "tokenizer"):
+        value = getattr(spec, field, None)
+        if isinstance(value, str) and value.startswith("./"):
+            folder = (path.parent / value).resolve()
+            if not folder.is_dir():
+                raise PresetError(f"{path}: {field} {value!r}: no directory {folder}")
+            update[field] = str(folder)
+    return spec.model_copy(update=update) if update else spec
 
 
 # Where iter_presets records the files it skips: a PluginHost sets its own dict while plugins

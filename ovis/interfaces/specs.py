@@ -88,7 +88,8 @@ class BackboneSpec(_Strict):
     weights: str | None = Field(
         default=None,
         description="where real weights come from: a hub id, an open_clip pretrained tag or a local "
-        "directory; null for a random-initialised model",
+        "directory ('./DIR' in a registry preset file: the directory DIR beside that file, weights "
+        "shipped with the preset); null for a random-initialised model",
     )
     description: str = Field(default="", description="free text for people reading the preset")
     license: str | None = Field(default=None, description="licence of the weights (an SPDX id where one exists)")

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import ovis
 from ovis.eval.synth import evaluate_synth
+from ovis.told_pretrain import CONFIG as TOLD_CONFIG
 from ovis.told_pretrain import telling
 from ovis.train import Trainer, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "quickstart"
 
 
-def train(config: str, settings: list[str], *, told: bool = False, progress: bool = False) -> float:
+def train(config: str | Path, settings: list[str], *, told: bool = False, progress: bool = False) -> float:
     """Seconds the run took; ``told``: the images told in words (only the LLM should train)."""
     started = time.perf_counter()
     trainer = Trainer(load_train_config(CONFIGS / config, settings), progress=progress)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
             results["told_llm"] = str(args.told_llm)
         else:
             results["told_seconds"] = train(
-                "told-llm.yaml",
+                TOLD_CONFIG,
                 [f"model={base / 'vision'}", f"output_dir={out / 'told'}", f"max_steps={args.told_steps}", *common],
                 told=True,
                 progress=args.progress,

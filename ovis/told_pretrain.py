@@ -38,7 +38,7 @@ from ovis.precision import machine
 from ovis.toy import HIDDEN_STRIDE, LLM, VISUAL_VOCAB, VIT
 
 #: the training run that pre-trains the LLM (paths replaced by :func:`build_told_llm`)
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "told-llm.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "presets" / "qwen-toy-told.yaml"
 #: what :func:`build_told_llm` writes beside the LLM
 REPORT_FILE = "told-llm.json"
 #: the word that tells an empty cell

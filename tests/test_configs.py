@@ -128,9 +128,11 @@ def test_config_loads_with_valid_train_modules(path: Path):
 def test_deepspeed_config_exists_and_fits_the_training_config(path: Path):
     config = load_train_config(path)
     if config.deepspeed is None:
-        # One process, the PyTorch engine (the quick-start's: Muon runs only there); nothing to fill.
-        assert config.optimizer == "muon" and _id(path).startswith("quickstart/"), (
-            f"{_id(path)}: deepspeed: null outside the quick-start; shipped recipes run on DeepSpeed"
+        # One process, the PyTorch engine (the quick-start's and the toy preset build's: Muon runs
+        # only there); nothing to fill.
+        assert config.optimizer == "muon" and _id(path).startswith(("quickstart/", "presets/")), (
+            f"{_id(path)}: deepspeed: null outside the quick-start and the toy preset builds; "
+            "shipped recipes run on DeepSpeed"
         )
         return
     if config.deepspeed not in BUILTIN_DEEPSPEED:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import ovis
@@ -35,10 +36,7 @@ def train(config: str | Path, settings: list[str], *, told: bool = False, progre
     started = time.perf_counter()
     trainer = Trainer(load_train_config(CONFIGS / config, settings), progress=progress)
     trainer.setup()
-    if told:
-        with telling(trainer.model, trainer.processor):
-            trainer.fit()
-    else:
+    with telling(trainer.model, trainer.processor) if told else nullcontext():
         trainer.fit()
     trainer.export()
     return round(time.perf_counter() - started, 1)
@@ -50,10 +48,7 @@ def evaluate(directory: Path, data: Path, *, told: bool = False) -> dict:
     for name in ("eval.json", "eval-compositional.json"):
         if not (data / name).is_file():  # a run made without the compositional split
             continue
-        if told:
-            with telling(model, processor):
-                report = evaluate_synth(model, processor, data / name, progress=False)
-        else:
+        with telling(model, processor) if told else nullcontext():
             report = evaluate_synth(model, processor, data / name, progress=False)
         result[name] = {"accuracy": report.accuracy, "by_type": report.by_type()}
     return result

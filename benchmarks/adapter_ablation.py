@@ -1,8 +1,8 @@
 """The paper's central ablation at toy scale: structural embedding (Ovis) vs an MLP projector
 (LLaVA-style), plus a blind model, trained with the same recipe, data, budget and seeds.
 
-Runs the quick-start pipeline (``ovis.quickstart``: pre-training of the toy ViT and LLM, stages 1-2,
-stage 3) once per variant and seed, then prints held-out accuracy per question type,
+Runs the quick-start pipeline (``ovis.quickstart``: pre-training of the toy ViT, the told toy LLM
+as shipped, stages 1-2, stage 3) once per variant and seed, then prints held-out accuracy per question type,
 on the compositional split (colour-shape pairs never seen in training) and stage-3 step times, per
 run and as mean +- standard deviation over seeds, measured side by side in one run:
 

@@ -30,7 +30,7 @@ import torch
 
 import ovis
 import ovis.data.synth as synth
-from ovis.eval.synth import evaluate_synth
+from ovis.eval.synth import evaluate_splits
 from ovis.model.modeling_ovis import OvisForCausalLM
 from ovis.train import Trainer, load_train_config
 
@@ -124,10 +124,8 @@ def run(
         "overrides": list(overrides),
         "train_seconds": round(seconds, 1),
     }
-    for name in ("eval.json", "eval-compositional.json"):
-        if (base / "data" / name).is_file():
-            report = evaluate_synth(model, processor, base / "data" / name, progress=False)
-            result[name] = {"accuracy": report.accuracy, "by_type": report.by_type()}
+    for name, report in evaluate_splits(model, processor, base / "data").items():
+        result[name] = {"accuracy": report.accuracy, "by_type": report.by_type()}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import ovis
-from ovis.eval.synth import evaluate_synth
+from ovis.eval.synth import evaluate_splits
 from ovis.told_pretrain import CONFIG as TOLD_CONFIG
 from ovis.told_pretrain import telling
 from ovis.train import Trainer, load_train_config
@@ -44,14 +44,9 @@ def train(config: str | Path, settings: list[str], *, told: bool = False, progre
 
 def evaluate(directory: Path, data: Path, *, told: bool = False) -> dict:
     model, processor = ovis.load(directory, dtype="float32")
-    result = {}
-    for name in ("eval.json", "eval-compositional.json"):
-        if not (data / name).is_file():  # a run made without the compositional split
-            continue
-        with telling(model, processor) if told else nullcontext():
-            report = evaluate_synth(model, processor, data / name, progress=False)
-        result[name] = {"accuracy": report.accuracy, "by_type": report.by_type()}
-    return result
+    with telling(model, processor) if told else nullcontext():
+        reports = evaluate_splits(model, processor, data)
+    return {name: {"accuracy": r.accuracy, "by_type": r.by_type()} for name, r in reports.items()}
 
 
 def with_llm(vision: Path, llm: Path, out: Path) -> None:

@@ -54,7 +54,7 @@ Cell = tuple[str, str] | None
 def decode_scenes(pixel_values: torch.Tensor, image_processor) -> list[list[Cell]]:
     """Per image ``[n, 3, S, S]`` (as the image processor gives them), per cell in :data:`CELLS`
     order: ``(colour, shape)`` or None for an empty cell."""
-    rgb = (pixel_values.float() * image_processor._std + image_processor._mean) * 255
+    rgb = image_processor.denormalise(pixel_values) * 255
     n, _, h, w = rgb.shape
     distance = ((rgb.permute(0, 2, 3, 1)[..., None, :] - _PALETTE) ** 2).sum(-1)  # [n, h, w, colours]
     nearest, close = distance.argmin(-1), distance.min(-1).values < 30**2
@@ -110,20 +110,23 @@ def told_embeddings(table: torch.nn.Embedding, ids: torch.Tensor) -> torch.Tenso
 @contextmanager
 def telling(model, processor):
     """While inside, ``model`` (an :class:`~ovis.model.modeling_ovis.OvisForCausalLM` with one token
-    per cell) reads each image as its scene told in words: the cell tokens replaced by
-    :func:`told_embeddings`, the indicators its own. Only this instance is changed."""
-    if model.config.adapter != "structural" or model.num_image_tokens != len(CELLS) + 2:
+    per cell, either adapter) reads each image as its scene told in words: the cell tokens replaced
+    by :func:`told_embeddings`, the indicators (if any) its own. Only this instance is changed."""
+    if model.tiled or model.tokens_per_tile != len(CELLS):
         raise ConfigError(
-            f"telling a scene needs one visual token per cell and two indicators ({len(CELLS) + 2} tokens "
-            f"an image), this model gives {model.num_image_tokens}: compose it with hidden_stride 2"
+            f"telling a scene needs one visual token per cell ({len(CELLS)} an image, one view each), "
+            f"this model gives {model.tokens_per_tile}"
+            + (" per tile, tiled" if model.tiled else "")
+            + ": compose it with hidden_stride 2 and no tiling"
         )
     plain = type(model).encode_images
+    cells = slice(1, -1) if model.num_image_tokens == len(CELLS) + 2 else slice(None)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeds = plain(self, pixel_values).clone()
         ids = cell_word_ids(decode_scenes(pixel_values, processor.image_processor), processor.tokenizer)
         told = told_embeddings(self.llm.get_input_embeddings(), ids.to(embeds.device))
-        embeds[:, 1:-1] = told.to(embeds.dtype)
+        embeds[:, cells] = told.to(embeds.dtype)
         return embeds
 
     model.encode_images = types.MethodType(encode_images, model)
@@ -149,7 +152,7 @@ def build_told_llm(
     the quick-start's data. One thread gives the same bytes on every run (float32 sums split over
     threads round differently)."""
     import ovis
-    from ovis.eval.synth import evaluate_synth
+    from ovis.eval.synth import evaluate_splits
     from ovis.train import Trainer, load_train_config
 
     out, began = Path(out), time.perf_counter()
@@ -183,11 +186,9 @@ def build_told_llm(
     train_seconds = time.perf_counter() - began
 
     model, processor = ovis.load(final, dtype="float32")
-    accuracy = {}
     with telling(model, processor):
-        for name in ("eval.json", "eval-compositional.json"):
-            report = evaluate_synth(model, processor, work / "data" / name, progress=False)
-            accuracy[name] = {"accuracy": report.accuracy, "by_type": report.by_type()}
+        reports = evaluate_splits(model, processor, work / "data")
+    accuracy = {name: {"accuracy": r.accuracy, "by_type": r.by_type()} for name, r in reports.items()}
     model.llm.save_pretrained(out)
     processor.tokenizer.save_pretrained(out)
     weights = out / "model.safetensors"

@@ -114,3 +114,18 @@ def test_an_image_without_orientation_is_left_as_stored(tmp_path):
     path = tmp_path / "plain.png"
     Image.new("RGB", (4, 2), "red").save(path)
     assert load_image(path).size == (4, 2)
+
+
+def test_denormalise_gives_back_the_pixels_normalised():
+    import random
+
+    import numpy as np
+
+    rng = random.Random(0)
+    spec = ImagePreprocessSpec(image_size=5, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28), resize="squash")
+    processor = ImageProcessor(spec)
+    image = Image.new("RGB", (5, 5))
+    image.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(25)])
+    back = processor.denormalise(processor([image]))[0] * 255
+    want = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
+    torch.testing.assert_close(back, want, atol=1e-3, rtol=0)

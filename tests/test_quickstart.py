@@ -205,16 +205,15 @@ def test_quickstart_configs_are_the_stages_and_chain():
     assert configs[0].model.name == "vision"  # the composed model with its ViT pre-trained (ovis pretrain-vision)
     for earlier, later in itertools.pairwise(configs):
         assert later.model == earlier.output_dir / "final", later.output_dir
-    assert [c.stage for c in configs] == [0, 1, 2, 3]
-    # Stage 0 is the LLM alone on text; everything after trains on images.
-    assert configs[0].train_modules == ["llm"] and configs[0].data.datasets == ["synth-scene-text"]
-    assert all("scene-text" not in d for c in configs[1:] for d in c.data.datasets)
-    # The pre-trained ViT stays frozen: the Ovis stages train the visual head, the VTE and the LLM.
-    assert [sorted(c.train_modules) for c in configs[1:]] == (
+    assert [c.stage for c in configs] == [1, 2, 3]
+    # Every stage trains on images; the pre-trained ViT stays frozen, and the pretrained (told) LLM
+    # trains only in stage 3.
+    assert all("scene-text" not in d for c in configs for d in c.data.datasets)
+    assert [sorted(c.train_modules) for c in configs] == (
         [["visual_tokenizer.head", "vte"]] * 2 + [["llm", "visual_tokenizer.head", "vte"]]
     )
     assert not any(c.reinit_last_block for c in configs)
-    assert configs[3].data.datasets == ["synth-conversations", "synth-captions"]  # every scene, no curriculum
+    assert configs[2].data.datasets == ["synth-conversations", "synth-captions"]  # every scene, no curriculum
     # Precision fits the hardware in every stage, resolved here to something this machine runs.
     assert {c.precision for c in configs} == {"auto"}
     assert {c.resolved_precision() for c in configs} <= {"bf16", "fp32"}
@@ -254,15 +253,20 @@ def test_chart_draws_every_series(tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------
-SMALL = {"vision": 100, "stage0-text": 150, "stage1": 20, "stage2": 20, "stage3": 650}
+SMALL = {"vision": 100, "stage1": 20, "stage2": 20, "stage3": 650}
 
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
+    import hashlib
+    from pathlib import Path
+
     import torch
     from safetensors.torch import load_file
 
+    from ovis.plugin_host import get_host
     from ovis.quickstart import quickstart
+    from ovis.toy import TOLD_LLM
 
     small = {
         "steps": SMALL,
@@ -285,21 +289,26 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert backbone and any(not torch.equal(composed[k], vision[k]) for k in backbone)
     assert all(torch.equal(composed[k], vision[k]) for k in composed if k not in backbone)
     assert report["vision_pretraining"]["steps"] == 100 and report["vision_pretraining"]["shape_accuracy"] > 0.5
-    # Stage 0 trained the LLM alone: the visual side is as pre-trained, the LLM changed.
-    text = load_file(tmp_path / "stage0-text" / "final" / "model.safetensors")
-    visual = [k for k in composed if not k.startswith("llm.")]
-    assert visual and all(torch.equal(vision[k], text[k]) for k in visual)
-    assert any(not torch.equal(vision[k], text[k]) for k in composed if k.startswith("llm."))
-    # ... and the ViT stays as pre-trained to the end.
+    # The LLM is the shipped told preset, untouched until stage 3; the ViT stays as pre-trained to the end.
+    told = report["told_llm"]
+    weights = Path(get_host().llm(TOLD_LLM).spec.weights) / "model.safetensors"
+    preset = load_file(weights)
+    assert told["preset"] == TOLD_LLM and told["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    aligned = load_file(tmp_path / "stage2" / "final" / "model.safetensors")
+    assert all(torch.equal(aligned["llm." + k], v) for k, v in preset.items())
     final = load_file(tmp_path / "stage3" / "final" / "model.safetensors")
     assert all(torch.equal(vision[k], final[k]) for k in backbone)
-    # The text-only report (the ceiling) and the compositional split are there, per type.
-    assert report["text_only"]["questions"] == 200
+    assert any(not torch.equal(final["llm." + k], v) for k, v in preset.items())
+    # The ceiling (the told LLM answering from the scene told in words) and the compositional split
+    # are there, per type; the told LLM was built on this world and answers most of it.
+    assert told["questions"] == 200 and told["compositional"]["questions"] == 40
+    assert told["accuracy"] > 0.7 and told["by_type"]["shape"] > 0.9, told
+    assert told["build_seconds"] > 0 and told["steps"] == 3000
     assert report["compositional"]["questions"] == 40
     assert set(report["compositional"]["by_type"]) == {"colour", "shape", "position", "exists"}
-    # The curve: points in every multimodal stage, in time order, and a chart.
+    # The curve: points in every stage, in time order, and a chart.
     stages = [p["stage"] for p in report["curve"]]
-    assert stages[0] == "stage1" and stages[-1] == "stage3" and "stage0-text" not in stages
+    assert stages[0] == "stage1" and stages[-1] == "stage3"
     seconds = [p["seconds"] for p in report["curve"]]
     assert seconds == sorted(seconds) and seconds[0] > 0
     assert (tmp_path / "curve.png").is_file()
@@ -350,22 +359,23 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
     report = json.loads((tmp_path / "report.json").read_text())
     vocabulary = report["vocabulary"]
-    assert vocabulary["scenes"] == 3 and list(vocabulary["by_stage"]) == list(STAGES)
+    assert vocabulary["scenes"] == 3 and list(vocabulary["by_stage"]) == ["vision", *STAGES]
     for figures in vocabulary["by_stage"].values():
         assert set(FIGURES) <= set(figures) and figures["images"] == 3 and figures["vocab_size"] == 1022
-    assert set(vocabulary["seconds"]) == set(STAGES) and (tmp_path / vocabulary["chart"]).stat().st_size > 10_000
+    assert set(vocabulary["seconds"]) == {"vision", *STAGES}
+    assert (tmp_path / vocabulary["chart"]).stat().st_size > 10_000
     assert result.report["vocabulary"] == vocabulary
-    # Stage 0 trains the LLM alone, so its figures are the vision step's model's, on the same scenes;
-    # the usage counted in the figures' one pass is what vocab_usage counts on its own. (Not bit for
-    # bit: a random head's logits are nearly equal, and its LayerNorm magnifies float rounding.)
+    # The vision step's figures are its model's, on the same scenes; the usage counted in the
+    # figures' one pass is what vocab_usage counts on its own. (Not bit for bit: a random head's
+    # logits are nearly equal, and its LayerNorm magnifies float rounding.)
     model, processor = load(tmp_path / "vision", dtype="float32")
     scenes = synthetic_scenes(3, 64, 0)
-    stage0 = vocabulary["by_stage"]["stage0-text"]
-    assert stage0 == pytest.approx(vocabulary_figures(model.eval(), processor, scenes), rel=1e-3)
+    before = vocabulary["by_stage"]["vision"]
+    assert before == pytest.approx(vocabulary_figures(model.eval(), processor, scenes), rel=1e-3)
     usage = vocab_usage(model, processor, [image for image, _ in scenes]).summary()
-    assert stage0["words_used"] == usage["words_used"]
-    assert stage0["usage_perplexity"] == pytest.approx(usage["usage_perplexity"], rel=1e-3)
-    assert stage0["mean_token_entropy"] == pytest.approx(usage["mean_token_entropy"], rel=1e-3)
+    assert before["words_used"] == usage["words_used"]
+    assert before["usage_perplexity"] == pytest.approx(usage["usage_perplexity"], rel=1e-3)
+    assert before["mean_token_entropy"] == pytest.approx(usage["mean_token_entropy"], rel=1e-3)
     with pytest.raises(ValueError, match="no scenes"):
         vocabulary_figures(model, processor, [])
     # Skipped on request (everything else is reused).
@@ -402,7 +412,7 @@ def test_a_stage_redone_otherwise_is_not_followed_by_the_old_later_stages(tmp_pa
     quickstart(tmp_path, steps={**steps, "stage2": 3}, **tiny)
     assert (tmp_path / "stage3" / "final" / "model.safetensors").stat().st_mtime_ns == made
     shutil.rmtree(tmp_path / "data")
-    with pytest.raises(OutputExistsError, match=r"stage0-text result made with other settings \(data differs\)"):
+    with pytest.raises(OutputExistsError, match=r"stage1 result made with other settings \(data differs\)"):
         quickstart(tmp_path, steps={**steps, "stage2": 3}, **{**tiny, "train_images": 50})
 
 
@@ -431,7 +441,7 @@ def test_cli_steps_option_names_the_stages(capsys):
         main(["quickstart", "--steps", "stage3-easy=5"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "'stage3-easy=5': expected STAGE=N" in err and "stage0-text" in err and "vision" in err
+    assert "'stage3-easy=5': expected STAGE=N" in err and "stage1" in err and "vision" in err
     # vision=0 is allowed (the ViT stays random); a training stage needs at least one step.
     with pytest.raises(SystemExit):
         main(["quickstart", "--steps", "stage1=0"])

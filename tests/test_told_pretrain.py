@@ -20,6 +20,7 @@ from ovis.told_pretrain import (
     cell_word_ids,
     decode_scenes,
     telling,
+    told_embeddings,
 )
 
 
@@ -68,9 +69,27 @@ def test_telling_needs_one_token_per_cell():
     import ovis
 
     model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=64, hidden_stride=1)
-    with pytest.raises(ConfigError, match="one visual token per cell.*gives 18"):
+    with pytest.raises(ConfigError, match="one visual token per cell.*gives 16"):
         with telling(model, processor):
             pass
+
+
+def test_an_mlp_adapter_is_told_the_same_way():
+    """The MLP projector's image block has the same layout (indicators around one token per cell),
+    so its told ceiling is measured as the structural adapter's."""
+    import ovis
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", hidden_stride=2, adapter="mlp")
+    rng = random.Random(2)
+    scene = random_scene(rng)
+    pixels = processor.image_processor([draw_scene(scene, 64, rng)])
+    plain = model.encode_images(pixels)
+    ids = cell_word_ids(decode_scenes(pixels, processor.image_processor), processor.tokenizer)
+    with telling(model, processor):
+        told = model.encode_images(pixels)
+    torch.testing.assert_close(told[0, 1:5], told_embeddings(model.llm.get_input_embeddings(), ids)[0])
+    torch.testing.assert_close(told[0, [0, 5]], plain[0, [0, 5]])
 
 
 def test_a_word_the_tokenizer_splits_is_refused():

@@ -10,13 +10,13 @@ from ovis.quickstart import STAGES, VISION, VOCABULARY_SCENES
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "quickstart",
-        help="synthesise data, compose the toy pair, pre-train its LLM on text, train the Ovis stages, "
+        help="synthesise data, compose the toy pair, pre-train its ViT, train the Ovis stages, "
         "report held-out accuracy",
         description="The embedded default end to end, offline on a CPU: synthetic scenes, "
-        "clip-toy + qwen-toy, pre-training of the toy ViT on the scenes and of the toy LLM on text (stage "
-        "0), the three Ovis training "
-        "stages, held-out accuracy per question type, on unseen colour-shape pairs and from the scene "
-        "told in words.",
+        "clip-toy + qwen-toy-told (the toy LLM pre-trained offline on the scenes told in words, shipped as "
+        "a preset: python -m ovis.told_pretrain rebuilds it), pre-training of the toy ViT on the scenes, "
+        "the three Ovis training stages, held-out accuracy per question type, on unseen colour-shape pairs "
+        "and, the ceiling, from the scene told in words.",
     )
     p.add_argument("--out", default="runs/quickstart", help="working directory (resumes what is done)")
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural")

@@ -119,3 +119,20 @@ def evaluate_synth(
                 report.mistakes.append({"id": item["id"], "question": item["question"],
                                         "expected": item["answer"], "got": answer})
     return report
+
+
+#: A synthetic dataset's question files: the held-out questions, and those about the colour-shape
+#: pairs never seen in training (present only when the data was made with a compositional split).
+SPLITS: tuple[str, ...] = ("eval.json", "eval-compositional.json")
+
+
+def evaluate_splits(
+    model, processor, data_dir: str | Path, *, mode: Mode = "image", limit: int | None = None, progress: bool = False
+) -> dict[str, SynthReport]:
+    """:func:`evaluate_synth` on every file of :data:`SPLITS` that ``data_dir`` holds, by file name."""
+    data_dir = Path(data_dir)
+    return {
+        name: evaluate_synth(model, processor, data_dir / name, mode=mode, limit=limit, progress=progress)
+        for name in SPLITS
+        if (data_dir / name).is_file()
+    }

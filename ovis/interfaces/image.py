@@ -220,6 +220,11 @@ class ImageProcessor:
     def image_size(self) -> int:
         return self.spec.image_size
 
+    def denormalise(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The inverse of the normalisation: ``[..., 3, H, W]`` as given back to RGB in 0..1 (the
+        padding of ``pad`` comes back as the mean colour)."""
+        return pixel_values.float() * self._std + self._mean
+
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         return data.view(image.height, image.width, 3).permute(2, 0, 1).float().div_(255.0)

@@ -80,7 +80,7 @@ def main() -> None:
     steps = {name: int(n) for name, _, n in (s.partition("=") for s in args.steps)}
     reuse = dict(r.split("=", 1) for r in args.reuse)
 
-    rows = []
+    rows, recipes = [], []
     for seed in args.seeds:
         for name in args.variants:
             key = f"{name}-seed{seed}"
@@ -91,10 +91,18 @@ def main() -> None:
                 if (report["adapter"], report["blind"]) != (VARIANTS[name]["adapter"], VARIANTS[name]["blind"]):
                     raise SystemExit(f"--reuse {key}={out}: that run is adapter={report['adapter']}, "
                                      f"blind={report['blind']}")
+                if report.get("recipe", {}).get("seed") != seed:
+                    raise SystemExit(f"--reuse {key}={out}: that run's seed is "
+                                     f"{report.get('recipe', {}).get('seed', 'not recorded')}, not {seed}")
             else:
                 report = quickstart(out, seed=seed, steps=steps, precision=args.precision, progress=False,
                                     **VARIANTS[name]).report
             rows.append(row(name, seed, out, report))
+            recipes.append((key, out, {k: v for k, v in report["recipe"].items() if k != "seed"}))
+    for key, out, recipe in recipes[1:]:
+        if recipe != recipes[0][2]:
+            raise SystemExit(f"{key} ({out}) ran another recipe than {recipes[0][0]} ({recipes[0][1]}): "
+                             f"{recipe} against {recipes[0][2]}; the comparison needs one budget")
 
     print(f"\n| variant | seed | all | {' | '.join(QUESTION_TYPES)} | unseen pairs | stage-3 step (s) | total (min) |")
     print("|" + " --- |" * (len(COLUMNS) + 2))

@@ -77,8 +77,18 @@ def _cpu_flags() -> set[str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, for reports of what a figure was measured on."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    """The CPU's model name, for reports of what a figure was measured on. Virtual machines often
+    mask the name ("AMD EPYC"), so the family and model numbers follow where the CPU gives them."""
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
+
+
+def cpu_features() -> list[str]:
+    """The CPU's vector and matrix extensions that decide its speed here (AVX2, AVX-512, AMX...)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve", "bf16")
+    flags = _cpu_flags()
+    return [flag for flag in wanted if flag in flags]
 
 
 @functools.cache
@@ -219,6 +229,7 @@ def machine() -> dict:
     # and a run of this size grows that into another outcome (benchmarks/README.md, "Smaller steps").
     return {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

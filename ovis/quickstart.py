@@ -145,6 +145,9 @@ def quickstart(
         "minutes": round(result.total_seconds / 60, 2),
         "target": {"accuracy": TARGET[0], "minutes": TARGET[1]},
         "blind": blind, "adapter": adapter, "model": str(model_dir),
+        # What produced these figures, so that runs compared side by side can be checked alike.
+        "recipe": {"seed": seed, "steps": run.steps, "train_images": train_images, "eval_images": eval_images,
+                   "compositional_images": compositional_images},
         "precision": str(chosen), "machine": machine(),
     }
     if run.curve:
@@ -168,6 +171,7 @@ class _Run:
         self.composed = out / "composed"
         self.vision = out / VISION
         self.vision_report: dict | None = None
+        self.steps: dict[str, int] = {}  # every step's length as run: the recipe's or an override
         self.told_llm: dict = {}
         self.result = QuickstartResult(out=out)
         self.clock = Clock()
@@ -217,6 +221,7 @@ class _Run:
         from ovis.train.vision_pretrain import REPORT_FILE, VisionPretrainConfig, pretrain_vision_directory
 
         config = VisionPretrainConfig(seed=self.seed, **({} if steps is None else {"steps": steps}))
+        self.steps[VISION] = config.steps
         key = {"composed": _recorded_key(self.composed), "pretraining": config.key()}
         if not _reusable(self.vision / "config.json", self.vision, VISION, key):
             pretrain_vision_directory(self.composed, self.vision, config, progress=self.progress, log=self.log)
@@ -244,6 +249,7 @@ class _Run:
             if name in steps:
                 overrides.append(f"max_steps={steps[name]}")
             config = load_train_config(configs_dir() / f"{name}.yaml", overrides)
+            self.steps[name] = config.max_steps
             final = Path(config.output_dir) / "final"
             # The config names its model and data only by path: their own keys make a redone earlier
             # step (its directory deleted, then remade otherwise) change this stage's key too.

@@ -125,3 +125,15 @@ def test_runner_dtype_follows_the_same_rule(monkeypatch):
     fake_cpu(monkeypatch, "AMX", fp32=100.0, bf16=400.0)
     assert pick_dtype(torch.device("cpu"), "auto") == torch.bfloat16
     assert pick_dtype(torch.device("cpu"), "float32") == torch.float32
+
+
+def test_machine_names_the_cpu_family_and_its_vector_extensions(monkeypatch):
+    # A virtual machine may only say "AMD EPYC": the family and model numbers tell a Zen 2 from a Zen 3.
+    info = {"model name": "AMD EPYC", "cpu family": "25", "model": "1",
+            "flags": "fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_tile"}
+    monkeypatch.setattr(precision, "_cpuinfo", lambda *keys: next((info[k] for k in keys if k in info), None))
+    assert precision.cpu_model() == "AMD EPYC (family 25, model 1)"
+    assert precision.cpu_features() == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    assert precision.machine()["cpu_features"] == precision.cpu_features()
+    info.pop("cpu family")  # an Arm CPU, say: the name alone
+    assert precision.cpu_model() == "AMD EPYC"

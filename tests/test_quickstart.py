@@ -282,6 +282,8 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert set(report["seconds"]) == {"data", "compose", *SMALL, "evaluate"}
     assert report["precision"].startswith("precision: ") and report["machine"]["cores"]
     assert report["machine"]["threads"] == torch.get_num_threads()
+    assert report["recipe"] == {"seed": 0, "steps": SMALL, "train_images": 1500, "eval_images": 200,
+                                "compositional_images": 40}
     # The vision step trained the ViT alone and learned the scenes' shapes (chance: 1 in 5).
     composed = load_file(tmp_path / "composed" / "model.safetensors")
     vision = load_file(tmp_path / "vision" / "model.safetensors")
@@ -358,6 +360,9 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     }
     result = quickstart(tmp_path, vocabulary_scenes=3, **tiny)
     report = json.loads((tmp_path / "report.json").read_text())
+    # The report says what produced it: steps as run, data sizes, seed.
+    assert report["recipe"] == {"seed": 0, "steps": tiny["steps"], "train_images": 48, "eval_images": 6,
+                                "compositional_images": 0}
     vocabulary = report["vocabulary"]
     assert vocabulary["scenes"] == 3 and list(vocabulary["by_stage"]) == ["vision", *STAGES]
     for figures in vocabulary["by_stage"].values():

@@ -142,14 +142,16 @@ def build_told_llm(
     steps: int | None = None,
     seed: int = 0,
     images: int | None = None,
+    train_images: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Build the told toy LLM into ``out`` (its weights, tokenizer and :data:`REPORT_FILE`); the
     data, the composed pair and the training run stay under ``out/build``. Returns the report.
 
-    ``steps`` and ``images`` shorten the build (tests); the shipped one uses the config's steps and
-    the quick-start's data. One thread gives the same bytes on every run (float32 sums split over
+    ``steps`` and ``images`` shorten the build (tests); ``train_images`` draws more (or fewer) training
+    scenes, with the full held-out splits. The shipped one uses the config's steps and the
+    quick-start's data. One thread gives the same bytes on every run (float32 sums split over
     threads round differently)."""
     import ovis
     from ovis.eval.synth import evaluate_splits
@@ -157,14 +159,11 @@ def build_told_llm(
 
     out, began = Path(out), time.perf_counter()
     work = out / "build"
-    spec = SynthSpec(
-        seed=seed,
-        **(
-            {}
-            if images is None
-            else {"train_images": images, "eval_images": 100, "compositional_images": 100, "text_scenes": 1}
-        ),
-    )
+    sizes = {} if images is None else {"train_images": images, "eval_images": 100, "compositional_images": 100,
+                                       "text_scenes": 1}
+    if train_images is not None:
+        sizes["train_images"] = train_images
+    spec = SynthSpec(seed=seed, **sizes)
     info = write_synthetic_dataset(work / "data", spec, progress=progress)
     torch.manual_seed(seed)
     ovis.compose(vit=VIT, llm=LLM, visual_vocab_size=VISUAL_VOCAB, hidden_stride=HIDDEN_STRIDE, out=work / "composed")
@@ -222,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where the LLM, its tokenizer and report go")
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--train-images", type=int, help="training scenes (default: the quick-start's 12,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    build_told_llm(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    build_told_llm(args.out, steps=args.steps, seed=args.seed, train_images=args.train_images,
+                   progress=not args.no_progress)
     return 0
 
 

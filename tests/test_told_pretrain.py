@@ -167,3 +167,14 @@ def test_the_shipped_preset_is_this_recipe_and_compose_loads_it():
     shipped = load_file(Path(folder) / "model.safetensors")
     state = model.llm.state_dict()
     assert all(torch.equal(state[name], value) for name, value in shipped.items())
+
+
+def test_cli_passes_the_build_options(monkeypatch, tmp_path):
+    from ovis import told_pretrain
+
+    calls = []
+    monkeypatch.setattr(told_pretrain, "build_told_llm", lambda out, **kw: calls.append((out, kw)))
+    assert told_pretrain.main(["--out", str(tmp_path), "--steps", "6000", "--train-images", "24000"]) == 0
+    assert calls == [(tmp_path, {"steps": 6000, "seed": 0, "train_images": 24000, "progress": True})]
+    told_pretrain.main(["--out", str(tmp_path), "--no-progress"])
+    assert calls[-1][1] == {"steps": None, "seed": 0, "train_images": None, "progress": False}

@@ -91,14 +91,16 @@ def main() -> None:
                 if (report["adapter"], report["blind"]) != (VARIANTS[name]["adapter"], VARIANTS[name]["blind"]):
                     raise SystemExit(f"--reuse {key}={out}: that run is adapter={report['adapter']}, "
                                      f"blind={report['blind']}")
-                if report.get("recipe", {}).get("seed") != seed:
-                    raise SystemExit(f"--reuse {key}={out}: that run's seed is "
-                                     f"{report.get('recipe', {}).get('seed', 'not recorded')}, not {seed}")
+                recorded = report.get("recipe", {}).get("seed", "not recorded")
+                if recorded != seed:
+                    raise SystemExit(f"--reuse {key}={out}: that run's seed is {recorded}, not {seed}")
             else:
                 report = quickstart(out, seed=seed, steps=steps, precision=args.precision, progress=False,
                                     **VARIANTS[name]).report
             rows.append(row(name, seed, out, report))
-            recipes.append((key, out, {k: v for k, v in report["recipe"].items() if k != "seed"}))
+            # The told LLM is part of the budget too: runs on differently built presets do not compare.
+            recipe = {k: v for k, v in report["recipe"].items() if k != "seed"}
+            recipes.append((key, out, recipe | {"told_llm_sha256": report.get("told_llm", {}).get("sha256")}))
     for key, out, recipe in recipes[1:]:
         if recipe != recipes[0][2]:
             raise SystemExit(f"{key} ({out}) ran another recipe than {recipes[0][0]} ({recipes[0][1]}): "

@@ -22,7 +22,7 @@ def ablation(repo_script):
     return repo_script("benchmarks/adapter_ablation.py")
 
 
-def fake_run(directory, *, adapter="structural", blind=False, seed=0, accuracy=0.9, **recipe):
+def fake_run(directory, *, adapter="structural", blind=False, seed=0, accuracy=0.9, llm="e88f", **recipe):
     (directory / "stage3").mkdir(parents=True)
     steps = [{"step": i, "step_time": 0.25 + 0.01 * (i % 2)} for i in range(20)]
     (directory / "stage3" / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
@@ -34,6 +34,7 @@ def fake_run(directory, *, adapter="structural", blind=False, seed=0, accuracy=0
         "adapter": adapter,
         "blind": blind,
         "recipe": {"seed": seed, **RECIPE, **recipe},
+        "told_llm": {"sha256": llm},
     }
     (directory / "report.json").write_text(json.dumps(report))
     return directory
@@ -96,4 +97,13 @@ def test_a_reused_run_of_another_seed_or_recipe_is_refused(ablation, monkeypatch
             tmp_path / "out",
             f"structural-seed1={blind}",
             *(f"{k}={v}" for k, v in good.items() if k != "structural-seed1"),
+        )
+    other_llm = fake_run(tmp_path / "other-llm", adapter="mlp", seed=0, llm="3a3f")
+    with pytest.raises(SystemExit, match=r"mlp-seed0 \(.*other-llm\) ran another recipe .*'told_llm_sha256': '3a3f'"):
+        run(
+            ablation,
+            monkeypatch,
+            tmp_path / "out",
+            f"mlp-seed0={other_llm}",
+            *(f"{k}={v}" for k, v in good.items() if k != "mlp-seed0"),
         )

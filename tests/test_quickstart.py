@@ -305,7 +305,7 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     # are there, per type; the told LLM was built on this world and answers most of it.
     assert told["questions"] == 200 and told["compositional"]["questions"] == 40
     assert told["accuracy"] > 0.7 and told["by_type"]["shape"] > 0.9, told
-    assert told["build_seconds"] > 0 and told["steps"] == 3000
+    assert told["build_seconds"] > 0 and told["steps"] == 4500
     assert report["compositional"]["questions"] == 40
     assert set(report["compositional"]["by_type"]) == {"colour", "shape", "position", "exists"}
     # The curve: points in every stage, in time order, and a chart.

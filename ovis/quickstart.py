@@ -147,7 +147,7 @@ def quickstart(
         "blind": blind, "adapter": adapter, "model": str(model_dir),
         # What produced these figures, so that runs compared side by side can be checked alike.
         "recipe": {"seed": seed, "steps": run.steps, "train_images": train_images, "eval_images": eval_images,
-                   "compositional_images": compositional_images},
+                   "compositional_images": compositional_images, "vision": run.vision_recipe},
         "precision": str(chosen), "machine": machine(),
     }
     if run.curve:
@@ -171,6 +171,7 @@ class _Run:
         self.composed = out / "composed"
         self.vision = out / VISION
         self.vision_report: dict | None = None
+        self.vision_recipe: dict = {}  # the ViT pre-training's settings but its steps and seed
         self.steps: dict[str, int] = {}  # every step's length as run: the recipe's or an override
         self.told_llm: dict = {}
         self.result = QuickstartResult(out=out)
@@ -222,6 +223,7 @@ class _Run:
 
         config = VisionPretrainConfig(seed=self.seed, **({} if steps is None else {"steps": steps}))
         self.steps[VISION] = config.steps
+        self.vision_recipe = {k: v for k, v in config.key().items() if k not in ("seed", "steps")}
         key = {"composed": _recorded_key(self.composed), "pretraining": config.key()}
         if not _reusable(self.vision / "config.json", self.vision, VISION, key):
             pretrain_vision_directory(self.composed, self.vision, config, progress=self.progress, log=self.log)

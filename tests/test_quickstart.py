@@ -256,6 +256,15 @@ def test_chart_draws_every_series(tmp_path):
 SMALL = {"vision": 100, "stage1": 20, "stage2": 20, "stage3": 650}
 
 
+def vision_recipe() -> dict:
+    """The ViT pre-training's settings as ``report["recipe"]["vision"]`` records them (its steps and
+    seed are recorded beside it)."""
+    from ovis.train.vision_pretrain import VisionPretrainConfig
+
+    key = VisionPretrainConfig().key()
+    return json.loads(json.dumps({k: v for k, v in key.items() if k not in ("seed", "steps")}))
+
+
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     import hashlib
@@ -283,7 +292,7 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     assert report["precision"].startswith("precision: ") and report["machine"]["cores"]
     assert report["machine"]["threads"] == torch.get_num_threads()
     assert report["recipe"] == {"seed": 0, "steps": SMALL, "train_images": 1500, "eval_images": 200,
-                                "compositional_images": 40}
+                                "compositional_images": 40, "vision": vision_recipe()}
     # The vision step trained the ViT alone and learned the scenes' shapes (chance: 1 in 5).
     composed = load_file(tmp_path / "composed" / "model.safetensors")
     vision = load_file(tmp_path / "vision" / "model.safetensors")
@@ -362,7 +371,7 @@ def test_quickstart_records_the_visual_vocabulary_after_every_stage(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     # The report says what produced it: steps as run, data sizes, seed.
     assert report["recipe"] == {"seed": 0, "steps": tiny["steps"], "train_images": 48, "eval_images": 6,
-                                "compositional_images": 0}
+                                "compositional_images": 0, "vision": vision_recipe()}
     vocabulary = report["vocabulary"]
     assert vocabulary["scenes"] == 3 and list(vocabulary["by_stage"]) == ["vision", *STAGES]
     for figures in vocabulary["by_stage"].values():

@@ -54,6 +54,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="weight of the per-patch 'which quarter' loss (default: the recipe's; 0: none)",
     )
+    v.add_argument(
+        "--off-palette",
+        type=float,
+        default=None,
+        help="share of objects drawn in random colours off the task's palette, read for their shape only "
+        "(default: the recipe's; 0: the task's colours only)",
+    )
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.set_defaults(handler=run_vision)
@@ -64,6 +71,7 @@ def run_vision(args: argparse.Namespace) -> int:
 
     chosen = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
     chosen["position_weight"] = args.position_weight
+    chosen["off_palette"] = args.off_palette
     config = VisionPretrainConfig(seed=args.seed, **{k: v for k, v in chosen.items() if v is not None})
     pretrain_vision_directory(args.model, args.out, config, progress=args.progress, log=print)
     print(f"wrote {args.out}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,11 +107,13 @@ def draw_scene(
     rng: random.Random,
     *,
     object_px: tuple[float, float] | None = None,
+    palette: Mapping[str, tuple[int, int, int]] = COLOURS,
 ) -> Image.Image:
     """The scene on a ``size`` square (or a ``(width, height)`` canvas), each object in its quarter.
 
     An object's extent is drawn from 0.55-0.8 of a quarter's short side, or from ``object_px``
-    (pixels) when given: the high-resolution variant's small objects in a big image."""
+    (pixels) when given: the high-resolution variant's small objects in a big image. ``palette``
+    gives each colour name its RGB (the vision pre-training adds colours outside the task's)."""
     width, height = (size, size) if isinstance(size, int) else size
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -125,7 +127,7 @@ def draw_scene(
         cy = row * half_h + half_h / 2 + rng.uniform(-1, 1) * (half_h - extent) / 2
         r = extent / 2
         box = (cx - r, cy - r, cx + r, cy + r)
-        fill = COLOURS[thing.colour]
+        fill = palette[thing.colour]
         if thing.shape == "circle":
             draw.ellipse(box, fill=fill)
         elif thing.shape == "square":

@@ -8,7 +8,9 @@ default) and trained in bf16 (``--train all``: stage 3 instead, everything train
 optimizer's states are most of the figure). Each mode runs in fresh processes:
 
 * ``zero3``: today's loading (``ovis.train.model_loading``): built under ``zero.Init``, each rank
-  reads its slices;
+  reads its slices; the frozen tied embedding used over each rank's rows (``ovis.train.vocab_parallel``);
+* ``zero3-gathered``: the same loading, the embedding gathered whole by DeepSpeed for the lookup and
+  the LM head (as before ``vocab_parallel``);
 * ``whole``: the loading before it: every rank loads the whole model (``ovis.load``), then
   ``deepspeed.initialize`` partitions it;
 * ``single``: one process loading the model whole in bf16 as ZeRO-2 / one process / the PyTorch
@@ -21,19 +23,20 @@ to 1B parameters stay gathered through a step (right for the 7B-70B models they 
 1B they would measure the config, not the loading).
 
 Printed per rank, as peaks of the resident set above its value before loading (imports and the
-process group done), in full bf16 copies of the model: reading the weights (the model alone), up to
-the engine ready (adds the processor and DeepSpeed's own buffers), and the first training step;
+process group done), in full bf16 copies of the model: reading the weights (the model alone, above
+the resident set once the processor is loaded: the processor comes first, as in training), up to
+the engine ready (adds the processor and DeepSpeed's own buffers), and the first training step
+(not for ``whole``: its step is ``zero3-gathered``'s);
 also the parameter elements the rank holds after loading. The target (issue 18): at most 60% of a
 full copy per rank at 2 ranks under ZeRO-3.
 
-Then where rank 0's first ZeRO-3 step peaks (a thread samples the resident set every millisecond,
-filed under the phase running: the engine's forward / backward / optimizer step, each decoder layer,
-the embedding, the LM head), what ``malloc_trim`` still gives back after the step, and the floor
-while DeepSpeed gathers whole parameters: the rank's own partition plus the largest parameter
-gathered (the 311M-parameter tied embedding, 31% of this shallow model, gathered for the lookup, the
-LM head and the LM head's backward).
+Then where each ZeRO-3 mode's first step peaks on rank 0 (a thread samples the resident set every
+millisecond, filed under the phase running: the engine's forward / backward / optimizer step, the
+token lookup, each decoder layer, the LM head and loss), what ``malloc_trim`` still gives back after
+the step, and the fixed part of the setup: the processor (its tokenizer: 152K words, the same
+whatever the model's size) measured on its own.
 
-    python benchmarks/load_memory.py [--layers 9] [--workdir /tmp/ovis-load-memory] [--json out.json]
+    python benchmarks/load_memory.py [--layers 9] [--gradient-checkpointing] [--json out.json]
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class _Probe:
     def __init__(self) -> None:
         import threading
 
-        self.phase = "setup"
+        self.phase = self.outer = "setup"
         self.peaks: dict[str, int] = {}
         self.ends: list[tuple[str, int]] = []
         self._stop = threading.Event()
@@ -127,7 +130,9 @@ class _Probe:
         self.ends.append((phase, _status("VmRSS")))
 
     def watch(self, engine) -> None:
-        """Hooks on ``engine`` (an ``ovis.train.engines.DeepSpeedEngine``)."""
+        """Hooks on ``engine`` (an ``ovis.train.engines.DeepSpeedEngine``): its forward / backward /
+        step, and within them the model's blocks (recomputed layers fall under the backward) and the
+        lookup and loss over the vocabulary rows."""
         from ovis.train.step import causal_lm
 
         step_module = engine.engine.module
@@ -140,13 +145,24 @@ class _Probe:
             blocks[f"layer{i}"] = layer
         blocks["lm_head"] = lm.get_output_embeddings()
         for name, module in blocks.items():
-            module.register_forward_pre_hook(lambda *_, n=name: self.enter(f"fwd {n}"))
-            module.register_forward_hook(lambda *_, n=name: self.end(f"fwd {n}"))
+            module.register_forward_pre_hook(lambda *_, n=name: self.enter(f"{self.outer} {n}"))
+            module.register_forward_hook(lambda *_, n=name: self.end(f"{self.outer} {n}"))
+        lookup, head = step_module._vocab
+        for name, vp, method in (("embed_tokens", lookup, "lookup"), ("lm_head", head, "losses")):
+            if vp is not None:
+                original = getattr(vp, method)
+
+                def over_rows(*args, _original=original, _name=name, **kwargs):
+                    self.enter(f"{self.outer} {_name}")
+                    return _original(*args, **kwargs)
+
+                setattr(vp, method, over_rows)
         ds = engine.engine
         for method in ("forward", "backward", "step"):
             original = getattr(ds, method)
 
             def wrapped(*args, _original=original, _method=method, **kwargs):
+                self.outer = _method
                 self.enter(_method)
                 result = _original(*args, **kwargs)
                 self.enter(f"after {_method}")
@@ -179,7 +195,9 @@ def _deepspeed_json(workdir: Path) -> Path:
     return path
 
 
-def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str, train: str) -> None:
+def _rank(
+    rank: int, port: int, mode: str, model: str, info: str, out: str, ds_json: str, train: str, checkpointing: bool
+) -> None:
     from ovis.train.distributed import local_launch_env
 
     os.environ.update(local_launch_env(rank, WORLD, port))
@@ -190,24 +208,31 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
     from ovis.composer import DTYPES
     from ovis.model import OvisForCausalLM
     from ovis.processing import OvisProcessor
-    from ovis.train import TrainConfig, Trainer
+    from ovis.train import TrainConfig, Trainer, vocab_parallel
     from ovis.train.model_loading import load_partitioned, local_elements
 
     marks: dict[str, float] = {}
+    if mode == "zero3-gathered":
+        vocab_parallel.plan = lambda *_, **__: (None, None)
 
     def measured_load(directory, *, dtype, processes, zero3_config=None):
         # The starting point: imports done, the process group up, nothing of the model read yet.
         marks["start"] = _status("VmRSS")
         _reset_peak()
         marks["began"] = time.perf_counter()
-        if mode == "zero3":
+        processor = OvisProcessor.from_pretrained(directory)  # first, as load_training_model does
+        marks["processor"] = _status("VmRSS") - marks["start"]
+        marks["weights_start"], marks["processor_peak"] = _status("VmRSS"), _status("VmHWM")
+        _reset_peak()
+        if mode.startswith("zero3"):
             model = load_partitioned(directory, dtype=DTYPES[dtype], processes=processes, zero3_config=zero3_config)
         else:  # the loading before: the whole model on every rank (deepspeed.initialize partitions it)
             model = OvisForCausalLM.from_pretrained(str(directory), dtype=DTYPES[dtype])
-        marks["weights_peak"] = _status("VmHWM")
+        # (the weights' peak above the resident set before them: the model alone)
+        marks["weights_peak"] = _status("VmHWM") - marks["weights_start"] + marks["start"]
         marks["held"], marks["total"] = local_elements(model)
         marks["largest"] = max(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        return model, OvisProcessor.from_pretrained(directory)
+        return model, processor
 
     trainer_module.load_training_model = measured_load
     config = TrainConfig.model_validate(
@@ -223,6 +248,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
             "save_steps": 1000,
             "logging_steps": 1,
             "seed": 0,
+            "gradient_checkpointing": checkpointing,
             "data": {"dataset_info": info, "datasets": ["synth-conversations"]},
         }
     )
@@ -235,19 +261,21 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
     trainer = Trainer(config, progress=False, on_step_end=after_first_step)
     trainer.setup()  # the model, then the engine (ZeRO-3 partitions a whole model here)
     load_s = time.perf_counter() - marks["began"]
-    load_peak = _status("VmHWM")
-    probe = _Probe()
-    probe.end("setup")
-    probe.watch(trainer.engine)
-    _reset_peak()
-    began = time.perf_counter()
-    try:
-        trainer.fit()
-    except _FirstStepDone:
-        pass
-    step_s = time.perf_counter() - began
-    step_peak = marks["step_peak"]
-    breakdown = probe.finish()
+    load_peak = max(_status("VmHWM"), marks["processor_peak"])  # (the peak was reset after the processor)
+    breakdown = step_s = step_peak = None
+    if mode != "whole":  # (its step is zero3-gathered's: the same engine over the same partitions)
+        probe = _Probe()
+        probe.end("setup")
+        probe.watch(trainer.engine)
+        _reset_peak()
+        began = time.perf_counter()
+        try:
+            trainer.fit()
+        except _FirstStepDone:
+            pass
+        step_s = time.perf_counter() - began
+        step_peak = marks["step_peak"]
+        breakdown = probe.finish()
     start, held, total = marks["start"], marks["held"], marks["total"]
     report = {
         "rank": rank,
@@ -261,6 +289,7 @@ def _rank(rank: int, port: int, mode: str, model: str, info: str, out: str, ds_j
         "step_s": step_s,
         "breakdown": breakdown,
         "largest": marks["largest"],
+        "processor": marks["processor"],
     }
     Path(out, f"{mode}-{rank}.json").write_text(json.dumps(report))
     torch.distributed.barrier()
@@ -298,44 +327,45 @@ def _cell(value: float | None, width: int = 9, digits: int = 2) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
 
-def _print_breakdown(report: dict, copy: int) -> None:
+def _print_breakdown(name: str, report: dict, copy: int) -> None:
     """Where rank 0's first ZeRO-3 step peaks, in full bf16 copies above the start."""
     start, probe = report["start"], report["breakdown"]
-
-    def share(value: int) -> str:
-        return f"{(value - start) / copy:.2f}"
-
     peaks, ends = probe["peaks"], dict(probe["ends"])
-    layers = [k for k in peaks if k.startswith("fwd layer")]
-    # DeepSpeed's pre-forward hook (the gather) runs before the probe's: a module's gather peaks
-    # under the phase before it (the embedding's under "forward", the LM head's under the last layer).
+
+    def peak(*phases: str) -> int | None:
+        return max((peaks[p] for p in phases if p in peaks), default=None)
+
+    layers = sorted((k for k in peaks if k.startswith("forward layer")), key=lambda k: int(k.split("layer")[1]))
+    # DeepSpeed's pre-forward hook (its gather) runs before the probe's: a module's gather peaks under
+    # the phase before it (the embedding's under "forward", the LM head's under the last layer).
     rows = [
-        ("engine ready (partitions, optimizer states, buffers)", ends["setup"]),
-        ("forward: tied embedding gathered for the lookup", peaks["forward"]),
-        ("forward: decoder layers (one gathered at a time)", max((peaks[k] for k in layers[:-1]), default=None)),
-        ("forward: tied embedding gathered for the LM head", max(peaks[layers[-1]], peaks["fwd lm_head"])),
+        ("engine ready (partitions, optimizer states, processor, buffers)", ends["setup"]),
+        (
+            "forward: token lookup, visual path",
+            peak("forward", "forward embed_tokens", "forward visual_tokenizer", "forward vte"),
+        ),
+        ("forward: decoder layers", peak(*layers[:-1])),
+        ("forward: last layer, LM head and loss", peak(*layers[-1:], "forward lm_head")),
         ("forward done (activations kept for backward)", ends["forward"]),
-        ("backward (LM head gathered again, then the layers)", peaks["backward"]),
-        ("optimizer step", peaks["step"]),
+        ("backward", peak(*(k for k in peaks if k.startswith("backward")))),
+        ("optimizer step", peak("step")),
         ("after the step", probe["trim_before"]),
         ("after malloc_trim(0) (memory glibc still kept)", probe["trim_after"]),
     ]
-    print("\nZeRO-3 first step, rank 0 (resident set above the start, in full bf16 copies):")
+    print(f"\n{name} first step, rank 0 (resident set above the start, in full bf16 copies):")
     for what, value in rows:
-        if value is not None:  # (one layer: its peak is the LM head's gather)
-            print(f"  {what:55} {share(value):>6}")
-    partition, largest = 1 / WORLD, report["largest"] / report["total"]
-    print(
-        f"  floor while whole modules are gathered: own partition {partition:.2f} + largest parameter "
-        f"(the tied embedding) {largest:.2f} = {partition + largest:.2f}"
-    )
+        if value is not None:
+            print(f"  {what:62} {(value - start) / copy:6.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=9)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ovis-load-memory"))
-    parser.add_argument("--modes", nargs="+", default=["zero3", "whole", "single", "single-hf"])
+    parser.add_argument("--modes", nargs="+", default=["zero3", "zero3-gathered", "whole", "single", "single-hf"])
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the layers in the backward pass"
+    )
     parser.add_argument(
         "--train",
         choices=["stage1", "all"],
@@ -361,7 +391,16 @@ def main() -> None:
             proc.join()
             reports = [json.loads((runs / f"{mode}-0.json").read_text())]
         else:
-            spawned = (free_port(), mode, str(model), str(info), str(runs), str(ds_json), args.train)
+            spawned = (
+                free_port(),
+                mode,
+                str(model),
+                str(info),
+                str(runs),
+                str(ds_json),
+                args.train,
+                args.gradient_checkpointing,
+            )
             mp.spawn(_rank, args=spawned, nprocs=WORLD, join=True)
             reports = [json.loads((runs / f"{mode}-{r}.json").read_text()) for r in range(WORLD)]
         results[mode] = reports
@@ -369,7 +408,7 @@ def main() -> None:
     copy = total * 2  # one full bf16 copy of the parameters
     print(f"\nmodel: {total / 1e9:.3f}B parameters; a full bf16 copy is {copy / 2**30:.2f} GiB")
     print(
-        f"{'mode':9} {'rank':>4} {'start GiB':>9} {'weights':>8} {'setup':>6} {'step':>6} "
+        f"{'mode':14} {'rank':>4} {'start GiB':>9} {'weights':>8} {'setup':>6} {'step':>6} "
         f"{'held/total':>10} {'load s':>7} {'step s':>7}   (peaks above the start, in full bf16 copies)"
     )
     for mode, reports in results.items():
@@ -378,7 +417,7 @@ def main() -> None:
                 peak = r.get(f"{phase}_peak")
                 r[f"{phase}_ratio"] = (peak - r["start"]) / copy if peak else None
             print(
-                f"{mode:9} {r['rank']:>4} {r['start'] / 2**30:9.2f} {_cell(r['weights_ratio'], 8)} "
+                f"{mode:14} {r['rank']:>4} {r['start'] / 2**30:9.2f} {_cell(r['weights_ratio'], 8)} "
                 f"{_cell(r['load_ratio'], 6)} {_cell(r['step_ratio'], 6)} {r['held'] / r['total']:10.2f} "
                 f"{r['load_s']:7.1f} {_cell(r['step_s'], 7, 1)}"
             )
@@ -386,26 +425,44 @@ def main() -> None:
     def worst(mode: str, phase: str) -> float:
         return max(r[f"{phase}_ratio"] or 0.0 for r in results[mode])
 
-    if "zero3" in results:
+    for name in ("zero3", "zero3-gathered"):
+        if name not in results:
+            continue
         print()
+        processor = max(r["processor"] for r in results[name]) / copy
         for phase, what in (
             ("weights", "reading the weights"),
             ("load", "up to the engine ready (adds the processor and DeepSpeed's buffers)"),
             ("step", "the first training step"),
         ):
-            value = worst("zero3", phase)
+            value = worst(name, phase)
             verdict = "PASS" if value <= TARGET else "MISS"
-            before = f"; whole-model loading: {worst('whole', phase):.2f}" if "whole" in results else ""
-            print(f"ZeRO-3, {what}: worst rank {value:.2f} of a full copy (target <= {TARGET:.2f}): {verdict}{before}")
-    if "zero3" in results:
-        _print_breakdown(results["zero3"][0], copy)
+            before = (
+                f"; whole-model loading: {worst('whole', phase):.2f}" if "whole" in results and phase != "step" else ""
+            )
+            alone = f"; without the processor {value - processor:.2f}" if phase != "weights" else ""
+            print(
+                f"{name}, {what}: worst rank {value:.2f} of a full copy (target <= {TARGET:.2f}): "
+                f"{verdict}{alone}{before}"
+            )
+        held = f"{processor:.3f} of a copy ({processor * copy / 1e6:.0f} MB)"
+        print(f"{name}: the processor (its tokenizer) alone holds {held}")
+    for name in ("zero3", "zero3-gathered"):
+        if name in results:
+            _print_breakdown(name, results[name][0], copy)
     if "single" in results and "single-hf" in results:
         print(
             f"one process, whole model in bf16: streamed {worst('single', 'load'):.2f} of a copy, "
             f"from_pretrained {worst('single-hf', 'load'):.2f}"
         )
     if args.json:
-        figures = {"copy_bytes": copy, "layers": args.layers, "train": args.train, "results": results}
+        figures = {
+            "copy_bytes": copy,
+            "layers": args.layers,
+            "train": args.train,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "results": results,
+        }
         args.json.write_text(json.dumps(figures, indent=1))
 
 

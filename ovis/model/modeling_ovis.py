@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,13 +273,20 @@ class OvisForCausalLM(OvisPreTrainedModel):
     def _vision_dtype(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Text embeddings with every image block filled in."""
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        embed_text: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings with every image block filled in. ``embed_text``: the lookup of text ids
+        to use instead of the LLM's embedding module (training's ZeRO-3 lookup over each rank's
+        rows, :mod:`ovis.train.vocab_parallel`)."""
         if not self.tiled:
             text_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_ID, 0)
         else:
             text_ids = input_ids.masked_fill((input_ids == IMAGE_TOKEN_ID) | indicator_mask(input_ids), 0)
-        embeds = self.get_input_embeddings()(text_ids)
+        embeds = (embed_text or self.get_input_embeddings())(text_ids)
         images = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
             images = self.encode_images(pixel_values)

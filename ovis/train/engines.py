@@ -107,6 +107,8 @@ class DeepSpeedEngine:
         self.processes = processes
         self.device = torch.device(self.engine.device)
         self.zero_stage = self.engine.zero_optimization_stage()
+        if self.zero_stage == 3 and hasattr(step_module, "plan_vocabulary"):
+            step_module.plan_vocabulary(self.device)
 
     def train(self) -> None:
         self.engine.train()

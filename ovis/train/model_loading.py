@@ -106,13 +106,19 @@ def load_training_model(
     comes back partitioned across ``processes``. None: loaded whole (ZeRO-2, one process), an ovis
     directory streamed (:func:`load_streamed`), a foreign checkpoint through ``ovis.load``.
     """
+    layout = _layout(Path(directory))
+    if zero3_config is None and layout != "ovis":
+        return load(directory, dtype=dtype)
+    if layout == "ovis":
+        check_model_directory(directory)  # a bad weights file is named before anything loads
+    # The processor first: parsing its tokenizer (Qwen's 152K words: 0.11 GB held, 0.06 GB more while
+    # parsing) then peaks before the weights are resident rather than on top of them.
+    processor = OvisProcessor.from_pretrained(directory)
     if zero3_config is not None:
         model = load_partitioned(directory, dtype=DTYPES[dtype], processes=processes, zero3_config=zero3_config)
-    elif _layout(Path(directory)) == "ovis":
-        model = load_streamed(directory, dtype=DTYPES[dtype])
     else:
-        return load(directory, dtype=dtype)
-    return model, OvisProcessor.from_pretrained(directory)
+        model = load_streamed(directory, dtype=DTYPES[dtype])
+    return model, processor
 
 
 def load_partitioned(

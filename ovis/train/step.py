@@ -14,6 +14,7 @@ from torch import nn
 
 from ovis.data.packing import RowLength, uses_varlen, varlen_kwargs
 from ovis.model.merging import IGNORE_INDEX
+from ovis.train import vocab_parallel
 
 #: The batch entries a forward pass takes (a collated batch may hold more, e.g. ``num_skipped``).
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
@@ -33,6 +34,8 @@ class TrainStep(nn.Module):
     head runs only at labelled positions (the full ``[B, L, vocab]`` logits are never built).
     When the batch has no image but visual parameters train, a zero-weighted pass over a blank
     image keeps every trainable parameter in the graph, as ZeRO / DDP need on every rank.
+    Under ZeRO-3 a frozen token embedding / LM head is used over each rank's own rows, never
+    gathered whole (:mod:`ovis.train.vocab_parallel`).
     """
 
     def __init__(self, model: nn.Module, *, image_size: int, dummy_visual: bool) -> None:
@@ -40,6 +43,14 @@ class TrainStep(nn.Module):
         self.model = model
         self.image_size = image_size
         self.dummy_visual = dummy_visual
+        self._vocab: tuple[vocab_parallel.VocabParallel | None, vocab_parallel.VocabParallel | None] = (None, None)
+
+    def plan_vocabulary(self, device: torch.device) -> None:
+        """Use the token embedding / LM head over each rank's rows where they are frozen ZeRO-3
+        partitions. The engine calls it on every rank once the model is partitioned, outside any
+        forward pass: inside one, DeepSpeed gathers a parameter whole the moment it is read."""
+        lm = causal_lm(self.model.llm)
+        self._vocab = vocab_parallel.plan(lm, device, head=_plain_head(lm))
 
     def forward(
         self,
@@ -52,26 +63,29 @@ class TrainStep(nn.Module):
         if labels is None:
             raise ValueError("TrainStep needs labels")
         model = self.model
-        embeds = model.embed_inputs(input_ids, pixel_values)
+        lm = causal_lm(model.llm)
+        lookup, head = self._vocab
+        embeds = model.embed_inputs(input_ids, pixel_values, lookup.lookup if lookup else None)
         if self.dummy_visual and (pixel_values is None or pixel_values.shape[0] == 0):
             blank = torch.zeros(1, 3, self.image_size, self.image_size, device=embeds.device)
             embeds = embeds + 0.0 * model.encode_images(blank).sum().to(embeds.dtype)
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
-        lm = causal_lm(model.llm)
         inputs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
         if position_ids is not None:  # packed rows (ovis.data.packing)
             # A sample's first token is not predicted from the previous sample's last one.
             mask = mask & (position_ids[:, 1:] != 0)
             inputs = _packed_inputs(embeds, position_ids, attention_mask, lm)
         rows, width = input_ids.shape
+        count = mask.sum()
         if _plain_head(lm):
             hidden = lm.get_decoder()(**inputs).last_hidden_state.reshape(rows, width, -1)
+            if head is not None:
+                return head.losses(hidden[:, :-1][mask], targets[mask]).sum() / count.clamp(min=1), count
             logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
         else:  # heads with soft-capping / scaling: let the model compute its logits
             logits = model.llm(**inputs).logits.reshape(rows, width, -1)
             logits = logits[:, :-1][mask]
-        count = mask.sum()
         loss = F.cross_entropy(logits.float(), targets[mask], reduction="sum") / count.clamp(min=1)
         return loss, count
 

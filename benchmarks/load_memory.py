@@ -209,6 +209,7 @@ def _rank(
     from ovis.model import OvisForCausalLM
     from ovis.processing import OvisProcessor
     from ovis.train import TrainConfig, Trainer, vocab_parallel
+    from ovis.train.host_memory import release_heap
     from ovis.train.model_loading import load_partitioned, local_elements
 
     marks: dict[str, float] = {}
@@ -221,6 +222,7 @@ def _rank(
         _reset_peak()
         marks["began"] = time.perf_counter()
         processor = OvisProcessor.from_pretrained(directory)  # first, as load_training_model does
+        release_heap()
         marks["processor"] = _status("VmRSS") - marks["start"]
         marks["weights_start"], marks["processor_peak"] = _status("VmRSS"), _status("VmHWM")
         _reset_peak()
@@ -230,6 +232,7 @@ def _rank(
             model = OvisForCausalLM.from_pretrained(str(directory), dtype=DTYPES[dtype])
         # (the weights' peak above the resident set before them: the model alone)
         marks["weights_peak"] = _status("VmHWM") - marks["weights_start"] + marks["start"]
+        release_heap()
         marks["held"], marks["total"] = local_elements(model)
         marks["largest"] = max(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         return model, processor

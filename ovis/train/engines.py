@@ -29,7 +29,7 @@ from ovis.train import gloo_gather
 from ovis.train.config import TrainConfig
 from ovis.train.deepspeed_config import build_deepspeed_config
 from ovis.train.distributed import Processes
-from ovis.train.host_memory import return_freed_memory
+from ovis.train.host_memory import release_heap, return_freed_memory
 from ovis.train.muon import MuonWithAdamW, muon_matrices
 from ovis.train.step import WRAPPER_PREFIX
 
@@ -109,6 +109,7 @@ class DeepSpeedEngine:
         self.zero_stage = self.engine.zero_optimization_stage()
         if self.zero_stage == 3 and hasattr(step_module, "plan_vocabulary"):
             step_module.plan_vocabulary(self.device)
+        release_heap()  # what building the engine freed leaves the process before training starts
 
     def train(self) -> None:
         self.engine.train()

@@ -36,3 +36,16 @@ def return_freed_memory() -> bool:
         return False
     _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     return _done
+
+
+def release_heap() -> bool:
+    """Hand the memory glibc's heaps hold free back to the system (``malloc_trim(0)``); False where
+    the C library is not glibc. Worth it after a burst of small allocations freed together: parsing
+    a 152K-word tokenizer leaves 0.17 GB of freed parse memory resident beside its 0.06 GB."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True

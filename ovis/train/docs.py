@@ -84,6 +84,16 @@ about 1/N of it per rank plus a small read buffer. A foreign checkpoint (v1, hf-
 release) is translated by rank 0, which holds it while the others receive their slices; `ovis
 convert` it once to avoid that. ZeRO-2, one process and `deepspeed: null` load an ovis directory
 whole, each tensor read straight into the training dtype (no float32 copy beside a bf16 model).
+
+Memory while training under ZeRO-3: DeepSpeed gathers each module's parameters whole while it runs,
+and the token embedding / LM head (one `[vocab, hidden]` matrix when tied) is the largest of them:
+Qwen's 152K words at width 2048 are 311M parameters, 0.62 GB in bf16 on every rank at once. Where
+that matrix is frozen (stages 1 and 2, or LoRA) and there is more than one rank, the lookup and the
+loss use it over each rank's own rows instead (`ovis.train.vocab_parallel`): the ranks exchange
+their tokens' ids and hidden states (a few MB), never the matrix, in chunks that bound the
+`[tokens, rows]` scores; results equal the gathered path's (the lookup to the bit, the loss and its
+gradient to float32 rounding). A matrix that trains (stage 3 without LoRA) is gathered as before: its
+gradient has to reach DeepSpeed's partitioned buffers, which only its own hooks fill.
 `benchmarks/load_memory.py` measures the peak per rank.
 
 Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows as fit

@@ -185,12 +185,12 @@ class _FirstStepDone(Exception):
     """Raised after the first optimizer step: its peak is measured, the run need not go on."""
 
 
-def _deepspeed_json(workdir: Path) -> Path:
+def _deepspeed_json(workdir: Path, reuse: int) -> Path:
     from ovis.train.deepspeed_config import builtin_deepspeed_config
 
     config = builtin_deepspeed_config("zero3")
-    config["zero_optimization"].update(stage3_max_live_parameters=100_000_000, stage3_max_reuse_distance=100_000_000)
-    path = workdir / "zero3-live-1e8.json"
+    config["zero_optimization"].update(stage3_max_live_parameters=100_000_000, stage3_max_reuse_distance=reuse)
+    path = workdir / f"zero3-live-1e8-reuse-{reuse}.json"
     path.write_text(json.dumps(config, indent=1))
     return path
 
@@ -375,6 +375,12 @@ def main() -> None:
         default="stage1",
         help="stage1: the target's setting; all: stage 3, everything trains (optimizer states dominate)",
     )
+    parser.add_argument(
+        "--max-reuse-distance",
+        type=int,
+        default=100_000_000,
+        help="stage3_max_reuse_distance: a parameter needed again within this many elements stays gathered",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -383,7 +389,7 @@ def main() -> None:
 
     model = build_model(args.workdir, args.layers)
     info = write_synthetic_dataset(args.workdir / "data", SynthSpec(train_images=8, eval_images=1), progress=False)
-    ds_json = _deepspeed_json(args.workdir)
+    ds_json = _deepspeed_json(args.workdir, args.max_reuse_distance)
     runs = args.workdir / "runs"
     runs.mkdir(exist_ok=True)
     results = {}
@@ -464,6 +470,7 @@ def main() -> None:
             "layers": args.layers,
             "train": args.train,
             "gradient_checkpointing": args.gradient_checkpointing,
+            "max_reuse_distance": args.max_reuse_distance,
             "results": results,
         }
         args.json.write_text(json.dumps(figures, indent=1))

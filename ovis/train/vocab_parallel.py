@@ -181,15 +181,14 @@ class _Loss(torch.autograd.Function):
         shard = row_shard(vp.weight, vp.group)
         chunk, n = vp.chunk_tokens(), hidden.shape[0]
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         longest, _ = vp._longest(n)
         for begin in range(0, longest, chunk):
             h = vp._gather(hidden[begin : begin + chunk].detach(), chunk)
             t = vp._gather(targets[begin : begin + chunk], chunk, fill=-1)
             scores = shard.scores(h.to(shard.full.dtype)).float()
-            mine = shard.owns(t)
+            rows = torch.nonzero(shard.owns(t)).squeeze(1)  # the tokens whose target is a row of this rank
             target_score = torch.zeros(t.numel(), dtype=torch.float32, device=hidden.device)
-            rows = torch.nonzero(mine).squeeze(1)
             target_score[rows] = scores[rows, t[rows] - shard.first]
             part_lse = torch.logsumexp(scores, dim=1)  # -inf where this rank holds no row
             every = torch.empty(vp.world * part_lse.numel(), dtype=torch.float32, device=hidden.device)
@@ -199,7 +198,7 @@ class _Loss(torch.autograd.Function):
             m = max(0, min(chunk, n - begin))
             own = slice(vp.rank * chunk, vp.rank * chunk + m)
             losses[begin : begin + m] = lse[own] - target_score[own]
-            saved.append((t, lse))
+            saved.append((rows, t[rows] - shard.first, lse))
         ctx.vp, ctx.chunk, ctx.saved = vp, chunk, saved
         ctx.save_for_backward(hidden)
         return losses
@@ -211,15 +210,13 @@ class _Loss(torch.autograd.Function):
         shard = row_shard(vp.weight, vp.group)
         grad_hidden = torch.empty_like(hidden)
         n = hidden.shape[0]
-        for index, (t, lse) in enumerate(ctx.saved):
+        for index, (rows, columns, lse) in enumerate(ctx.saved):
             begin = index * chunk
             h = vp._gather(hidden[begin : begin + chunk], chunk)
             g = vp._gather(grad_losses[begin : begin + chunk].float(), chunk)
             probs = shard.scores(h.to(shard.full.dtype)).float()
             probs.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place: one float32 chunk at a time
-            mine = shard.owns(t)
-            rows = torch.nonzero(mine).squeeze(1)
-            probs[rows, t[rows] - shard.first] -= 1.0
+            probs[rows, columns] -= 1.0
             probs.mul_(g.unsqueeze(1))
             summed = vp._sum_scatter(shard.backward(probs.to(shard.full.dtype)).to(hidden.dtype), chunk)
             m = max(0, min(chunk, n - begin))
@@ -237,8 +234,9 @@ def _group(weight: nn.Parameter) -> Any:
     return _GROUPS[ranks]
 
 
-def _partitioned(weight: Any) -> bool:
-    """A frozen ZeRO-3 matrix whose partition is a plain resident tensor, over more than one rank."""
+def _usable(weight: Any, device: torch.device) -> bool:
+    """A frozen ZeRO-3 matrix whose partition is a plain resident tensor on ``device``'s kind, over
+    more than one rank."""
     part = getattr(weight, "ds_tensor", None)
     shape = getattr(weight, "ds_shape", None)
     if part is None or shape is None or len(shape) != 2 or weight.requires_grad:
@@ -247,6 +245,8 @@ def _partitioned(weight: Any) -> bool:
 
     if getattr(part, "final_location", None) == OffloadDeviceEnum.nvme or hasattr(part, "ds_quant_scale"):
         return False  # on NVMe, or quantized: not the rows themselves
+    if part.device.type != device.type:
+        return False
     return dist.is_initialized() and dist.get_world_size(getattr(weight, "ds_process_group", None)) > 1
 
 
@@ -268,7 +268,3 @@ def plan(
             " and ".join(w for w, v in (("token lookup", lookup), ("LM head loss", vp_head)) if v),
         )
     return lookup, vp_head
-
-
-def _usable(weight: Any, device: torch.device) -> bool:
-    return _partitioned(weight) and weight.ds_tensor.device.type == device.type

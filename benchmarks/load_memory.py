@@ -112,6 +112,9 @@ class _Probe:
 
         self.phase = self.outer = "setup"
         self.peaks: dict[str, int] = {}
+        #: per phase, at its peak: the elements gathered whole (not only the rank's partition) and by whom
+        self.gathered: dict[str, tuple[int, list[str]]] = {}
+        self._params: list = []
         self.ends: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -120,8 +123,17 @@ class _Probe:
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
             rss = _status("VmRSS")
-            if rss > self.peaks.get(self.phase, 0):
-                self.peaks[self.phase] = rss
+            phase = self.phase
+            if rss > self.peaks.get(phase, 0):
+                self.peaks[phase] = rss
+                self.gathered[phase] = self._whole()
+
+    def _whole(self) -> tuple[int, list[str]]:
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        names = [n for n, p in self._params if getattr(p, "ds_status", None) is not ZeroParamStatus.NOT_AVAILABLE]
+        numel = sum(p.ds_numel for n, p in self._params if n in set(names))
+        return numel, names
 
     def enter(self, phase: str) -> None:
         self.phase = phase
@@ -137,6 +149,7 @@ class _Probe:
 
         step_module = engine.engine.module
         model = step_module.model
+        self._params = [(n, p) for n, p in model.named_parameters() if hasattr(p, "ds_status")]
         lm = causal_lm(model.llm)
         blocks = {"visual_tokenizer": model.visual_tokenizer, "vte": model.vte}
         decoder = lm.get_decoder()
@@ -146,6 +159,7 @@ class _Probe:
         blocks["lm_head"] = lm.get_output_embeddings()
         for name, module in blocks.items():
             module.register_forward_pre_hook(lambda *_, n=name: self.enter(f"{self.outer} {n}"))
+            module.register_full_backward_pre_hook(lambda *_, n=name: self.enter(f"{self.outer} {n} grad"))
             module.register_forward_hook(lambda *_, n=name: self.end(f"{self.outer} {n}"))
         lookup, head = step_module._vocab
         for name, vp, method in (("embed_tokens", lookup, "lookup"), ("lm_head", head, "losses")):
@@ -178,7 +192,13 @@ class _Probe:
         self._thread.join()
         before = _status("VmRSS")
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return {"peaks": self.peaks, "ends": self.ends, "trim_before": before, "trim_after": _status("VmRSS")}
+        return {
+            "peaks": self.peaks,
+            "gathered": self.gathered,
+            "ends": self.ends,
+            "trim_before": before,
+            "trim_after": _status("VmRSS"),
+        }
 
 
 class _FirstStepDone(Exception):
@@ -208,13 +228,14 @@ def _rank(
     from ovis.composer import DTYPES
     from ovis.model import OvisForCausalLM
     from ovis.processing import OvisProcessor
-    from ovis.train import TrainConfig, Trainer, vocab_parallel
+    from ovis.train import TrainConfig, Trainer, frozen_linears, vocab_parallel
     from ovis.train.host_memory import release_heap
     from ovis.train.model_loading import load_partitioned, local_elements
 
     marks: dict[str, float] = {}
     if mode == "zero3-gathered":
         vocab_parallel.plan = lambda *_, **__: (None, None)
+        frozen_linears.plan = lambda *_, **__: None
 
     def measured_load(directory, *, dtype, processes, zero3_config=None):
         # The starting point: imports done, the process group up, nothing of the model read yet.

@@ -173,17 +173,19 @@ def test_only_frozen_zero3_partitions_over_several_ranks_are_used_over_rows():
 
 # -- a stage-1 run on two gloo ranks --------------------------------------------------------------------
 def _train_on_rank(rank: int, port: int, model: str, info: str, out: str) -> None:
-    """One rank: the same stage-1 ZeRO-3 run twice, the matrix gathered by DeepSpeed (the plan
-    turned off) and over the ranks' rows, noting the most elements of the tied embedding held."""
+    """One rank: the same stage-1 ZeRO-3 run twice, the matrices gathered by DeepSpeed (the plans
+    turned off) and over the ranks' rows (the frozen Linear layers too, whatever the step's length),
+    noting the most elements of the tied embedding and of the decoder's Linear weights held."""
     os.environ.update(local_launch_env(rank, WORLD, port))
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    from ovis.train import TrainConfig, Trainer, vocab_parallel
+    from ovis.train import TrainConfig, Trainer, frozen_linears, vocab_parallel
     from ovis.train.step import causal_lm
 
-    planned = vocab_parallel.plan
-    for name in ("gathered", "rows"):
-        vocab_parallel_on = name == "rows"
+    planned, planned_linears, limit = vocab_parallel.plan, frozen_linears.plan, frozen_linears.rows_limit
+    begin = frozen_linears.FrozenLinears.begin
+    for name in ("gathered", "rows", "mixed"):
+        vocab_parallel_on = name != "gathered"
         config = TrainConfig.model_validate(
             {
                 "stage": 1,
@@ -202,15 +204,29 @@ def _train_on_rank(rank: int, port: int, model: str, info: str, out: str) -> Non
             }
         )
         vocab_parallel.plan = planned if vocab_parallel_on else (lambda *_, **__: (None, None))
+        frozen_linears.plan = planned_linears if vocab_parallel_on else (lambda *_, **__: None)
+        # rows: every frozen layer over its rows in every step (the toy's layers are small next to its
+        # steps). mixed: the widening layers only, and only in even steps (odd ones taken as too
+        # long): DeepSpeed gathers the other layers, and its trace of the step changes from step to step.
+        frozen_linears.rows_limit = lambda i, o, w, every=name == "rows": 10**9 if every or o > i else 0
+        steps = []
+
+        def alternate(self, tokens, steps=steps):
+            steps.append(begin(self, tokens if len(steps) % 2 == 0 else 10**10))
+            return steps[-1]
+
+        frozen_linears.FrozenLinears.begin = alternate if name == "mixed" else begin
         trainer = Trainer(config, progress=False)
         trainer.setup()
         step = trainer.engine.engine.module
         lm = causal_lm(step.model.llm)
         weight = lm.get_input_embeddings().weight
-        held = []
+        linears = [m.weight for m in lm.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear)]
+        held, linears_held = [], []
 
-        def note(*_: object, weight: torch.nn.Parameter = weight, held: list = held) -> None:
+        def note(*_: object, weight=weight, held=held, sums=linears_held, linears=linears) -> None:
             held.append(weight.data.numel())
+            sums.append(sum(w.data.numel() for w in linears))
 
         for module in lm.modules():
             module.register_forward_pre_hook(note)
@@ -222,17 +238,22 @@ def _train_on_rank(rank: int, port: int, model: str, info: str, out: str) -> Non
         report = {
             "losses": [r["loss"] for r in trainer.records],
             "tokens": [r["tokens"] for r in trainer.records],
-            "planned": [v is not None for v in step._vocab],
+            "planned": [v is not None for v in step._vocab] + [step._linears is not None],
             "most_held": max(held),
             "whole": int(weight.ds_numel),
+            "linears_most_held": max(linears_held),
+            "chosen": steps,
+            "layers": len(step._linears.layers) if step._linears else 0,
+            "largest_linear": max(int(w.ds_numel) for w in linears),
             "probes": len(held),
         }
         Path(out, f"{name}-rank{rank}.json").write_text(json.dumps(report))
-    vocab_parallel.plan = planned
+    vocab_parallel.plan, frozen_linears.plan, frozen_linears.rows_limit = planned, planned_linears, limit
+    frozen_linears.FrozenLinears.begin = begin
 
 
 @pytest.mark.slow
-def test_stage1_on_two_ranks_trains_as_the_gathered_run_without_the_embedding_whole(tmp_path):
+def test_stage1_on_two_ranks_trains_as_the_gathered_run_without_the_frozen_matrices_whole(tmp_path):
     from ovis.data.synth import SynthSpec, write_synthetic_dataset
     from tests.test_train import _compose, _weights
 
@@ -241,20 +262,30 @@ def test_stage1_on_two_ranks_trains_as_the_gathered_run_without_the_embedding_wh
     mp.spawn(_train_on_rank, args=(free_port(), str(model), str(info), str(tmp_path)), nprocs=WORLD, join=True)
     runs = {
         name: [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(WORLD)]
-        for name in ("gathered", "rows")
+        for name in ("gathered", "rows", "mixed")
     }
     for rank in range(WORLD):
         gathered, rows = runs["gathered"][rank], runs["rows"][rank]
-        assert rows["planned"] == [True, True] and gathered["planned"] == [False, False], rank
+        assert rows["planned"] == [True, True, True] and gathered["planned"] == [False, False, False], rank
         assert rows["losses"] == pytest.approx(gathered["losses"], rel=1e-5, abs=0), rank
         assert rows["tokens"] == gathered["tokens"], rank
         # DeepSpeed gathers the whole matrix for the lookup and the head; over the rows, never.
         assert gathered["most_held"] == gathered["whole"], rank
         assert rows["probes"] > 0 and rows["most_held"] == 0, rank
+        # and the decoder's frozen Linear weights likewise (ovis.train.frozen_linears)
+        assert gathered["linears_most_held"] >= gathered["largest_linear"] > 0, rank
+        assert rows["linears_most_held"] == 0, rank
+        mixed = runs["mixed"][rank]
+        assert mixed["losses"] == pytest.approx(gathered["losses"], rel=1e-5, abs=0), rank
+        assert 0 < mixed["linears_most_held"], rank
+        widening = mixed["chosen"][0]  # (gate and up: wider out than in)
+        assert mixed["chosen"] == [widening, 0, widening] and 0 < widening < mixed["layers"], (rank, mixed)
     assert runs["rows"][0]["losses"][-1] < runs["rows"][0]["losses"][0]  # it trained
     a, b = _weights(tmp_path / "gathered" / "final"), _weights(tmp_path / "rows" / "final")
+    c = _weights(tmp_path / "mixed" / "final")
     initial = _weights(model)
     moved = [k for k in a if not torch.equal(a[k], initial[k])]
     assert any(k.startswith("vte") for k in moved) and not any(k.startswith("llm.") for k in moved)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+        torch.testing.assert_close(c[key], a[key], rtol=1e-4, atol=1e-6, msg=key)

@@ -107,8 +107,8 @@ class DeepSpeedEngine:
         self.processes = processes
         self.device = torch.device(self.engine.device)
         self.zero_stage = self.engine.zero_optimization_stage()
-        if self.zero_stage == 3 and hasattr(step_module, "plan_vocabulary"):
-            step_module.plan_vocabulary(self.device)
+        if self.zero_stage == 3 and hasattr(step_module, "plan_zero3"):
+            step_module.plan_zero3(self.device)
         release_heap()  # what building the engine freed leaves the process before training starts
 
     def train(self) -> None:
@@ -117,6 +117,8 @@ class DeepSpeedEngine:
     def micro_step(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         loss, tokens = self.engine(**inputs)
         self.engine.backward(loss)  # divides by the accumulation steps itself
+        if hasattr(self.engine.module, "backward_done"):
+            self.engine.module.backward_done()
         self.engine.step()  # steps the optimizer at accumulation boundaries only
         return loss, tokens
 

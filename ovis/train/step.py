@@ -14,7 +14,7 @@ from torch import nn
 
 from ovis.data.packing import RowLength, uses_varlen, varlen_kwargs
 from ovis.model.merging import IGNORE_INDEX
-from ovis.train import vocab_parallel
+from ovis.train import frozen_linears, vocab_parallel
 
 #: The batch entries a forward pass takes (a collated batch may hold more, e.g. ``num_skipped``).
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
@@ -35,7 +35,8 @@ class TrainStep(nn.Module):
     When the batch has no image but visual parameters train, a zero-weighted pass over a blank
     image keeps every trainable parameter in the graph, as ZeRO / DDP need on every rank.
     Under ZeRO-3 a frozen token embedding / LM head is used over each rank's own rows, never
-    gathered whole (:mod:`ovis.train.vocab_parallel`).
+    gathered whole (:mod:`ovis.train.vocab_parallel`), and so are the LLM's frozen Linear layers in
+    steps short enough for that to move less than their weights (:mod:`ovis.train.frozen_linears`).
     """
 
     def __init__(self, model: nn.Module, *, image_size: int, dummy_visual: bool) -> None:
@@ -44,13 +45,21 @@ class TrainStep(nn.Module):
         self.image_size = image_size
         self.dummy_visual = dummy_visual
         self._vocab: tuple[vocab_parallel.VocabParallel | None, vocab_parallel.VocabParallel | None] = (None, None)
+        self._linears: frozen_linears.FrozenLinears | None = None
 
-    def plan_vocabulary(self, device: torch.device) -> None:
-        """Use the token embedding / LM head over each rank's rows where they are frozen ZeRO-3
-        partitions. The engine calls it on every rank once the model is partitioned, outside any
-        forward pass: inside one, DeepSpeed gathers a parameter whole the moment it is read."""
+    def plan_zero3(self, device: torch.device) -> None:
+        """Use the token embedding / LM head and the LLM's Linear layers over each rank's rows where
+        they are frozen ZeRO-3 partitions. The engine calls it on every rank once the model is
+        partitioned, outside any forward pass: inside one, DeepSpeed gathers a parameter whole the
+        moment it is read."""
         lm = causal_lm(self.model.llm)
         self._vocab = vocab_parallel.plan(lm, device, head=_plain_head(lm))
+        self._linears = frozen_linears.plan(lm, device)
+
+    def backward_done(self) -> None:
+        """The engine calls it after each backward pass (ends the step's choice of layers over rows)."""
+        if self._linears is not None:
+            self._linears.end()
 
     def forward(
         self,
@@ -66,6 +75,8 @@ class TrainStep(nn.Module):
         lm = causal_lm(model.llm)
         lookup, head = self._vocab
         embeds = model.embed_inputs(input_ids, pixel_values, lookup.lookup if lookup else None)
+        if self._linears is not None:
+            self._linears.begin(embeds.shape[:-1].numel())
         if self.dummy_visual and (pixel_values is None or pixel_values.shape[0] == 0):
             blank = torch.zeros(1, 3, self.image_size, self.image_size, device=embeds.device)
             embeds = embeds + 0.0 * model.encode_images(blank).sum().to(embeds.dtype)

@@ -85,29 +85,75 @@ class RowShard:
         return grad if self.last is None else grad + grad_scores[:, n:] @ self.last
 
 
-def row_shard(weight: nn.Parameter, group: Any) -> RowShard:
-    """This rank's rows of the ZeRO-3-partitioned matrix ``weight`` (every rank of ``group`` calls)."""
-    vocab, hidden = (int(n) for n in weight.ds_shape)
-    part = weight.ds_tensor.view(-1)
-    size, numel = part.numel(), int(weight.ds_numel)
-    rank = dist.get_rank(group)
+@dataclass(frozen=True)
+class RowRange:
+    """Where a rank's partition lies in a ``[rows, hidden]`` matrix flattened: elements ``start .. stop``;
+    the rows it uses are ``first .. first + count`` (a row is used by the rank where it starts, and
+    completed from the next rank's first ``hidden - split`` elements when it runs past ``stop``)."""
+
+    start: int
+    stop: int
+    first: int
+    whole: int
+    split: int  # elements of a row started here that run into the next partition (0: none)
+    hidden: int
+
+    @property
+    def count(self) -> int:
+        return self.whole + (1 if self.split else 0)
+
+    @property
+    def head(self) -> int:
+        """The elements before this partition's first row: the previous rank's split row ends there."""
+        return min(self.first * self.hidden, self.stop) - self.start
+
+
+def row_range(weight: nn.Parameter, rank: int) -> RowRange:
+    """``rank``'s :class:`RowRange` of the ZeRO-3-partitioned matrix ``weight`` (every rank's
+    partition has ``ds_tensor``'s size; computed locally, for any rank)."""
+    hidden = int(weight.ds_shape[1])
+    size, numel = weight.ds_tensor.numel(), int(weight.ds_numel)
     start = min(rank * size, numel)
     stop = min(start + size, numel)
     first = -(-start // hidden)
-    head = min(first * hidden, stop) - start  # the previous rank's split row ends here
-    fragment = torch.zeros(hidden, dtype=part.dtype, device=part.device)
-    fragment[:head] = part[:head]
-    fragments = torch.empty(dist.get_world_size(group) * hidden, dtype=part.dtype, device=part.device)
-    _all_gather(fragments, fragment, group=group)
     whole = max(0, stop - first * hidden) // hidden
-    offset = first * hidden - start
-    full = part[offset : offset + whole * hidden].view(whole, hidden)
+    split = max(0, stop - (first + whole) * hidden)
+    return RowRange(start=start, stop=stop, first=first, whole=whole, split=split, hidden=hidden)
+
+
+def head_fragment(weight: nn.Parameter, rank: int) -> torch.Tensor:
+    """``[hidden]``: the elements of this rank's partition before its first row (zeros after them): what
+    completes the previous rank's split row."""
+    part = weight.ds_tensor.view(-1)
+    head = row_range(weight, rank).head
+    fragment = torch.zeros(int(weight.ds_shape[1]), dtype=part.dtype, device=part.device)
+    fragment[:head] = part[:head]
+    return fragment
+
+
+def shard_from(weight: nn.Parameter, rank: int, next_fragment: torch.Tensor | None) -> RowShard:
+    """This rank's :class:`RowShard`, its split row (if any) completed from ``next_fragment`` (the next
+    rank's :func:`head_fragment`)."""
+    vocab, hidden = (int(n) for n in weight.ds_shape)
+    part = weight.ds_tensor.view(-1)
+    where = row_range(weight, rank)
+    offset = where.first * hidden - where.start
+    full = part[offset : offset + where.whole * hidden].view(where.whole, hidden)
     last = None
-    if stop > (first + whole) * hidden:  # a row that runs into the next rank's partition
-        own = part[offset + whole * hidden : stop - start]
-        tail = fragments.view(-1, hidden)[rank + 1, : hidden - own.numel()]
-        last = torch.cat([own, tail]).view(1, hidden)
-    return RowShard(first=first, full=full, last=last, vocab=vocab, hidden=hidden)
+    if where.split:  # a row that runs into the next rank's partition
+        own = part[offset + where.whole * hidden : where.stop - where.start]
+        last = torch.cat([own, next_fragment[: hidden - own.numel()]]).view(1, hidden)
+    return RowShard(first=where.first, full=full, last=last, vocab=vocab, hidden=hidden)
+
+
+def row_shard(weight: nn.Parameter, group: Any) -> RowShard:
+    """This rank's rows of the ZeRO-3-partitioned matrix ``weight`` (every rank of ``group`` calls)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    fragment = head_fragment(weight, rank)
+    fragments = torch.empty(world * fragment.numel(), dtype=fragment.dtype, device=fragment.device)
+    _all_gather(fragments, fragment, group=group)
+    following = fragments.view(world, -1)[rank + 1] if rank + 1 < world else None
+    return shard_from(weight, rank, following)
 
 
 class VocabParallel:
@@ -224,7 +270,7 @@ class _Loss(torch.autograd.Function):
         return grad_hidden, None, None
 
 
-def _group(weight: nn.Parameter) -> Any:
+def group_of(weight: nn.Parameter) -> Any:
     """A process group of ``weight``'s ranks for these collectives alone (so they never interleave
     with DeepSpeed's own on its group); made once per set of ranks, by every rank."""
     base = getattr(weight, "ds_process_group", None)
@@ -234,7 +280,7 @@ def _group(weight: nn.Parameter) -> Any:
     return _GROUPS[ranks]
 
 
-def _usable(weight: Any, device: torch.device) -> bool:
+def usable(weight: Any, device: torch.device) -> bool:
     """A frozen ZeRO-3 matrix whose partition is a plain resident tensor on ``device``'s kind, over
     more than one rank."""
     part = getattr(weight, "ds_tensor", None)
@@ -258,10 +304,10 @@ def plan(
     (None where DeepSpeed gathers them as usual). Every rank calls it, at the same point."""
     embedding, linear = lm.get_input_embeddings(), lm.get_output_embeddings() if head else None
     lookup = vp_head = None
-    if type(embedding) is nn.Embedding and embedding.max_norm is None and _usable(embedding.weight, device):
-        lookup = VocabParallel(embedding.weight, _group(embedding.weight))
-    if type(linear) is nn.Linear and linear.bias is None and _usable(linear.weight, device):
-        vp_head = VocabParallel(linear.weight, _group(linear.weight))
+    if type(embedding) is nn.Embedding and embedding.max_norm is None and usable(embedding.weight, device):
+        lookup = VocabParallel(embedding.weight, group_of(embedding.weight))
+    if type(linear) is nn.Linear and linear.bias is None and usable(linear.weight, device):
+        vp_head = VocabParallel(linear.weight, group_of(linear.weight))
     if lookup or vp_head:
         logger.info(
             "ZeRO-3: %s over each rank's own vocabulary rows (not gathered whole)",

@@ -1,0 +1,173 @@
+"""The LLM's frozen Linear layers over each rank's own rows under ZeRO-3 (ovis.train.frozen_linears):
+outputs and input gradients equal the plain layers' for partitions that split rows between ranks,
+a bias, a rank with no token, several chunks, float32 and bf16; the choice of rows or gathering
+follows the elements each would move, the same on every rank."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from ovis.ports import free_port
+from ovis.train.distributed import local_launch_env
+from ovis.train.frozen_linears import rows_limit
+
+
+def _cut(tensor: torch.Tensor, rank: int, world: int) -> nn.Parameter:
+    """A frozen parameter cut as ZeRO-3 cuts one: the flattened tensor padded to ``world`` equal
+    pieces, this rank's piece as ``ds_tensor``, the whole tensor gone."""
+    numel = tensor.numel()
+    size = -(-numel // world)
+    flat = torch.zeros(size * world, dtype=tensor.dtype)
+    flat[:numel] = tensor.detach().reshape(-1)
+    param = nn.Parameter(torch.empty(0, dtype=tensor.dtype), requires_grad=False)
+    param.ds_tensor = flat[rank * size : (rank + 1) * size].clone()
+    param.ds_shape, param.ds_numel, param.ds_process_group = tuple(tensor.shape), numel, None
+    return param
+
+
+def _partition(layer: nn.Linear, rank: int, world: int) -> None:
+    layer.weight = _cut(layer.weight, rank, world)
+    if layer.bias is not None:
+        layer.bias = _cut(layer.bias, rank, world)
+
+
+class _Block(nn.Module):
+    """Two frozen Linear layers around a trainable one (the gradient must cross all three)."""
+
+    def __init__(self, width: int, inner: int, bias: bool) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, inner, bias=bias)
+        self.mid = nn.Linear(inner, inner)
+        self.down = nn.Linear(inner, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.nn.functional.gelu(self.mid(self.up(x))))
+
+
+def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> None:
+    os.environ.update(local_launch_env(rank, world, port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    from ovis.train import frozen_linears
+
+    frozen_linears.CHUNK_ELEMENTS, frozen_linears.MIN_CHUNK_TOKENS = case["chunk_elements"], 1
+    dtype = getattr(torch, case["dtype"])
+    torch.manual_seed(0)  # the same layers on every rank
+    reference = _Block(case["width"], case["inner"], case["bias"]).to(dtype)
+    planned = _Block(case["width"], case["inner"], case["bias"]).to(dtype)
+    planned.load_state_dict(reference.state_dict())
+    reference.requires_grad_(False).mid.requires_grad_(True)
+    planned.requires_grad_(False).mid.requires_grad_(True)
+    for name in ("up", "down"):
+        stored = getattr(planned, name)
+        if case.get("shift") and name == "up":  # another matrix's partitions: the comparison must fail
+            stored.weight.data = stored.weight.data.roll(1, 0)
+        _partition(stored, rank, world)
+    linears = frozen_linears.plan(planned, torch.device("cpu"))
+
+    torch.manual_seed(10 + rank)  # each rank its own tokens
+    n = case["tokens"][rank]
+    x = torch.randn(n, 2, case["width"]).to(dtype)
+    upstream = torch.randn(n, 2, case["width"]).to(dtype)
+    chosen = linears.begin(2 * n)
+    if case.get("probe_only"):
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"chosen": chosen}))
+        return
+    xa = x.clone().requires_grad_(True)
+    ya = planned(xa)
+    (ya * upstream).float().sum().backward()
+    linears.end()
+    xb = x.clone().requires_grad_(True)
+    yb = reference(xb)
+    (yb * upstream).float().sum().backward()
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        return (float((a.float() - b.float()).abs().max()), float(b.float().abs().max())) if a.numel() else (0.0, 1.0)
+
+    layer = linears.layers[0]
+    report = {
+        "planned": [type(m).__name__ for m in (planned.up, planned.mid, planned.down)],
+        "chosen": chosen,
+        "rows": layer.rows,
+        "split": any(r.split for r in (frozen_linears.row_range(planned.up.weight, k) for k in range(world))),
+        "chunks": -(-max(case["tokens"]) * 2 // layer.chunk_tokens()),
+        "output": error(ya, yb),
+        "grad_x": error(xa.grad, xb.grad),
+        "grad_mid": error(planned.mid.weight.grad, reference.mid.weight.grad),
+        "keys": sorted(planned.state_dict()) == sorted(reference.state_dict()),
+        "inactive_after_end": not any(lay.active for lay in linears.layers),
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    torch.distributed.destroy_process_group()
+
+
+def _run(tmp_path: Path, world: int, **case) -> list[dict]:
+    mp.spawn(_check_on_rank, args=(world, free_port(), str(tmp_path), case), nprocs=world, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.mark.parametrize(
+    ("world", "width", "inner", "bias", "tokens", "chunk_elements"),
+    [
+        (2, 32, 96, True, [3, 5], 2**24),  # rows split evenly, a bias, one chunk
+        (3, 14, 41, True, [1, 0, 2], 3 * 41 * 2),  # rows split between ranks, a rank with no token, chunks
+    ],
+)
+def test_outputs_and_gradients_equal_the_plain_layers_in_float32(
+    tmp_path, world, width, inner, bias, tokens, chunk_elements
+):
+    reports = _run(
+        tmp_path, world, width=width, inner=inner, bias=bias, tokens=tokens, chunk_elements=chunk_elements,
+        dtype="float32",
+    )
+    for rank, report in enumerate(reports):
+        assert report["planned"] == ["_RowsLinear", "Linear", "_RowsLinear"], rank  # the trainable one left alone
+        assert report["chosen"] == 2 and report["inactive_after_end"] and report["keys"], (rank, report)
+        for name in ("output", "grad_x", "grad_mid"):
+            err, scale = report[name]
+            assert err <= 1e-5 * max(1.0, scale), (rank, name, report)
+    rows = reports[0]["rows"]
+    assert rows[0][0] == 0 and sum(c for _, c in rows) == inner
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(rows))  # every row once, in order
+    if world == 3:
+        assert reports[0]["split"] and reports[0]["chunks"] > 1  # the case really splits rows and chunks
+
+
+def test_in_bf16_they_match_the_bf16_layers(tmp_path):
+    reports = _run(tmp_path, 2, width=24, inner=64, bias=True, tokens=[5, 2], chunk_elements=2**24, dtype="bfloat16")
+    for rank, report in enumerate(reports):
+        for name in ("output", "grad_x", "grad_mid"):
+            err, scale = report[name]
+            assert err <= 2e-2 * max(1.0, scale), (rank, name, report)
+
+
+def test_a_wrong_partition_fails_the_comparison(tmp_path):
+    """The checks above can fail: rows read from another matrix give other outputs."""
+    reports = _run(
+        tmp_path, 2, width=32, inner=96, bias=False, tokens=[3, 5], chunk_elements=2**24, dtype="float32", shift=True
+    )
+    for rank, report in enumerate(reports):
+        err, scale = report["output"]
+        assert err > 0.05 * scale, (rank, report)
+
+
+def test_a_long_step_leaves_the_layers_to_deepspeed(tmp_path):
+    """Over a layer's limit (the rows would move more than its weight) no layer runs over rows; the
+    choice is taken from the longest rank, so the ranks agree."""
+    width, inner, world = 32, 96, 2
+    up, down = rows_limit(width, inner, world), rows_limit(inner, width, world)
+    assert (up, down) == (32 * 96 // (2 * 32 + 96), 32 * 96 // (2 * 96 + 32)) == (19, 13)
+    for tokens, chosen in (([1, 6], 2), ([1, 8], 1), ([10, 1], 0)):  # x is [n, 2, width]: 2n tokens
+        reports = _run(
+            tmp_path, world, width=width, inner=inner, bias=False, tokens=tokens, chunk_elements=2**24,
+            dtype="float32", probe_only=True,
+        )
+        assert [r["chosen"] for r in reports] == [chosen, chosen], tokens

@@ -8,9 +8,10 @@ default) and trained in bf16 (``--train all``: stage 3 instead, everything train
 optimizer's states are most of the figure). Each mode runs in fresh processes:
 
 * ``zero3``: today's loading (``ovis.train.model_loading``): built under ``zero.Init``, each rank
-  reads its slices; the frozen tied embedding used over each rank's rows (``ovis.train.vocab_parallel``);
-* ``zero3-gathered``: the same loading, the embedding gathered whole by DeepSpeed for the lookup and
-  the LM head (as before ``vocab_parallel``);
+  reads its slices; the frozen tied embedding used over each rank's rows (``ovis.train.vocab_parallel``)
+  and so are the LLM's frozen Linear layers where that moves less (``ovis.train.frozen_linears``);
+* ``zero3-gathered``: the same loading, every matrix gathered whole by DeepSpeed as it is used (as
+  before those two);
 * ``whole``: the loading before it: every rank loads the whole model (``ovis.load``), then
   ``deepspeed.initialize`` partitions it;
 * ``single``: one process loading the model whole in bf16 as ZeRO-2 / one process / the PyTorch
@@ -32,7 +33,8 @@ full copy per rank at 2 ranks under ZeRO-3.
 
 Then where each ZeRO-3 mode's first step peaks on rank 0 (a thread samples the resident set every
 millisecond, filed under the phase running: the engine's forward / backward / optimizer step, the
-token lookup, each decoder layer, the LM head and loss), what ``malloc_trim`` still gives back after
+token lookup, each decoder layer, the LM head and loss) and how much of the model DeepSpeed holds
+gathered whole at each phase's peak, what ``malloc_trim`` still gives back after
 the step, and the fixed part of the setup: the processor (its tokenizer: 152K words, the same
 whatever the model's size) measured on its own.
 
@@ -352,34 +354,38 @@ def _cell(value: float | None, width: int = 9, digits: int = 2) -> str:
 
 
 def _print_breakdown(name: str, report: dict, copy: int) -> None:
-    """Where rank 0's first ZeRO-3 step peaks, in full bf16 copies above the start."""
+    """Where rank 0's first ZeRO-3 step peaks, in full bf16 copies above the start, and how much of the
+    model DeepSpeed held gathered whole at that moment (beside each rank's own partition)."""
     start, probe = report["start"], report["breakdown"]
-    peaks, ends = probe["peaks"], dict(probe["ends"])
+    peaks, ends, gathered = probe["peaks"], dict(probe["ends"]), probe["gathered"]
 
-    def peak(*phases: str) -> int | None:
-        return max((peaks[p] for p in phases if p in peaks), default=None)
+    def peak(*phases: str) -> tuple[int, str] | None:
+        return max(((peaks[p], p) for p in phases if p in peaks), default=None)
 
     layers = sorted((k for k in peaks if k.startswith("forward layer")), key=lambda k: int(k.split("layer")[1]))
     # DeepSpeed's pre-forward hook (its gather) runs before the probe's: a module's gather peaks under
     # the phase before it (the embedding's under "forward", the LM head's under the last layer).
     rows = [
-        ("engine ready (partitions, optimizer states, processor, buffers)", ends["setup"]),
+        ("engine ready (partitions, optimizer states, processor, buffers)", (ends["setup"], None)),
         (
             "forward: token lookup, visual path",
             peak("forward", "forward embed_tokens", "forward visual_tokenizer", "forward vte"),
         ),
         ("forward: decoder layers", peak(*layers[:-1])),
         ("forward: last layer, LM head and loss", peak(*layers[-1:], "forward lm_head")),
-        ("forward done (activations kept for backward)", ends["forward"]),
+        ("forward done (activations kept for backward)", (ends["forward"], None)),
         ("backward", peak(*(k for k in peaks if k.startswith("backward")))),
         ("optimizer step", peak("step")),
-        ("after the step", probe["trim_before"]),
-        ("after malloc_trim(0) (memory glibc still kept)", probe["trim_after"]),
+        ("after the step", (probe["trim_before"], None)),
+        ("after malloc_trim(0) (memory glibc still kept)", (probe["trim_after"], None)),
     ]
-    print(f"\n{name} first step, rank 0 (resident set above the start, in full bf16 copies):")
-    for what, value in rows:
-        if value is not None:
-            print(f"  {what:62} {(value - start) / copy:6.2f}")
+    print(f"\n{name} first step, rank 0 (resident set above the start, in full bf16 copies; gathered whole then):")
+    for what, found in rows:
+        if found is None:
+            continue
+        value, phase = found
+        whole = f"{gathered[phase][0] * 2 / copy:9.3f}" if phase in gathered else ""
+        print(f"  {what:62} {(value - start) / copy:6.2f} {whole}")
 
 
 def main() -> None:

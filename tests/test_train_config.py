@@ -79,6 +79,7 @@ def test_deepspeed_auto_values_filled_and_conflicts_refused(tmp_path):
     assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 1.0
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == 1e-3
+    assert ds["optimizer"]["params"]["fused"] is True  # torch's fused AdamW has a CPU kernel too
     assert ds["bf16"]["enabled"] is False and ds["zero_optimization"]["stage"] == 2
     assert "auto" not in json.dumps(ds)
     cuda = build_deepspeed_config(config, world_size=1, hidden_size=256, on_cuda=True)["optimizer"]["params"]

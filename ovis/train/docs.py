@@ -94,6 +94,14 @@ their tokens' ids and hidden states (a few MB), never the matrix, in chunks that
 `[tokens, rows]` scores; results equal the gathered path's (the lookup to the bit, the loss and its
 gradient to float32 rounding). A matrix that trains (stage 3 without LoRA) is gathered as before: its
 gradient has to reach DeepSpeed's partitioned buffers, which only its own hooks fill.
+The LLM's frozen Linear layers likewise run over each rank's own rows (`ovis.train.frozen_linears`)
+in steps short enough for that to move fewer elements than gathering their weights: every rank
+all-gathers the step's tokens, computes its rows' outputs, and an all-to-all returns each rank its
+own tokens' outputs. A layer over its rows is never gathered, and nothing of it is kept for the
+backward pass (under gradient checkpointing DeepSpeed keeps a recomputed layer's frozen weights
+gathered until its backward pass ends). In longer steps (`world * tokens * in + tokens * out` above
+`in * out`, as with long packed rows on GPUs) DeepSpeed gathers them, with its prefetching; every
+rank takes the same choice each step, from the longest micro-batch.
 `benchmarks/load_memory.py` measures the peak per rank.
 
 Packing (`data.packing: true`): each micro-batch's samples are packed into as few rows as fit

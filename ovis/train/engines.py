@@ -178,7 +178,8 @@ class TorchEngine:
         self.module = step_module.to(device)
         self.device = device
         self.zero_stage = 0
-        fused = {"fused": True} if device.type == "cuda" else {}  # as DeepSpeed's config asks on CUDA
+        # torch's fused AdamW (on CUDA and CPUs, as DeepSpeed's config asks): no parameter-sized temporaries
+        fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
         if config.optimizer == "muon":
             self.optimizer = MuonWithAdamW(
                 groups, muon_matrices(step_module), config, newton_schulz_bf16=precision == "bf16", **fused

@@ -66,8 +66,20 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
     planned.load_state_dict(reference.state_dict())
     reference.requires_grad_(False).mid.requires_grad_(True)
     planned.requires_grad_(False).mid.requires_grad_(True)
+    if case.get("lora"):  # LoRA on the frozen layers: their base layers are planned, the adapters train
+        from peft import LoraConfig, get_peft_model
+
+        def adapted(block: nn.Module) -> nn.Module:
+            torch.manual_seed(1)  # the same random adapters (B not zero: they change the output)
+            lora = LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], init_lora_weights=False)
+            return get_peft_model(block, lora).base_model.model
+
+        reference, planned = adapted(reference), adapted(planned)
+        for block in (reference, planned):
+            block.mid.requires_grad_(True)  # (peft froze everything but the adapters)
     for name in ("up", "down"):
         stored = getattr(planned, name)
+        stored = getattr(stored, "base_layer", stored)
         if case.get("shift") and name == "up":  # another matrix's partitions: the comparison must fail
             stored.weight.data = stored.weight.data.roll(1, 0)
         _partition(stored, rank, world)
@@ -94,7 +106,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
 
     layer = linears.layers[0]
     report = {
-        "planned": [type(m).__name__ for m in (planned.up, planned.mid, planned.down)],
+        "planned": [type(getattr(m, "base_layer", m)).__name__ for m in (planned.up, planned.mid, planned.down)],
         "chosen": chosen,
         "rows": layer.rows,
         "split": any(r.split for r in (frozen_linears.row_range(planned.up.weight, k) for k in range(world))),
@@ -102,6 +114,11 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
         "output": error(ya, yb),
         "grad_x": error(xa.grad, xb.grad),
         "grad_mid": error(planned.mid.weight.grad, reference.mid.weight.grad),
+        "grad_lora": [
+            error(a.grad, b.grad)
+            for (name, a), b in zip(planned.named_parameters(), reference.parameters(), strict=True)
+            if "lora_" in name
+        ],
         "keys": sorted(planned.state_dict()) == sorted(reference.state_dict()),
         "inactive_after_end": not any(lay.active for lay in linears.layers),
     }
@@ -139,6 +156,17 @@ def test_outputs_and_gradients_equal_the_plain_layers_in_float32(
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(rows))  # every row once, in order
     if world == 3:
         assert reports[0]["split"] and reports[0]["chunks"] > 1  # the case really splits rows and chunks
+
+
+def test_lora_adapters_on_planned_layers_train_as_on_the_plain_ones(tmp_path):
+    reports = _run(
+        tmp_path, 2, width=32, inner=96, bias=True, tokens=[3, 5], chunk_elements=2**24, dtype="float32", lora=True
+    )
+    for rank, report in enumerate(reports):
+        assert report["planned"] == ["_RowsLinear", "Linear", "_RowsLinear"] and report["chosen"] == 2, rank
+        assert len(report["grad_lora"]) == 4, rank  # A and B of two adapted layers
+        for err, scale in [report["output"], report["grad_x"], report["grad_mid"], *report["grad_lora"]]:
+            assert scale > 0 and err <= 1e-5 * max(1.0, scale), (rank, report)
 
 
 def test_in_bf16_they_match_the_bf16_layers(tmp_path):

@@ -305,11 +305,15 @@ def test_quickstart_runs_end_to_end_and_the_model_learns(tmp_path):
     weights = Path(get_host().llm(TOLD_LLM).spec.weights) / "model.safetensors"
     preset = load_file(weights)
     assert told["preset"] == TOLD_LLM and told["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # (A stage's weights are exported in its precision: bf16 where `auto` picks it, on a CPU with AMX.)
+    def same(exported: torch.Tensor, before: torch.Tensor) -> bool:
+        return torch.equal(exported, before.to(exported.dtype))
+
     aligned = load_file(tmp_path / "stage2" / "final" / "model.safetensors")
-    assert all(torch.equal(aligned["llm." + k], v) for k, v in preset.items())
+    assert all(same(aligned["llm." + k], v) for k, v in preset.items())
     final = load_file(tmp_path / "stage3" / "final" / "model.safetensors")
-    assert all(torch.equal(vision[k], final[k]) for k in backbone)
-    assert any(not torch.equal(final["llm." + k], v) for k, v in preset.items())
+    assert all(same(final[k], vision[k]) for k in backbone)
+    assert any(not same(final["llm." + k], v) for k, v in preset.items())
     # The ceiling (the told LLM answering from the scene told in words) and the compositional split
     # are there, per type; the told LLM was built on this world and answers most of it.
     assert told["questions"] == 200 and told["compositional"]["questions"] == 40

@@ -6,8 +6,10 @@ The universal checkpoint the resume goes through must carry DeepSpeed's fp32 mas
 Adam moments, not the bf16 weights the model computes with. Every run here trains unclipped, and then
 the layouts do the same arithmetic: measured on the 2-core AVX2-only EPYC, the 2-rank and 1-rank runs
 and both resumes (ZeRO-2 and ZeRO-3) ended with equal bf16 weights and equal losses; the logged
-gradient norms were at most 7e-16 apart relative (each rank's part summed, then the parts). Allowed:
-losses and norms 1e-7 apart relative, weights equal. The control is the same resume with the fp32
+gradient norms were at most 7e-16 apart relative (each rank's part summed, then the parts). On a
+Xeon with AMX (2026-12-03) the 2-rank and 1-rank ZeRO-2 runs' norms were 1.35e-7 apart (2 float32
+ulps: its bf16 kernels leave the ranks' gradients summed in another order), losses and weights still
+equal. Allowed: losses 1e-7 apart relative, norms 4 float32 ulps (2**-21), weights equal. The control is the same resume with the fp32
 masters rounded to bf16 (what a resume that lost them would start from): measured 26% of the weights
 off and gradient norms 7e-4 (ZeRO-2) and 8e-4 (ZeRO-3) apart.
 
@@ -43,6 +45,8 @@ toy = fp32_resume.toy  # its 8-conversation toy run (module-scoped fixture), reg
 
 #: How far apart the resumed and the uninterrupted run's losses and gradient norms may be, relative.
 REL = 1e-7
+#: ... and their gradient norms: a few float32 ulps (the sum's order differs between layouts).
+NORM_REL = 2**-21
 #: Trained unclipped (see the module docstring).
 UNCLIPPED = {"max_grad_norm": 0}
 
@@ -95,7 +99,7 @@ def _share_apart(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 def _assert_alike(ours: dict[int, dict], theirs: dict[int, dict], steps: range) -> None:
     loss, norm = _departures(ours, theirs, steps)
-    assert loss <= REL and norm <= REL, (loss, norm)
+    assert loss <= REL and norm <= NORM_REL, (loss, norm)
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

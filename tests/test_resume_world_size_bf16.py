@@ -9,9 +9,9 @@ and both resumes (ZeRO-2 and ZeRO-3) ended with equal bf16 weights and equal los
 gradient norms were at most 7e-16 apart relative (each rank's part summed, then the parts). On a
 Xeon with AMX (2026-12-03) the 2-rank and 1-rank ZeRO-2 runs' norms were 1.35e-7 apart (2 float32
 ulps: its bf16 kernels leave the ranks' gradients summed in another order), losses and weights still
-equal. Allowed: losses 1e-7 apart relative, norms 4 float32 ulps (2**-21), weights equal. The control is the same resume with the fp32
-masters rounded to bf16 (what a resume that lost them would start from): measured 26% of the weights
-off and gradient norms 7e-4 (ZeRO-2) and 8e-4 (ZeRO-3) apart.
+equal. Allowed: losses 1e-7 apart relative, norms 4 float32 ulps (2**-21), weights equal. The
+control is the same resume with the fp32 masters rounded to bf16 (what a resume that lost them would
+start from): measured 26% of the weights off and gradient norms 7e-4 (ZeRO-2) and 8e-4 (ZeRO-3) apart.
 
 Why unclipped: with clipping, the gradient norm is summed in different groupings (gloo adds 2 ranks'
 partial sums, one rank sums the whole) and ends an fp32 ulp apart; the clipped updates then differ by

@@ -13,7 +13,7 @@ Per rank that moves about ``world * tokens * in + tokens * out`` elements instea
 ``in * out``: fewer while a micro-batch is small next to the weight (stage 1's short samples, a CPU
 run), more for long packed rows on GPUs, where DeepSpeed's gathering (with its prefetch) is kept.
 Each step every rank takes the same choice for every layer, from the most tokens any rank has:
-the rows where they move fewer elements (:attr:`FrozenLinears.rows_limit`), DeepSpeed otherwise.
+the rows where they move fewer elements (:func:`rows_limit`), DeepSpeed otherwise.
 """
 
 from __future__ import annotations
@@ -183,8 +183,10 @@ class FrozenLinears:
         _all_gather(every, mine, group=first.group)
         longest = int(every.max())
         chosen = [layer for layer in self.layers if longest <= layer.rows_limit]
-        for dtype in {layer.weight.ds_tensor.dtype for layer in chosen}:
-            same = [layer for layer in chosen if layer.weight.ds_tensor.dtype == dtype]
+        batches: dict[tuple[Any, torch.dtype], list[RowsLayer]] = {}
+        for layer in chosen:  # one all-gather per process group and dtype (in practice: one)
+            batches.setdefault((layer.group, layer.weight.ds_tensor.dtype), []).append(layer)
+        for same in batches.values():
             _read_rows(same)
         for layer in chosen:
             layer.active = True
@@ -197,7 +199,7 @@ class FrozenLinears:
 
 def _read_rows(layers: list[RowsLayer]) -> None:
     """Each layer's :class:`RowShard`, its split row completed from the next rank, and its bias rows:
-    one all-gather of every layer's head fragment and bias partition (the layers share their ranks)."""
+    one all-gather of every layer's head fragment and bias partition (the layers share their group)."""
     group, rank, world = layers[0].group, layers[0].rank, layers[0].world
     pieces = []
     for layer in layers:

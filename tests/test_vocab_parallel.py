@@ -18,21 +18,9 @@ import torch.nn.functional as F
 
 from ovis.ports import free_port
 from ovis.train.distributed import local_launch_env
+from tests.zero3_fakes import on_ranks, partitioned
 
 WORLD = 2
-
-
-def _partitioned(weight: torch.Tensor, rank: int, world: int) -> torch.nn.Parameter:
-    """A frozen parameter cut as ZeRO-3 cuts one: the flattened matrix padded to ``world`` equal
-    pieces, this rank's piece as ``ds_tensor``, the whole tensor gone."""
-    numel = weight.numel()
-    size = -(-numel // world)
-    flat = torch.zeros(size * world, dtype=weight.dtype)
-    flat[:numel] = weight.reshape(-1)
-    param = torch.nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
-    param.ds_tensor = flat[rank * size : (rank + 1) * size].clone()
-    param.ds_shape, param.ds_numel, param.ds_process_group = tuple(weight.shape), numel, None
-    return param
 
 
 def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> None:
@@ -54,7 +42,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
 
     # ("shift": the partitions of another matrix, rows moved by one: the comparison must fail)
     stored = weight.roll(1, 0) if case.get("shift") else weight
-    param = _partitioned(stored, rank, world)
+    param = partitioned(stored, rank, world)
     shard = vocab_parallel.row_shard(param, None)
     vp = vocab_parallel.VocabParallel(param, None)
     if case.get("bad_rank") is not None:
@@ -66,6 +54,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
         except IndexError as exc:
             error = str(exc)
         Path(out, f"rank{rank}.json").write_text(json.dumps({"error": error}))
+        torch.distributed.destroy_process_group()  # (a process leaving a live gloo group may abort)
         return
     looked_up = vp.lookup(ids)
     losses = vp.losses(states, ids)
@@ -83,15 +72,14 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
         "loss_scale": float(expected.abs().max()) if n else 1.0,
         "grad_error": float((grad.float() - reference.grad.float()).abs().max()) if n else 0.0,
         "grad_scale": float(reference.grad.float().abs().max()) if n else 1.0,
-        "weight_untouched": bool(torch.equal(param.ds_tensor, _partitioned(stored, rank, world).ds_tensor)),
+        "weight_untouched": bool(torch.equal(param.ds_tensor, partitioned(stored, rank, world).ds_tensor)),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     torch.distributed.destroy_process_group()
 
 
 def _run(tmp_path: Path, world: int, **case) -> list[dict]:
-    mp.spawn(_check_on_rank, args=(world, free_port(), str(tmp_path), case), nprocs=world, join=True)
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    return on_ranks(_check_on_rank, tmp_path, world, case)
 
 
 @pytest.mark.parametrize(
@@ -164,11 +152,11 @@ def test_only_frozen_zero3_partitions_over_several_ranks_are_used_over_rows():
 
     plain = Tiny()
     assert vocab_parallel.plan(plain, torch.device("cpu")) == (None, None)  # ZeRO-2 / one process
-    partitioned = Tiny()
-    for module in (partitioned.embed, partitioned.head):
-        module.weight = _partitioned(module.weight.detach(), 0, 2)
+    cut = Tiny()
+    for module in (cut.embed, cut.head):
+        module.weight = partitioned(module.weight.detach(), 0, 2)
         module.weight.requires_grad_(True)  # stage 3: the LLM trains
-    assert vocab_parallel.plan(partitioned, torch.device("cpu")) == (None, None)
+    assert vocab_parallel.plan(cut, torch.device("cpu")) == (None, None)
 
 
 # -- a stage-1 run on two gloo ranks --------------------------------------------------------------------

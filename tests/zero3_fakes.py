@@ -1,0 +1,33 @@
+"""Helpers for tests of the code that uses ZeRO-3 partitions directly (``ovis.train.vocab_parallel``,
+``ovis.train.frozen_linears``): a parameter cut as ZeRO-3 cuts one, and a check run on gloo ranks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from ovis.ports import free_port
+
+
+def partitioned(tensor: torch.Tensor, rank: int, world: int) -> torch.nn.Parameter:
+    """A frozen parameter cut as ZeRO-3 cuts one: the flattened tensor padded to ``world`` equal
+    pieces, this rank's piece as ``ds_tensor``, the whole tensor gone."""
+    numel = tensor.numel()
+    size = -(-numel // world)
+    flat = torch.zeros(size * world, dtype=tensor.dtype)
+    flat[:numel] = tensor.detach().reshape(-1)
+    param = torch.nn.Parameter(torch.empty(0, dtype=tensor.dtype), requires_grad=False)
+    param.ds_tensor = flat[rank * size : (rank + 1) * size].clone()
+    param.ds_shape, param.ds_numel, param.ds_process_group = tuple(tensor.shape), numel, None
+    return param
+
+
+def on_ranks(check: Callable[..., None], tmp_path: Path, world: int, case: dict) -> list[dict]:
+    """``check(rank, world, port, out, case)`` on ``world`` gloo ranks; each rank's report, which it
+    writes to ``out/rank{rank}.json``."""
+    mp.spawn(check, args=(world, free_port(), str(tmp_path), case), nprocs=world, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]

@@ -16,7 +16,7 @@ from torch import nn
 
 from ovis.train.distributed import local_launch_env
 from ovis.train.frozen_linears import rows_limit
-from tests.zero3_fakes import on_ranks, partitioned
+from tests.zero3_fakes import leave, on_ranks, partitioned
 
 
 def _partition(layer: nn.Linear, rank: int, world: int) -> None:
@@ -78,7 +78,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
     chosen = linears.begin(2 * n)
     if case.get("probe_only"):
         Path(out, f"rank{rank}.json").write_text(json.dumps({"chosen": chosen}))
-        torch.distributed.destroy_process_group()  # (a process leaving a live gloo group may abort)
+        leave()
         return
     xa = x.clone().requires_grad_(True)
     ya = planned(xa)
@@ -110,7 +110,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> No
         "inactive_after_end": not any(lay.active for lay in linears.layers),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
-    torch.distributed.destroy_process_group()
+    leave()
 
 
 def _run(tmp_path: Path, world: int, **case) -> list[dict]:

@@ -31,3 +31,10 @@ def on_ranks(check: Callable[..., None], tmp_path: Path, world: int, case: dict)
     writes to ``out/rank{rank}.json``."""
     mp.spawn(check, args=(world, free_port(), str(tmp_path), case), nprocs=world, join=True)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def leave() -> None:
+    """Every rank waits for the others, then leaves the gloo group (a rank tearing its connections
+    down while another still reads from them makes that one abort)."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

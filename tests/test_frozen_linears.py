@@ -185,3 +185,63 @@ def test_a_long_step_leaves_the_layers_to_deepspeed(tmp_path):
             dtype="float32", probe_only=True,
         )
         assert [r["chosen"] for r in reports] == [chosen, chosen], tokens
+
+
+# -- LoRA under ZeRO-3 on two gloo ranks ----------------------------------------------------------------
+def _lora_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> None:
+    """One rank: the same LoRA run (stage 3, ZeRO-3) with the base layers gathered by DeepSpeed and
+    over each rank's rows (whatever the step's length)."""
+    os.environ.update(local_launch_env(rank, world, port))
+    torch.set_num_threads(1)
+    from ovis.train import TrainConfig, Trainer, frozen_linears
+
+    begin, limit = frozen_linears.FrozenLinears.begin, frozen_linears.rows_limit
+    report = {}
+    for name in ("gathered", "rows"):
+        frozen_linears.rows_limit = lambda *_, over=name == "rows": 10**9 if over else 0
+        chosen = []
+
+        def noted(self, tokens, chosen=chosen):
+            chosen.append(begin(self, tokens))
+            return chosen[-1]
+
+        frozen_linears.FrozenLinears.begin = noted
+        config = TrainConfig.model_validate(
+            {
+                "stage": 3,
+                "model": case["model"],
+                "output_dir": str(Path(out) / name),
+                "deepspeed": "zero3",
+                "precision": "fp32",
+                "train_modules": ["llm"],
+                "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+                "per_device_batch_size": 2,
+                "lr": 3e-3,
+                "max_steps": 4,
+                "save_steps": 100,
+                "logging_steps": 1,
+                "seed": 0,
+                "data": {"dataset_info": case["info"], "datasets": ["synth-conversations"]},
+            }
+        )
+        trainer = Trainer(config, progress=False)
+        trainer.setup()
+        trainer.fit()
+        report[name] = {"losses": [r["loss"] for r in trainer.records], "chosen": chosen}
+    frozen_linears.FrozenLinears.begin, frozen_linears.rows_limit = begin, limit
+    Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_lora_under_zero3_trains_over_rows_as_with_the_base_layers_gathered(tmp_path):
+    from ovis.data.synth import SynthSpec, write_synthetic_dataset
+    from tests.test_train import _compose
+
+    model = _compose(tmp_path / "model")
+    info = write_synthetic_dataset(tmp_path / "data", SynthSpec(train_images=8, eval_images=1), progress=False)
+    reports = on_ranks(_lora_on_rank, tmp_path, 2, {"model": str(model), "info": str(info)})
+    for rank, report in enumerate(reports):
+        gathered, rows = report["gathered"], report["rows"]
+        assert gathered["chosen"] == [0] * 4 and len(rows["chosen"]) == 4 and min(rows["chosen"]) > 0, (rank, report)
+        assert rows["losses"] == pytest.approx(gathered["losses"], rel=1e-5, abs=0), rank
+    assert reports[0]["rows"]["losses"][-1] < reports[0]["rows"]["losses"][0]  # the adapters learn

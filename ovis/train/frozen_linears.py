@@ -28,8 +28,12 @@ from torch import nn
 
 from ovis.train.vocab_parallel import (
     RowShard,
+    all_gather_single,
+    gather_padded,
     group_of,
     head_fragment,
+    most_over_ranks,
+    reduce_scatter_single,
     row_range,
     shard_from,
     usable,
@@ -41,10 +45,6 @@ logger = logging.getLogger("ovis.train")
 #: elements (8 MiB in bf16).
 CHUNK_ELEMENTS = 2**22
 MIN_CHUNK_TOKENS = 16
-
-# torch 2.14 renamed the tensor collectives (the old names warn); older torch has only the old ones.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 @dataclass(eq=False)
@@ -80,10 +80,7 @@ class RowsLayer:
 
     def longest(self, n: int) -> int:
         """The most tokens any rank passes this call (every rank calls)."""
-        mine = torch.tensor([n], dtype=torch.long, device=self.shard.full.device)
-        every = torch.empty(self.world, dtype=torch.long, device=mine.device)
-        _all_gather(every, mine, group=self.group)
-        return int(every.max())
+        return most_over_ranks(n, self.world, self.group, self.shard.full.device)
 
 
 class _RowsLinear(nn.Linear):
@@ -108,11 +105,11 @@ class _Rows(torch.autograd.Function):
         out = torch.empty(n, layer.out_features, dtype=flat.dtype, device=flat.device)
         mine = shard.count
         for begin in range(0, longest, chunk):
-            every = _gather(flat[begin : begin + chunk], chunk, world, layer.group)
+            every = gather_padded(flat[begin : begin + chunk], chunk, world, layer.group)
             scores = shard.scores(every)  # [world * chunk, my rows]
             if layer.bias is not None:
                 scores = scores + layer.bias
-            pieces = torch.empty(sum(chunk * count for _, count in layer.rows), dtype=flat.dtype, device=flat.device)
+            pieces = torch.empty(chunk * layer.out_features, dtype=flat.dtype, device=flat.device)
             dist.all_to_all_single(
                 pieces,
                 scores.contiguous().view(-1),
@@ -152,18 +149,9 @@ class _Rows(torch.autograd.Function):
             )
             partial = shard.backward(mine_of_every.view(world * chunk, mine))  # [world * chunk, in]
             summed = torch.empty(chunk, layer.in_features, dtype=grads.dtype, device=grads.device)
-            _reduce_scatter(summed, partial.contiguous(), group=layer.group)
+            reduce_scatter_single(summed, partial.contiguous(), group=layer.group)
             grad_in[begin : begin + m] = summed[:m]
         return grad_in.view(ctx.shape).to(ctx.dtype), None
-
-
-def _gather(piece: torch.Tensor, chunk: int, world: int, group: Any) -> torch.Tensor:
-    """Every rank's ``piece`` padded to ``chunk`` rows: ``[world * chunk, ...]``."""
-    padded = torch.zeros((chunk, *piece.shape[1:]), dtype=piece.dtype, device=piece.device)
-    padded[: piece.shape[0]] = piece
-    out = torch.empty((world * chunk, *piece.shape[1:]), dtype=piece.dtype, device=piece.device)
-    _all_gather(out, padded, group=group)
-    return out
 
 
 class FrozenLinears:
@@ -178,10 +166,7 @@ class FrozenLinears:
         and read their rows; returns how many do."""
         self.end()
         first = self.layers[0]
-        mine = torch.tensor([tokens], dtype=torch.long, device=first.weight.ds_tensor.device)
-        every = torch.empty(first.world, dtype=torch.long, device=mine.device)
-        _all_gather(every, mine, group=first.group)
-        longest = int(every.max())
+        longest = most_over_ranks(tokens, first.world, first.group, first.weight.ds_tensor.device)
         chosen = [layer for layer in self.layers if longest <= layer.rows_limit]
         batches: dict[tuple[Any, torch.dtype], list[RowsLayer]] = {}
         for layer in chosen:  # one all-gather per process group and dtype (in practice: one)
@@ -208,7 +193,7 @@ def _read_rows(layers: list[RowsLayer]) -> None:
             pieces.append(layer.full_bias.ds_tensor.view(-1).to(pieces[0].dtype))
     mine = torch.cat(pieces)
     every = torch.empty(world * mine.numel(), dtype=mine.dtype, device=mine.device)
-    _all_gather(every, mine, group=group)
+    all_gather_single(every, mine, group=group)
     every = every.view(world, -1)
     offset = 0
     for layer in layers:

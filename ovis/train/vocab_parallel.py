@@ -41,8 +41,8 @@ MIN_CHUNK_TOKENS = 16
 
 _GROUPS: dict[tuple[int, ...], Any] = {}
 # torch 2.14 renamed the tensor collectives (the old names warn); older torch has only the old ones.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def row_shard(weight: nn.Parameter, group: Any) -> RowShard:
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     fragment = head_fragment(weight, rank)
     fragments = torch.empty(world * fragment.numel(), dtype=fragment.dtype, device=fragment.device)
-    _all_gather(fragments, fragment, group=group)
+    all_gather_single(fragments, fragment, group=group)
     following = fragments.view(world, -1)[rank + 1] if rank + 1 < world else None
     return shard_from(weight, rank, following)
 
@@ -201,24 +201,36 @@ class VocabParallel:
         device = self.weight.ds_tensor.device
         mine = torch.tensor([n, 0 if bad is None else 1, bad or 0], dtype=torch.long, device=device)
         counts = torch.empty(3 * self.world, dtype=torch.long, device=device)
-        _all_gather(counts, mine, group=self.group)
+        all_gather_single(counts, mine, group=self.group)
         rows = counts.view(self.world, 3).tolist()
         flagged = next(((rank, row[2]) for rank, row in enumerate(rows) if row[1] > 0), None)
         return max(row[0] for row in rows), flagged
 
     def _gather(self, piece: torch.Tensor, chunk: int, fill: float = 0) -> torch.Tensor:
-        """Every rank's ``piece`` padded to ``chunk`` rows: ``[world * chunk, ...]``."""
-        padded = torch.full((chunk, *piece.shape[1:]), fill, dtype=piece.dtype, device=piece.device)
-        padded[: piece.shape[0]] = piece
-        out = torch.empty((self.world * chunk, *piece.shape[1:]), dtype=piece.dtype, device=piece.device)
-        _all_gather(out, padded.contiguous(), group=self.group)
-        return out
+        return gather_padded(piece, chunk, self.world, self.group, fill)
 
     def _sum_scatter(self, rows: torch.Tensor, chunk: int) -> torch.Tensor:
         """The sum over the ranks of ``rows`` ``[world * chunk, ...]``, this rank's ``chunk`` of it."""
         out = torch.empty((chunk, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-        _reduce_scatter(out, rows.contiguous(), group=self.group)
+        reduce_scatter_single(out, rows.contiguous(), group=self.group)
         return out
+
+
+def gather_padded(piece: torch.Tensor, chunk: int, world: int, group: Any, fill: float = 0) -> torch.Tensor:
+    """Every rank's ``piece`` padded with ``fill`` to ``chunk`` rows: ``[world * chunk, ...]``."""
+    padded = torch.full((chunk, *piece.shape[1:]), fill, dtype=piece.dtype, device=piece.device)
+    padded[: piece.shape[0]] = piece
+    out = torch.empty((world * chunk, *piece.shape[1:]), dtype=piece.dtype, device=piece.device)
+    all_gather_single(out, padded, group=group)
+    return out
+
+
+def most_over_ranks(n: int, world: int, group: Any, device: torch.device) -> int:
+    """The largest ``n`` any rank of ``group`` passes (every rank calls)."""
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    every = torch.empty(world, dtype=torch.long, device=device)
+    all_gather_single(every, mine, group=group)
+    return int(every.max())
 
 
 class _Loss(torch.autograd.Function):
@@ -238,7 +250,7 @@ class _Loss(torch.autograd.Function):
             target_score[rows] = scores[rows, t[rows] - shard.first]
             part_lse = torch.logsumexp(scores, dim=1)  # -inf where this rank holds no row
             every = torch.empty(vp.world * part_lse.numel(), dtype=torch.float32, device=hidden.device)
-            _all_gather(every, part_lse.contiguous(), group=vp.group)
+            all_gather_single(every, part_lse.contiguous(), group=vp.group)
             lse = torch.logsumexp(every.view(vp.world, -1), dim=0)
             dist.all_reduce(target_score, group=vp.group)
             m = max(0, min(chunk, n - begin))

@@ -16,7 +16,7 @@ from torch import nn
 
 from ovis.train.distributed import local_launch_env
 from ovis.train.frozen_linears import rows_limit
-from tests.zero3_fakes import leave, on_ranks, partitioned
+from tests.zero3_fakes import join, leave, on_ranks, partitioned
 
 
 def _partition(layer: nn.Linear, rank: int, world: int) -> None:
@@ -39,9 +39,7 @@ class _Block(nn.Module):
 
 
 def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> None:
-    os.environ.update(local_launch_env(rank, world, port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    join(rank, world, port)
     from ovis.train import frozen_linears
 
     frozen_linears.CHUNK_ELEMENTS, frozen_linears.MIN_CHUNK_TOKENS = case["chunk_elements"], 1

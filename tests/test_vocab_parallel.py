@@ -18,15 +18,13 @@ import torch.nn.functional as F
 
 from ovis.ports import free_port
 from ovis.train.distributed import local_launch_env
-from tests.zero3_fakes import leave, on_ranks, partitioned
+from tests.zero3_fakes import join, leave, on_ranks, partitioned
 
 WORLD = 2
 
 
 def _check_on_rank(rank: int, world: int, port: int, out: str, case: dict) -> None:
-    os.environ.update(local_launch_env(rank, world, port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    join(rank, world, port)
     from ovis.train import vocab_parallel
 
     vocab_parallel.CHUNK_ELEMENTS, vocab_parallel.MIN_CHUNK_TOKENS = case["chunk_elements"], 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ovis.ports import free_port
+from ovis.train.distributed import local_launch_env
 
 
 def partitioned(tensor: torch.Tensor, rank: int, world: int) -> torch.nn.Parameter:
@@ -31,6 +33,13 @@ def on_ranks(check: Callable[..., None], tmp_path: Path, world: int, case: dict)
     writes to ``out/rank{rank}.json``."""
     mp.spawn(check, args=(world, free_port(), str(tmp_path), case), nprocs=world, join=True)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def join(rank: int, world: int, port: int) -> None:
+    """This process as gloo rank ``rank`` of ``world`` (one thread: the ranks share the machine's cores)."""
+    os.environ.update(local_launch_env(rank, world, port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
 
 
 def leave() -> None:

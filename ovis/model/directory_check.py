@@ -142,13 +142,19 @@ def check_model_directory(directory: str | Path) -> dict[str, dict[str, list[int
     return shapes
 
 
-def check_tensor_shapes(shapes: Mapping[str, Mapping[str, list[int]]], expected: Mapping[str, tuple[int, ...]],
-                        directory: str | Path) -> None:
+def check_tensor_shapes(
+    shapes: Mapping[str, Mapping[str, list[int]]],
+    expected: Mapping[str, tuple[int, ...]],
+    directory: str | Path,
+    renamed: Mapping[str, str] | None = None,
+) -> None:
     """Name the first tensor of ``shapes`` (per file) whose shape differs from ``expected`` (the
-    model's own state-dict shapes); tensors the model does not hold are left to the loader."""
+    model's own state-dict shapes; ``renamed``: stored name -> the model's, where they differ);
+    tensors the model does not hold are left to the loader."""
+    renamed = renamed or {}
     for file, tensors in shapes.items():
         for name, shape in tensors.items():
-            want = expected.get(name)
+            want = expected.get(renamed.get(name, name))
             if want is not None and tuple(shape) != tuple(want):
                 if math.prod(shape) == 0 and math.prod(want) == 0:
                     continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ovis.model.ovis2_release_format import (
     state_from_release,
     translate_release_config,
 )
+from ovis.model.stored_names import StoredNames, stored_to_model
 from ovis.model.v1_format import (
     ConversionError,
     checkpoint_format,
@@ -150,7 +151,7 @@ class OvisForCausalLM(OvisPreTrainedModel):
             config = kwargs.get("config")
             if not isinstance(config, OvisConfig):
                 config = OvisConfig.from_pretrained(pretrained_model_name_or_path)
-            check_tensor_shapes(shapes, cls._expected_shapes(config), pretrained_model_name_or_path)
+            cls.check_stored_shapes(config, shapes, pretrained_model_name_or_path)
         if not is_original_checkpoint(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         checkpoint = read_original(pretrained_model_name_or_path)
@@ -162,11 +163,18 @@ class OvisForCausalLM(OvisPreTrainedModel):
         return model
 
     @classmethod
-    def _expected_shapes(cls, config: OvisConfig) -> dict[str, tuple[int, ...]]:
-        """The state-dict shapes of a model built from ``config`` (built on the meta device: no memory)."""
+    def check_stored_shapes(
+        cls, config: OvisConfig, shapes: Mapping[str, Mapping[str, list[int]]], directory: str | Path
+    ) -> StoredNames:
+        """Check a directory's tensor ``shapes`` (per file, as ``check_model_directory`` gives them)
+        against a model built from ``config`` (on the meta device: no memory), each under the name the
+        model loads it as; returns those names."""
         with torch.device("meta"):
             model = cls(config)
-        return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        names = stored_to_model(model, [name for tensors in shapes.values() for name in tensors])
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        check_tensor_shapes(shapes, expected, directory, renamed=names.renamed)
+        return names
 
     # -- pieces ----------------------------------------------------------------------------------
     @property

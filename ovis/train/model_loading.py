@@ -10,6 +10,11 @@ and the checkpoint is then read into each rank's own partition, one tensor at a 
   it (the translation needs whole tensors) and sends the ranks each tensor in turn; rank 0 holds the
   checkpoint while it loads, the others never do. ``ovis convert`` it once to avoid that.
 
+A stored tensor that transformers loads under another name (``ovis.model.stored_names``: a wrapped
+``ViTModel``, for one) is read under the model's name; one it converts further (split, merged) cannot
+be read a slice at a time, and such a directory goes the foreign way, through ``from_pretrained`` on
+rank 0.
+
 The visual tokenizer, the visual embedding table and whatever a plugin's backbone builds are
 partitioned like the LLM: ``zero.Init`` catches every module built inside it.
 
@@ -22,6 +27,7 @@ model. A foreign checkpoint loads through ``ovis.load`` there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import struct
@@ -35,8 +41,9 @@ import torch.distributed as dist
 from ovis.composer import DTYPES, load
 from ovis.errors import InputFileError, OvisError
 from ovis.model import OvisConfig, OvisForCausalLM
-from ovis.model.directory_check import check_model_directory, check_tensor_shapes, read_model_config
+from ovis.model.directory_check import check_model_directory, read_model_config
 from ovis.model.modeling_ovis import read_hf_ovis2, read_original, read_release
+from ovis.model.stored_names import StoredNames
 from ovis.model.v1_format import checkpoint_format
 from ovis.processing import OvisProcessor
 from ovis.train import gloo_gather
@@ -47,8 +54,35 @@ from ovis.train.host_memory import release_heap, return_freed_memory
 
 logger = logging.getLogger("ovis.train")
 
-#: The readers of the foreign layouts, by ``checkpoint_format``.
-FOREIGN_READERS = {"original": read_original, "hf-ovis2": read_hf_ovis2, "ovis2": read_release}
+
+
+@dataclasses.dataclass
+class _LoadedWhole:
+    """An ovis directory with a tensor transformers converts on load (more than renames), loaded whole
+    by ``from_pretrained`` on rank 0: its config and state dict under the model's names."""
+
+    config: OvisConfig
+    state: dict[str, torch.Tensor]
+
+    @classmethod
+    def read(cls, directory: Path) -> _LoadedWhole:
+        model = OvisForCausalLM.from_pretrained(str(directory))
+        return cls(model.config, dict(model.state_dict()))
+
+    def message(self, directory: str | Path) -> str:
+        return f"{directory}: rank 0 loaded the model whole (from_pretrained) and sent each rank its slices"
+
+
+#: A layout of its own for the loader: an ovis directory that is read whole (see :class:`_LoadedWhole`).
+CONVERTED = "ovis, converted on load"
+
+#: The readers of the layouts read whole on rank 0, by ``checkpoint_format``.
+FOREIGN_READERS = {
+    "original": read_original,
+    "hf-ovis2": read_hf_ovis2,
+    "ovis2": read_release,
+    CONVERTED: _LoadedWhole.read,
+}
 
 #: safetensors dtype names -> torch dtypes.
 _SAFETENSORS_DTYPES = {
@@ -135,7 +169,9 @@ def load_partitioned(
     checkpoint = None
     if layout == "ovis":
         config, source = _open_ovis(directory)
-    else:
+        if source is None:  # a tensor transformers converts on load: rank 0 reads through from_pretrained
+            layout = CONVERTED
+    if layout != "ovis":
         checkpoint = _read_on_rank0(directory, layout, processes)
         config = processes.from_rank0(checkpoint.config if checkpoint is not None else None)
         source = _FromRank0(checkpoint.state if checkpoint is not None else None, processes)
@@ -156,6 +192,8 @@ def load_streamed(directory: str | Path, *, dtype: torch.dtype) -> OvisForCausal
     if _layout(directory) != "ovis":
         raise InputFileError(f"{directory} is not an ovis model directory (load it with ovis.load)")
     config, source = _open_ovis(directory)
+    if source is None:  # a tensor transformers converts on load
+        return OvisForCausalLM.from_pretrained(str(directory), dtype=dtype).eval()
     model = _build(config, dtype, None)
     _fill(model, source, directory)
     source.close()
@@ -167,12 +205,23 @@ def _layout(directory: Path) -> str:
     return checkpoint_format(directory)
 
 
-def _open_ovis(directory: Path) -> tuple[OvisConfig, _Source]:
-    """An ovis directory's config and its tensors, their shapes checked against the model first."""
+def _open_ovis(directory: Path) -> tuple[OvisConfig, _Source | None]:
+    """An ovis directory's config and its tensors under the model's names, their shapes checked
+    against the model first; no tensors (None) where transformers converts one of them on load in a
+    way a slice cannot be read for (the caller loads through ``from_pretrained``)."""
     config = OvisConfig.from_pretrained(directory)
     shapes = check_model_directory(directory)
-    check_tensor_shapes(shapes, OvisForCausalLM._expected_shapes(config), directory)
-    return config, _FileSlices([directory / name for name in shapes])
+    names = OvisForCausalLM.check_stored_shapes(config, shapes, directory)
+    if names.converted:
+        logger.warning(
+            "%s: transformers converts %d of its tensors on load (e.g. %s), more than a renaming: the "
+            "model is loaded whole through from_pretrained rather than a slice at a time",
+            directory,
+            len(names.converted),
+            names.converted[0],
+        )
+        return config, None
+    return config, _FileSlices([directory / name for name in shapes], names)
 
 
 def _finish(model: OvisForCausalLM, directory: Path, dtype: torch.dtype) -> OvisForCausalLM:
@@ -306,9 +355,11 @@ CHUNK = 1 << 22
 class _FileSlices(_Source):
     """An ovis directory's safetensors files: a slice's bytes read with plain reads (each rank its own)."""
 
-    def __init__(self, files: list[Path]) -> None:
-        self.entries: dict[str, tuple[Any, int, dict[str, Any]]] = {}
+    def __init__(self, files: list[Path], names: StoredNames | None = None) -> None:
+        #: the model's name -> (the file, where its data starts, the tensor's header entry, its stored name)
+        self.entries: dict[str, tuple[Any, int, dict[str, Any], str]] = {}
         self.handles = []
+        names = names or StoredNames()
         for path in files:
             handle = path.open("rb")
             self.handles.append(handle)
@@ -316,13 +367,13 @@ class _FileSlices(_Source):
             header = json.loads(handle.read(length))
             for name, entry in header.items():
                 if name != "__metadata__":
-                    self.entries[name] = (handle, 8 + length, entry)
+                    self.entries[names.model_name(name)] = (handle, 8 + length, entry, name)
 
     def names(self) -> set[str]:
         return set(self.entries)
 
     def read_into(self, name: str, start: int, numel: int, out: torch.Tensor) -> None:
-        handle, base, entry = self.entries[name]
+        handle, base, entry, name = self.entries[name]
         stored = _SAFETENSORS_DTYPES.get(entry["dtype"])
         if stored is None:
             raise InputFileError(

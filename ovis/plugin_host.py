@@ -18,8 +18,11 @@ import difflib
 import fnmatch
 import functools
 import importlib
+import importlib.util
+import os
 import re
 import traceback
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -408,6 +411,49 @@ class PluginHost:
         if broken:
             lines.append(f"Plugins that failed to load: {', '.join(broken)} (see `ovis plugins`).")
         return " ".join(lines)
+
+
+    # -- whose error ---------------------------------------------------------------------------
+    def blame(self, exc: BaseException) -> tuple[PluginInfo, str] | None:
+        """The plugin whose own code raised ``exc``, and where (``file:line``): the innermost frame of
+        its traceback that is either a plugin's or ovis's decides; library frames (torch,
+        transformers) in between are passed over. None where ovis's code comes first or no plugin's
+        code is in the traceback. A plugin inside the ``ovis`` package is ovis's own."""
+        roots: list[tuple[str, PluginInfo]] = []
+        for name, info in self.plugins.items():
+            obj = self.pm.get_plugin(name)
+            if obj is None:
+                continue
+            module = obj.__name__ if isinstance(obj, types.ModuleType) else type(obj).__module__
+            top = module.split(".")[0]
+            if top != "ovis":
+                roots += [(root, info) for root in _package_roots(top)]
+        core = _package_roots("ovis")
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            path = os.path.realpath(frame.filename)
+            if any(_within(path, root) for root in core):
+                return None
+            for root, info in roots:
+                if _within(path, root):
+                    return info, f"{frame.filename}:{frame.lineno}"
+        return None
+
+
+def _package_roots(top: str) -> list[str]:
+    """Where the code of top-level package (or module) ``top`` lives: its directories, or its file."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [os.path.realpath(p) for p in spec.submodule_search_locations]
+    return [os.path.realpath(spec.origin)] if spec.origin else []
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
 
 
 @functools.lru_cache(maxsize=1)

@@ -394,3 +394,51 @@ def test_weights_written_dot_slash_are_the_folder_beside_the_preset(tmp_path):
     path.write_text(json.dumps(_spec("my-vit", weights="./gone").model_dump(mode="json")))
     with pytest.raises(PresetError, match=r"my-vit.yaml: weights './gone': no directory .*vision/gone"):
         load_preset_file(path, "vision")
+
+
+# -- whose bug an unexpected error is -----------------------------------------------------------
+def _broken_vit():
+    from ovis.interfaces import VisionBackbone
+
+    class BrokenViT(VisionBackbone):
+        """A backbone whose constructor its own ``from_spec`` calls wrongly (a plugin bug)."""
+
+        def __init__(self, spec, extra) -> None:  # pragma: no cover - never reached
+            super().__init__(spec)
+
+        @classmethod
+        def from_spec(cls, spec, *, pretrained=True):
+            return cls(spec)  # TypeError: 'extra' missing
+
+        forward = blocks = set_gradient_checkpointing = None
+
+    return BrokenViT
+
+
+class _BrokenPlugin:
+    @hookimpl
+    def register_vision_backbones(self, register):
+        spec = VisionSpec(
+            name="broken-vit", family="broken", builder="broken", plugin="broken-plugin", source="other", tiny=True,
+            hidden_size=32, image_size=32, patch_size=8, num_layers=1, num_heads=2,
+            preprocess=ImagePreprocessSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, resize="squash"),
+        )
+        register(spec, _broken_vit())
+
+
+def test_an_error_raised_in_a_plugins_code_is_reported_as_that_plugins_bug(register_plugin, capsys):
+    from ovis.cli import main
+    from ovis.plugin_host import get_host
+
+    register_plugin("broken", _BrokenPlugin())
+    assert main(["compose", "--vit", "broken-vit", "--llm", "qwen-toy", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "TypeError" in err and "missing 1 required positional argument: 'extra'" in err
+    assert "raised by plugin 'broken' (added in-process) in its own code" in err
+    assert f"{__file__}:" in err and "this is a bug in ovis" not in err
+    # ovis's own code raising: ovis's bug, even with the plugin installed
+    from ovis.model.configuration_ovis import merged_tokens
+
+    with pytest.raises(TypeError) as raised:
+        merged_tokens("sixteen", 2)
+    assert get_host().blame(raised.value) is None

@@ -76,9 +76,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         traceback.print_exc()
-        print(f"\novis {_version().split()[-1]}: this is a bug in ovis, not a problem with your input; please "
-              "report it with the traceback above.", file=sys.stderr)
+        print(_unexpected(exc), file=sys.stderr)
         return 1
+
+
+def _unexpected(exc: BaseException) -> str:
+    """Whose bug an unexpected exception is: a plugin's, where its own code raised it, else ovis's."""
+    from ovis.plugin_host import get_host
+
+    version = _version().split()[-1]
+    # (only a host that is already up: discovering plugins now could itself fail)
+    blamed = get_host().blame(exc) if get_host.cache_info().currsize else None
+    if blamed is None:
+        return (f"\novis {version}: this is a bug in ovis, not a problem with your input; please report it "
+                "with the traceback above.")
+    info, where = blamed
+    package = f"{info.distribution} {info.version or ''}".strip() if info.distribution else "added in-process"
+    return (f"\novis {version}: the error above was raised by plugin {info.name!r} ({package}) in its own code, "
+            f"at {where}: a bug in that plugin (or the way it uses ovis's interfaces), not in ovis; report it "
+            "to the plugin's authors with the traceback above. `ovis plugins` lists what is installed.")
 
 
 if __name__ == "__main__":

@@ -18,21 +18,10 @@ EXAMPLE_PLUGIN = REPO / "examples" / "ovis-plugin-example"
 
 
 @pytest.fixture
-def register_plugin():
-    """Register throwaway plugin objects on the process-wide host; removed after the test."""
-    from ovis.plugin_host import get_host
-
-    host = get_host()
-    added: list[str] = []
-
-    def register(name: str, plugin: object):
-        info = host.add_plugin(name, plugin)
-        added.append(name)
-        return info
-
-    yield register
-    for name in added:
-        host.remove_plugin(name)
+def register_plugin(ovis_plugin):
+    """Register throwaway plugin objects on the process-wide host; removed after the test (the
+    ``ovis_plugin`` fixture that ovis.testing gives plugin authors)."""
+    return ovis_plugin
 
 
 @pytest.fixture
@@ -42,7 +31,12 @@ def example_plugin(register_plugin):
     try:
         import ovis_example_plugin.plugin as module
 
-        register_plugin("example", module)
+        from ovis.plugin_host import get_host
+
+        # (a host rebuilt while this directory was on sys.path found it already, through the
+        # egg-info a `pip install` of the example leaves there)
+        if "example" not in get_host().plugins:
+            register_plugin("example", module)
         yield module
     finally:
         sys.path.remove(str(EXAMPLE_PLUGIN))

@@ -1,8 +1,9 @@
 """A throwaway vision plugin wrapping transformers' ViTModel, which transformers 5 saves under other
 names than its modules have (``encoder.layer.N.attention.attention.query`` for ``layers.N.attention.q_proj``),
 as a third party would write one; and a variant whose files hold q, k and v fused in one tensor
-(transformers splits it on load: more than a renaming). Used by tests/test_stored_names.py, also in
-spawned ranks (:func:`register` adds it to the process-wide host)."""
+(transformers splits it on load: more than a renaming); and a broken one that keeps its class token.
+Used by tests/test_stored_names.py and tests/test_plugin_testing.py, also in spawned ranks
+(:func:`register` adds it to the process-wide host)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def _spec(name: str, builder: str) -> VisionSpec:
 
 RENAMED = _spec("hf-vit-renamed", "hf-vit-renamed")
 FUSED = _spec("hf-vit-fused", "hf-vit-fused")
+KEEPS_CLS = _spec("hf-vit-keeps-cls", "hf-vit-keeps-cls")
 
 
 class FusedQkvViTModel(ViTModel):
@@ -94,11 +96,19 @@ class FusedHFViT(HFViT):
     model_class = FusedQkvViTModel
 
 
+class KeepsClsViT(HFViT):
+    """A plugin bug: the class token is not dropped (17 features for 16 patches)."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values=pixel_values).last_hidden_state
+
+
 class Plugin:
     @hookimpl
     def register_vision_backbones(self, register):
         register(RENAMED, HFViT)
         register(FUSED, FusedHFViT)
+        register(KEEPS_CLS, KeepsClsViT)
 
 
 def register() -> None:

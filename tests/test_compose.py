@@ -144,6 +144,14 @@ def test_a_backbone_whose_width_disagrees_with_its_spec_is_named():
         model.encode_images(torch.zeros(1, 3, 64, 64))
 
 
+def test_a_backbone_that_keeps_its_class_token_is_named():
+    model, _ = ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=64)
+    original = model.backbone.forward
+    model.backbone.forward = lambda pixels: torch.cat([original(pixels)[:, :1], original(pixels)], dim=1)
+    with pytest.raises(ValueError, match=r"'clip-tiny' returned features of shape \[1, 17, 64\].*\[images, 16, 64\]"):
+        model.encode_images(torch.zeros(1, 3, 64, 64))
+
+
 def test_weights_named_for_a_weightless_preset_are_loaded(tmp_path):
     # clip-tiny names no weights (a random-init preset): --vit-weights DIR must load DIR, not be
     # recorded in config.json while random weights are built.

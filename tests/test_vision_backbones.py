@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 from ovis.interfaces import VisionBackbone, VisionSpec, load_preset_file
 from ovis.interfaces.presets import preset_files
 from ovis.plugin_host import PluginHost
+from ovis.testing import check_vision_backbone
 
 FIRST_PARTY = {
     "ovis-plugin-hf-vision": {"hf-clip-vision", "hf-siglip-vision", "hf-siglip2-vision", "hf-aimv2-vision"},
@@ -89,21 +88,6 @@ def _build(name: str, seed: int = 0, spec: VisionSpec | None = None, pretrained:
     return entry.factory.from_spec(spec or entry.spec, pretrained=pretrained)
 
 
-def _forward_backward(model: VisionBackbone, pixels: torch.Tensor):
-    model.zero_grad(set_to_none=True)
-    out = model(pixels)
-    (out.float() ** 2).mean().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), grads
-
-
-def _count_linear_calls(block: nn.Module):
-    calls = []
-    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in block.modules()
-               if isinstance(m, nn.Linear)]
-    return calls, handles
-
-
 def test_first_party_plugins_load_cleanly():
     for plugin, builders in FIRST_PARTY.items():
         info = HOST.plugins.get(plugin)
@@ -121,80 +105,7 @@ def test_first_party_plugins_load_cleanly():
 
 @pytest.mark.parametrize("name", TINY)
 def test_vision_backbone_contract(name, tmp_path):
-    spec = HOST.vision(name).spec
-    size, n, d = spec.image_size, spec.num_patches, spec.hidden_size
-    model = _build(name)
-    assert isinstance(model, VisionBackbone) and model.spec == spec
-    assert (model.feature_dim, model.num_patches, len(model.blocks())) == (d, n, spec.num_layers)
-
-    # Preprocessing: odd sizes and modes all become [B, 3, S, S].
-    images = [Image.new("RGB", (37, 23), (200, 30, 10)), Image.new("L", (5, 91), 128),
-              Image.new("RGBA", (size + 1, size), (0, 0, 255, 100))]
-    pixels = model.image_processor()(images)
-    assert pixels.shape == (3, 3, size, size) and pixels.dtype == torch.float32
-
-    model.eval()
-    with torch.no_grad():
-        out = model(pixels)
-    assert out.shape == (3, n, d) and out.dtype == torch.float32 and torch.isfinite(out).all()
-
-    # Gradients reach every parameter of the first and the last block.
-    model.train()
-    x = torch.randn(2, 3, size, size)
-    out, grads = _forward_backward(model, x)
-    blocks = model.blocks()
-    for label, block in (("first", blocks[0]), ("last", blocks[-1])):
-        for param in block.parameters():
-            assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient in the {label} block"
-
-    # Gradient checkpointing: same output and grads, and the blocks are really recomputed.
-    calls, handles = _count_linear_calls(blocks[0])
-    _forward_backward(model, x)
-    plain_calls = len(calls)
-    model.set_gradient_checkpointing(True)
-    calls.clear()
-    out_ckpt, grads_ckpt = _forward_backward(model, x)
-    # (recomputation may stop early, once every tensor the backward needs is back)
-    assert len(calls) > plain_calls, "checkpointing on, but the first block was not recomputed"
-    model.set_gradient_checkpointing(False)
-    calls.clear()
-    _forward_backward(model, x)
-    assert len(calls) == plain_calls
-    for handle in handles:
-        handle.remove()
-    torch.testing.assert_close(out_ckpt, out)
-    assert grads_ckpt.keys() == grads.keys()
-    for key in grads:
-        torch.testing.assert_close(grads_ckpt[key], grads[key], msg=lambda m, key=key: f"{key}: {m}")
-
-    # reinit_last_block: every last-block parameter changes, nothing else does.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.rand_like(param) + 0.5)  # so default-initialised norms change too
-    before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    last = {id(p) for p in model.blocks()[-1].parameters()}
-    model.reinit_last_block()
-    for key, param in model.named_parameters():
-        if id(param) in last:
-            assert not torch.equal(param, before[key]), f"reinit_last_block left {key} unchanged"
-        else:
-            assert torch.equal(param, before[key]), f"reinit_last_block changed {key} outside the last block"
-
-    # Save / load round trip through a safetensors file into a differently seeded instance.
-    path = tmp_path / "backbone.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    other = _build(name, seed=1)
-    other.load_state_dict(load_file(str(path)))
-    model.eval()
-    other.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
-
-    # The meta device: built without allocating any parameter or buffer.
-    with torch.device("meta"):
-        meta = _build(name)
-    tensors = [*meta.parameters(), *meta.buffers()]
-    assert tensors and all(t.is_meta for t in tensors)
+    check_vision_backbone(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if HOST.vision(n).spec.builder in OUR_BUILDERS])

@@ -110,6 +110,14 @@ class VisualTokenizer(nn.Module):
                 f"{features.shape[-1]}, but its spec (hidden_size) and so the head expect {expected}: "
                 "fix hidden_size in the preset or the plugin's forward"
             )
+        spec = self.backbone.spec
+        if features.ndim != 3 or features.shape[1] != self.backbone.num_patches:
+            raise ValueError(
+                f"vision backbone {spec.name!r} returned features of shape {list(features.shape)}, but its "
+                f"spec implies [images, {self.backbone.num_patches}, {features.shape[-1]}]: one feature per "
+                f"patch, (image_size {spec.image_size} / patch_size {spec.patch_size})^2 patches, without "
+                "class or register tokens (a plugin's forward drops them)"
+            )
         return merge_patches(features, self.hidden_stride)
 
     def output_layers(self) -> list[nn.Module]:

@@ -1,0 +1,90 @@
+"""ovis.testing, the contract checks plugin authors run: they pass on good plugins (a ViT that
+transformers saves under other names included) and fail, naming the fault, on broken ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovis.interfaces import Segment
+from ovis.testing import check_chat_format, check_vision_backbone
+from tests import hf_vit_plugin
+from tests.conftest import EXAMPLE_PLUGIN
+
+
+@pytest.fixture
+def hf_vit(ovis_plugin):
+    hf_vit_plugin._register_fused_mapping()
+    ovis_plugin("hf-vit-test", hf_vit_plugin.Plugin())
+
+
+def test_a_backbone_that_transformers_renames_keeps_the_contract(hf_vit, tmp_path):
+    check_vision_backbone("hf-vit-renamed", tmp_path)
+
+
+def test_a_backbone_that_keeps_its_class_token_fails_it(hf_vit, tmp_path):
+    with pytest.raises(AssertionError, match=r"hf-vit-keeps-cls: forward gave \(3, 17, 32\).*not \(3, 16, 32\)"):
+        check_vision_backbone("hf-vit-keeps-cls", tmp_path)
+
+
+@pytest.fixture
+def example_chat():
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE_PLUGIN))
+    try:
+        from ovis_example_plugin.chat import END, ExampleChatFormat
+        from ovis_example_plugin.llm import build_byte_tokenizer
+
+        yield ExampleChatFormat, END, build_byte_tokenizer()
+    finally:
+        sys.path.remove(str(EXAMPLE_PLUGIN))
+
+
+def test_a_format_that_does_not_learn_its_end_of_turn_fails(example_chat):
+    base, end, tokenizer = example_chat
+
+    class Unlearned(base):
+        name = "unlearned"
+
+        def segments(self, messages, *, add_generation_prompt=False):
+            out = []
+            for segment in super().segments(messages, add_generation_prompt=add_generation_prompt):
+                if segment.learn and segment.text.endswith(end):  # the reply learned, its <|end|> not
+                    out += [Segment(text=segment.text[: -len(end)], learn=True), Segment(text=end)]
+                else:
+                    out.append(segment)
+            return out
+
+    check_chat_format(base(), tokenizer)  # the control passes
+    with pytest.raises(AssertionError, match="0 end-of-turn tokens are learned for 1 assistant replies"):
+        check_chat_format(Unlearned(), tokenizer)
+
+
+def test_a_format_that_renders_otherwise_than_the_template_fails(example_chat):
+    base, _, tokenizer = example_chat
+
+    class Shouting(base):
+        name = "shouting"
+
+        def segments(self, messages, *, add_generation_prompt=False):
+            return [
+                Segment(text=s.text.replace("<|user|>", "<|user|>!"), learn=s.learn)
+                for s in super().segments(messages, add_generation_prompt=add_generation_prompt)
+            ]
+
+    with pytest.raises(AssertionError, match="render\\(\\) gives"):
+        check_chat_format(Shouting(), tokenizer)
+
+
+def test_the_checks_fixture_registers_for_one_test_only(ovis_plugin):
+    from ovis.plugin_host import get_host
+
+    ovis_plugin("hf-vit-test", hf_vit_plugin.Plugin())
+    assert get_host().vision("hf-vit-renamed").plugin == "hf-vit-test"
+
+
+def test_and_it_is_gone_after():
+    from ovis.plugin_host import UnknownNameError, get_host
+
+    with pytest.raises(UnknownNameError):
+        get_host().vision("hf-vit-renamed")

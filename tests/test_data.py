@@ -450,3 +450,26 @@ def test_a_few_bad_records_are_counted_with_their_line_a_wholly_bad_dataset_is_a
         read_datasets(path, ["some", "none"])
     with pytest.raises(DataError, match=r"empty\.json: dataset 'empty' holds no records"):
         read_datasets(path, ["empty"])
+
+
+def test_data_synth_keeps_what_its_out_directory_holds_unless_told_to_replace_it(tmp_path: Path, capsys):
+    from ovis.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "dataset_info.json").write_text('{"my-data": {}}')
+    small = ["--train-images", "3", "--eval-images", "1", "--text-scenes", "1", "--compositional-images", "0"]
+    assert main(["data", "synth", "--out", str(out), *small]) == 2
+    assert "mine exists and is not empty; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert (out / "dataset_info.json").read_text() == '{"my-data": {}}'
+    (out / "images").mkdir()
+    (out / "images" / "train-000099.png").write_bytes(b"stale")
+    assert main(["data", "synth", "--out", str(out), *small, "--overwrite"]) == 0
+    assert "synth-conversations" in json.loads((out / "dataset_info.json").read_text())
+    assert sorted(p.name for p in (out / "images").iterdir() if p.name.startswith("train")) == [
+        "train-000000.png", "train-000001.png", "train-000002.png"  # nothing of before left
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]  # no temporary left
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", str(tmp_path / "neg"), "--train-images", "-5"])
+    assert "expected a whole number (0 or more), got -5" in capsys.readouterr().err

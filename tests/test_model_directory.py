@@ -108,3 +108,19 @@ def test_ovis_run_prints_one_clean_line(damaged, capsys):
 def test_an_intact_directory_still_loads(model_dir):
     model, processor = ovis.load(model_dir)
     assert model.vte.weight.shape == (64, 64) and processor is not None
+
+
+def test_a_weight_missing_from_the_files_is_named_before_anything_loads(tmp_path):
+    """transformers would initialise it at random and go on; every loader refuses instead."""
+    from ovis.train.model_loading import load_streamed
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=32)
+    directory = ovis.save(model, processor, tmp_path / "m")
+    tensors = load_file(str(directory / "model.safetensors"))
+    del tensors["vte.weight"]
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    for load in (lambda: ovis.load(directory), lambda: load_streamed(directory, dtype=torch.float32)):
+        with pytest.raises(InputFileError, match=r"m: 1 weight\(s\) the model needs are not in its files, e\.g\. vte"):
+            load()
+    assert main(["run", "--model", str(directory), "hi"]) == 2

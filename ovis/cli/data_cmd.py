@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ovis.cli.arg_types import non_negative_int, positive_int
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -16,15 +19,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(text-only pre-training, stage 0), a held-out evaluation split, a compositional split on "
         "colour-shape pairs kept out of training, and the dataset_info.json.",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--train-images", type=int, default=12000)
-    p.add_argument("--eval-images", type=int, default=1000)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="output directory (new, or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (once the new data is written)")
+    p.add_argument("--train-images", type=non_negative_int, default=12000)
+    p.add_argument("--eval-images", type=non_negative_int, default=1000)
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--questions-per-image", type=int, default=3, choices=range(1, 6), metavar="1-5")
-    p.add_argument("--text-scenes", type=int, default=12000, help="scenes told in words, for stage 0")
+    p.add_argument("--text-scenes", type=non_negative_int, default=12000, help="scenes told in words, for stage 0")
     p.add_argument(
         "--compositional-images",
-        type=int,
+        type=non_negative_int,
         default=500,
         help="held-out questions on the colour-shape pairs kept out of training (0: none)",
     )
@@ -71,6 +75,7 @@ def _pair(separator: str, kind: type):
 
 def run_synth(args: argparse.Namespace) -> int:
     from ovis.data.synth import HIRES, SynthSpec, write_synthetic_dataset
+    from ovis.fsutil import atomic_directory, check_output_dir
 
     hires = dict(HIRES) if args.hires else {}
     if args.image_shape:
@@ -89,7 +94,10 @@ def run_synth(args: argparse.Namespace) -> int:
         blank=args.blank,
         **hires,
     )
-    info = write_synthetic_dataset(args.out, spec)
+    check_output_dir(args.out, overwrite=args.overwrite)
+    with atomic_directory(args.out) as tmp:  # (what --out held stays until the new data is complete)
+        write_synthetic_dataset(tmp, spec)
+    info = Path(args.out) / "dataset_info.json"
     print(
         f"wrote {spec.canvas[0]}x{spec.canvas[1]} images: {spec.train_images} training, "
         f"{spec.eval_images} evaluation and {spec.compositional_images} compositional images, "

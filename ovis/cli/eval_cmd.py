@@ -7,18 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ovis.cli.arg_types import positive_int
 from ovis.errors import InputFileError, UsageError
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (0 or less would run nothing, or silently differ)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
-    return value
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

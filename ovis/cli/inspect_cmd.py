@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ovis.cli.eval_cmd import positive_int
+from ovis.cli.arg_types import positive_int
 from ovis.errors import InputFileError, UsageError
 
 

@@ -9,7 +9,9 @@ tensor) and raises an :class:`~ovis.errors.OvisError` naming what is wrong:
 * ``config.json`` that is not a JSON object: ``ConfigError`` with the line and column;
 * only pickle weights (``pytorch_model*.bin``): they are not loaded, convert them to safetensors;
 * a truncated or corrupt safetensors file, or a shard the index names that is absent;
-* (:func:`check_tensor_shapes`) a tensor whose shape is not the one the config implies.
+* (:func:`check_tensor_shapes`) a tensor whose shape is not the one the config implies;
+* (:func:`check_missing_weights`) a weight the model needs that no file holds (transformers would
+  initialise it at random and go on).
 
 An original Ovis v1 directory is left to its own reader (:mod:`ovis.model.v1_weights`).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,23 @@ def check_tensor_shapes(
                     f"{Path(directory) / file}: tensor {name!r} has shape {list(shape)}, but the model its "
                     f"config.json describes expects {list(want)}; the weights and config.json do not belong together"
                 )
+
+
+def check_missing_weights(
+    model_names: Sequence[Sequence[str]],
+    stored: set[str],
+    directory: str | Path,
+    renamed: Mapping[str, str] | None = None,
+) -> None:
+    """Name the weights the model needs that ``stored`` (the tensor names of the directory's files)
+    lacks. ``model_names``: per parameter, every name it has in the model (tied weights have two; a
+    file holds one of them); ``renamed``: stored name -> the model's, where they differ."""
+    renamed = renamed or {}
+    present = {renamed.get(name, name) for name in stored}
+    missing = [names[0] for names in model_names if not set(names) & present]
+    if missing:
+        raise InputFileError(
+            f"{directory}: {len(missing)} weight(s) the model needs are not in its files, e.g. "
+            f"{', '.join(missing[:3])}; the files are incomplete or were written for another model "
+            "(a model loaded without them would run on random values)"
+        )

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ovis.errors import ConfigError
 from ovis.interfaces import VisionBackbone, VisionSpec
 from ovis.model.configuration_ovis import OvisConfig, merged_tokens
-from ovis.model.directory_check import check_model_directory, check_tensor_shapes
+from ovis.model.directory_check import check_missing_weights, check_model_directory, check_tensor_shapes
 from ovis.model.merging import (
     IMAGE_TOKEN_ID,
     indicator_mask,
@@ -151,7 +151,7 @@ class OvisForCausalLM(OvisPreTrainedModel):
             config = kwargs.get("config")
             if not isinstance(config, OvisConfig):
                 config = OvisConfig.from_pretrained(pretrained_model_name_or_path)
-            cls.check_stored_shapes(config, shapes, pretrained_model_name_or_path)
+            cls.check_stored_tensors(config, shapes, pretrained_model_name_or_path)
         if not is_original_checkpoint(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         checkpoint = read_original(pretrained_model_name_or_path)
@@ -163,17 +163,24 @@ class OvisForCausalLM(OvisPreTrainedModel):
         return model
 
     @classmethod
-    def check_stored_shapes(
+    def check_stored_tensors(
         cls, config: OvisConfig, shapes: Mapping[str, Mapping[str, list[int]]], directory: str | Path
     ) -> StoredNames:
-        """Check a directory's tensor ``shapes`` (per file, as ``check_model_directory`` gives them)
+        """Check a directory's tensors (``shapes``, per file, as ``check_model_directory`` gives them)
         against a model built from ``config`` (on the meta device: no memory), each under the name the
-        model loads it as; returns those names."""
+        model loads it as: every shape as the model's, and no weight of the model missing. Returns
+        those names."""
         with torch.device("meta"):
             model = cls(config)
-        names = stored_to_model(model, [name for tensors in shapes.values() for name in tensors])
+        stored = [name for tensors in shapes.values() for name in tensors]
+        names = stored_to_model(model, stored)
         expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
         check_tensor_shapes(shapes, expected, directory, renamed=names.renamed)
+        if not names.converted:  # (a converted tensor's model names show only after its conversion)
+            aliases: dict[int, list[str]] = {}
+            for name, param in model.named_parameters(remove_duplicate=False):
+                aliases.setdefault(id(param), []).append(name)
+            check_missing_weights(list(aliases.values()), set(stored), directory, renamed=names.renamed)
         return names
 
     # -- pieces ----------------------------------------------------------------------------------

@@ -302,6 +302,15 @@ def resume_point(output_dir: Path, *, resume: bool) -> Path | None:
             f"{output_dir} already holds checkpoints (newest: {latest.name}); pass --resume "
             "to continue that run, or choose another output_dir"
         )
+    if latest is None:
+        # A finished run whose checkpoints were pruned or deleted: starting again would overwrite its model.
+        earlier = [name for name in ("final", "metrics.jsonl") if (Path(output_dir) / name).exists()]
+        if earlier:
+            raise OutputExistsError(
+                f"{output_dir} already holds an earlier run's {' and '.join(earlier)}, and no checkpoint "
+                "to resume from: a run starting there would overwrite them; choose another output_dir, or "
+                "move them away first"
+            )
     if resume and latest is None:
         logger.warning("resume: no complete checkpoint in %s; starting from step 0", root)
     return latest

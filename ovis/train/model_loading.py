@@ -211,7 +211,7 @@ def _open_ovis(directory: Path) -> tuple[OvisConfig, _Source | None]:
     way a slice cannot be read for (the caller loads through ``from_pretrained``)."""
     config = OvisConfig.from_pretrained(directory)
     shapes = check_model_directory(directory)
-    names = OvisForCausalLM.check_stored_shapes(config, shapes, directory)
+    names = OvisForCausalLM.check_stored_tensors(config, shapes, directory)
     if names.converted:
         logger.warning(
             "%s: transformers converts %d of its tensors on load (e.g. %s), more than a renaming: the "

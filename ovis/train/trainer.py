@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,9 @@ class Position:
     samples_seen: int = 0
     skipped_total: int = 0
 
+
+class TrainingDiverged(OvisError, FloatingPointError):
+    """The loss became NaN or infinite: the run stops before saving that step's model."""
 
 class Trainer:
     """One training run. ``Trainer(config).run()`` is :func:`train`.
@@ -431,6 +435,18 @@ class Trainer:
         record = self._record(sums)
         self.records.append(record)
         log.step(record, position.skipped_total)
+        if not math.isfinite(record["loss"]):  # (the same sum on every rank: all of them stop here)
+            latest = ckpt.latest_checkpoint(ckpt.checkpoint_root(self.output_dir))
+            earlier = (
+                f"The newest checkpoint is {latest}; the update that diverged may be in it already."
+                if latest
+                else "No checkpoint was written before it."
+            )
+            raise TrainingDiverged(
+                f"step {step}: the loss is {record['loss']} (learning rate {record['lr']:.3g}): training "
+                f"diverged, and this step's model is neither checkpointed nor exported. {earlier} Lower lr, "
+                "raise warmup_ratio, or check this step's data (sample_ids in metrics.jsonl)"
+            )
         if step % self.config.save_steps == 0 or step == self.total_steps:
             self.save()
         if self.on_step_end is not None:

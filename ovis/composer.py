@@ -15,7 +15,7 @@ from ovis.errors import ConfigError, OvisError, UsageError
 from ovis.fsutil import atomic_directory, check_output_dir
 from ovis.interfaces import LLMBackbone, VisionBackbone
 from ovis.model import OvisConfig, OvisForCausalLM
-from ovis.model.directory_check import read_model_config
+from ovis.model.directory_check import check_weights_source, read_model_config
 from ovis.plugin_host import PluginHost, get_host
 from ovis.processing import OvisProcessor
 from ovis.tiling import TilingOptions
@@ -106,6 +106,9 @@ def compose(
     vision_spec, llm_spec = vision_entry.spec, llm_entry.spec
     load_vit = _pretrained(pretrained, vision_spec, vit_weights, "--vit-weights") and not dry_run
     load_llm = _pretrained(pretrained, llm_spec, llm_weights, "--llm-weights") and not dry_run
+    for option, source in (("--vit-weights", vit_weights), ("--llm-weights", llm_weights)):
+        if source:
+            check_weights_source(source, option)
     if vit_weights:
         vision_spec = vision_spec.model_copy(update={"weights": vit_weights})
     if llm_weights:

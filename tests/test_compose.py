@@ -198,3 +198,19 @@ def test_a_chat_format_chosen_instead_of_the_presets(tmp_path):
     assert own.config.chat_format == "qwen2.5" and own.config.conversation_formatter_class is None
     with pytest.raises(ConfigError, match=r"chat format 'llama3' ends turns with '<\|eot_id\|>'.*not one token"):
         compose("clip-tiny", "qwen2.5-tiny", chat_format="llama3", visual_vocab_size=64)
+
+
+def test_weights_named_by_a_path_that_is_not_there_or_holds_pickles_are_refused_clearly(tmp_path, capsys):
+    from ovis.cli import main
+
+    assert main(["compose", "--vit", "clip-tiny", "--llm", "qwen2.5-tiny", "--vit-weights", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "m")]) == 2
+    assert f"--vit-weights {tmp_path / 'nope'}: no such file or directory" in capsys.readouterr().err
+    pickled = tmp_path / "llm"
+    pickled.mkdir()
+    (pickled / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    assert main(["compose", "--vit", "clip-tiny", "--llm", "qwen2.5-tiny", "--llm-weights", str(pickled),
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "holds only pickle weights (pytorch_model.bin), which are not loaded" in err
+    assert "weights_only=False" not in err and not (tmp_path / "m").exists()

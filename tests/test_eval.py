@@ -122,6 +122,40 @@ def test_undecodable_images_are_counted_not_fatal(tmp_path):
     assert report["bad_rows"] == 2 and report["metrics"]["accuracy"] == 1.0
 
 
+def test_an_image_cell_that_is_neither_base64_nor_a_reference_says_so(tmp_path):
+    rows = mcq_rows()
+    rows[3]["image"] = "99"  # looks like a reference, to a row that does not exist
+    bench = read_benchmark(write_benchmark(tmp_path / "MMStar.tsv", rows))
+    assert bench.bad_rows[0]["reason"].startswith("image: '99' is neither base64 image data nor the index of")
+
+
+def test_a_file_whose_every_image_is_unusable_is_refused_not_scored_zero(tmp_path):
+    path = tmp_path / "RealWorldQA.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tanswer\n0\t/nonexistent/x.png\tq?\tx\ty\tA\n")
+    with pytest.raises(BenchmarkError, match=r"none of its 1 rows has a usable image \(row 1, index 0: image: "
+                                             r"image file /nonexistent/x.png not found\)"):
+        read_benchmark(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(read_benchmark(path)) == 4
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda line: "\t".join(line.split("\t")[:4]), r"row 2 has 4 tab-separated fields, the header 9 \(a row cut"),
+    (lambda line: line + "\textra\tmore", r"row 2 has 11 tab-separated fields, the header 9 \(a tab inside"),
+])
+def test_a_row_with_another_field_count_than_the_header_is_named(tmp_path, edit, message):
+    path = write_benchmark(tmp_path / "MMStar.tsv", mcq_rows())
+    lines = path.read_text().splitlines()
+    lines[2] = edit(lines[2])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BenchmarkError, match=message):
+        read_benchmark(path)
+
+
 def test_image_path_is_relative_to_the_file(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(RED)

@@ -111,7 +111,13 @@ def normalise_index(raw: str | None) -> str:
 
 def _decode_images(raw: str) -> list[bytes]:
     values = json.loads(raw) if raw.startswith("[") else [raw]
-    return [base64.b64decode(v, validate=True) for v in values]
+    try:
+        return [base64.b64decode(v, validate=True) for v in values]
+    except (binascii.Error, ValueError) as exc:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise ValueError(
+            f"{shown!r} is neither base64 image data nor the index of another row's image ({exc})"
+        ) from exc
 
 
 def infer_kind(name: str, columns: Sequence[str], answers: Sequence[str]) -> Kind:
@@ -129,7 +135,8 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the rows of a UTF-8 TSV (a clear :class:`BenchmarkError` for anything else)."""
     csv.field_size_limit(sys.maxsize)  # base64 images are long cells
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # (utf-8-sig: a byte-order mark some editors write is not part of the first column's name)
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter="\t")
             return list(reader.fieldnames or []), list(reader)
     except UnicodeDecodeError as exc:
@@ -175,6 +182,12 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
     image_cells: dict[str, str | None] = {}
     seen: set[str] = set()
     for number, row in enumerate(rows, start=1):
+        fields = len([v for k, v in row.items() if k is not None and v is not None]) + len(row.get(None) or [])
+        if fields != len(columns):  # (csv gives a short row's missing cells as None, a long row's extras under None)
+            raise BenchmarkError(
+                f"{path}: row {number} has {fields} tab-separated fields, the header {len(columns)}"
+                f"{' (a row cut short?)' if fields < len(columns) else ' (a tab inside a cell?)'}"
+            )
         index = normalise_index(row["index"])
         if not index:
             raise BenchmarkError(f"{path}: row {number}: empty index")
@@ -207,6 +220,12 @@ def read_benchmark(path: str | Path, *, kind: Kind | None = None, name: str | No
             hint=cell(row.get("hint")), images=images, image_key=key, row=number,
             extra={k: v for k, v in row.items() if k not in known and k is not None and v is not None},
         ))
+    if not bench.items:
+        first = bench.bad_rows[0]
+        raise BenchmarkError(
+            f"{path}: none of its {len(rows)} rows has a usable image (row {first['row']}, index "
+            f"{first['index']}: {first['reason']}); nothing to score"
+        )
     return bench
 
 

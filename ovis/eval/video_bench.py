@@ -46,7 +46,7 @@ _LETTERED = re.compile(r"\s*\(?([A-J])[.):]\s*(.*)", re.DOTALL)
 def is_video_benchmark(path: str | Path) -> bool:
     """Whether a TSV's header makes it a video benchmark (a ``video`` column, no image column)."""
     try:
-        with Path(path).open(newline="", encoding="utf-8") as f:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f, delimiter="\t"), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False  # the image reader names the problem

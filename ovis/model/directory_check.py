@@ -184,3 +184,35 @@ def check_missing_weights(
             f"{', '.join(missing[:3])}; the files are incomplete or were written for another model "
             "(a model loaded without them would run on random values)"
         )
+
+
+#: suffixes of weight files: a name ending so is a path, never a hub id
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights_source(source: str, option: str) -> None:
+    """Check weights a user names for a backbone (``--vit-weights`` / ``--llm-weights``) before a
+    library reads them: a path that does not exist is named as such (not as a malformed hub id), and a
+    directory of transformers pickle weights only (``pytorch_model*.bin``) is refused with what to do
+    (transformers' own refusal suggests loading it unsafely). A hub id (``ORG/NAME``) passes."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        pickles = any(path.glob("pytorch_model*.bin")) or (path / BIN_INDEX).is_file()
+        if pickles and not any(path.glob("*.safetensors")):
+            found = ", ".join(sorted(p.name for p in path.glob("pytorch_model*.bin"))) or BIN_INDEX
+            raise CorruptWeightsError(
+                f"{option} {source}: the directory holds only pickle weights ({found}), which are not loaded "
+                "(a pickle can run code); convert them to safetensors, e.g. load them in a trusted session and "
+                "save_pretrained(..., safe_serialization=True)"
+            )
+        return
+    if path.exists():
+        return
+    looks_like_a_path = (
+        path.is_absolute()
+        or source.startswith((".", "~"))
+        or source.count("/") > 1
+        or source.endswith(_WEIGHT_SUFFIXES)
+    )
+    if looks_like_a_path:
+        raise InputFileError(f"{option} {source}: no such file or directory (a hub id is written ORG/NAME)")

@@ -1,5 +1,6 @@
 """YAML errors told on one line with the line and column (never pyyaml's ``"<unicode string>"``):
-one home for the training configs and the preset files."""
+one home for the training configs and the preset files; and a loader that refuses a key given twice
+in one mapping (pyyaml keeps the last one without a word)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,29 @@ def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
             problem = f"{context} {problem}"
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that raises on a key written twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} is given twice (first at line {first.line + 1}): the second would replace the first",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str):
+    """``yaml.safe_load``, but a key given twice in one mapping is a ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # (a SafeLoader subclass: no arbitrary objects)

@@ -51,14 +51,25 @@ def test_yaml_paths_stage_defaults_and_overrides(tmp_path, monkeypatch):
 def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": "m", "output_dir": "o", "data": {"datasetz": ["a"]}}))
-    with pytest.raises(ValueError, match=r"'data\.datasetz'.*dataset_info, datasets, max_length"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown config key 'data\.datasetz'; did you mean 'data\."
+                                         r"datasets'\? Valid keys under 'data': dataset_info, datasets, max_length"):
         load_train_config(path)
-    with pytest.raises(ValueError, match=r"unknown config key 'learning_rate'; valid keys: .*\blr\b"):
+    with pytest.raises(ValueError, match=r"key 'learning_rate'; did you mean 'lr'\? Valid keys: .*\blr\b"):
         load_train_config(None, ["model=m", "output_dir=o", "learning_rate=1"])
+    with pytest.raises(ValueError, match=r"unknown config key 'num_train_epochs'; did you mean 'epochs'\?"):
+        load_train_config(None, ["model=m", "output_dir=o", "num_train_epochs=1"])
     with pytest.raises(ValueError, match="has no sub-keys"):
         load_train_config(None, ["model=m", "output_dir=o", "lr.x=1"])
     with pytest.raises(ValueError, match="key=value"):
         load_train_config(None, ["lr"])
+
+
+def test_a_key_given_twice_in_the_yaml_is_named_not_silently_replaced(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("model: m\noutput_dir: o\nlr: 1.0e-4\ndata:\n  datasets: [a]\nlr: 3.0e-4\n")
+    with pytest.raises(ValueError, match=r"twice\.yaml: not valid YAML \(key 'lr' is given twice \(first at line 3\)"
+                                         r".* at line 6, column 1\)"):
+        load_train_config(path)
 
 
 def test_bad_train_modules_token_is_named(tmp_path):

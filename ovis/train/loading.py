@@ -11,6 +11,7 @@ path does. ``deepspeed`` may also name a built-in config (``zero2``, ``zero3``) 
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ovis.errors import ConfigError, InputFileError
 from ovis.train.config import PATH_KEYS, TrainConfig
 from ovis.train.deepspeed_config import BUILTIN_DEEPSPEED
-from ovis.yaml_errors import line_column, yaml_problem
+from ovis.yaml_errors import line_column, safe_load_unique, yaml_problem
 
 
 def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
@@ -28,21 +29,46 @@ def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def check_keys(raw: dict[str, Any], model: type[BaseModel] = TrainConfig, prefix: str = "") -> None:
-    """Raise ``ConfigError`` naming the first unknown key (dotted) and listing the valid ones there."""
+#: names other trainers use for a key, and ours
+_KNOWN_AS = {
+    "learning_rate": "lr",
+    "batch_size": "per_device_batch_size",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "train_batch_size": "per_device_batch_size",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "output": "output_dir",
+    "model_name_or_path": "model",
+    "bf16": "precision",
+    "fp16": "precision",
+}
+
+
+def check_keys(
+    raw: dict[str, Any], model: type[BaseModel] = TrainConfig, prefix: str = "", source: Path | None = None
+) -> None:
+    """Raise ``ConfigError`` naming the first unknown key (dotted; and the file it is in, ``source``),
+    the key meant where it is a close match or another trainer's name for one, and the valid keys."""
     for key, value in raw.items():
-        _check_key(model, prefix, key)
+        _check_key(model, prefix, key, source)
         sub = _submodel(model, key)
         if sub is not None and isinstance(value, dict):
-            check_keys(value, sub, f"{prefix}{key}.")
+            check_keys(value, sub, f"{prefix}{key}.", source)
 
 
-def _check_key(model: type[BaseModel], prefix: str, key: str) -> None:
-    if key not in model.model_fields:
-        where = f" under {prefix[:-1]!r}" if prefix else ""
-        raise ConfigError(
-            f"unknown config key {prefix + key!r}; valid keys{where}: {', '.join(model.model_fields)}"
-        )
+def _check_key(model: type[BaseModel], prefix: str, key: str, source: Path | None = None) -> None:
+    if key in model.model_fields:
+        return
+    where = f" under {prefix[:-1]!r}" if prefix else ""
+    meant = _KNOWN_AS.get(str(key).lower()) if model is TrainConfig else None
+    if meant not in model.model_fields:
+        close = difflib.get_close_matches(str(key), list(model.model_fields), n=1, cutoff=0.6)
+        meant = close[0] if close else None
+    hint = f"; did you mean {prefix + meant!r}?" if meant else ""
+    raise ConfigError(
+        f"{f'{source}: ' if source else ''}unknown config key {prefix + str(key)!r}{hint} "
+        f"Valid keys{where}: {', '.join(model.model_fields)}"
+    )
 
 
 def apply_override(raw: dict[str, Any], override: str, base_dir: Path | None = None) -> None:
@@ -107,7 +133,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
                           "save the config as UTF-8") from exc
     try:
-        loaded = yaml.safe_load(text)
+        loaded = safe_load_unique(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc, text)})") from exc
     if loaded is not None and not isinstance(loaded, dict):
@@ -132,7 +158,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
     if path is not None:
         path = Path(path).expanduser()
         raw = _read_yaml(path)
-        check_keys(raw)
+        check_keys(raw, source=path)
         _resolve_paths(raw, path.resolve().parent)
     for override in overrides:
         apply_override(raw, override)

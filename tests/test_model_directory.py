@@ -124,3 +124,24 @@ def test_a_weight_missing_from_the_files_is_named_before_anything_loads(tmp_path
         with pytest.raises(InputFileError, match=r"m: 1 weight\(s\) the model needs are not in its files, e\.g\. vte"):
             load()
     assert main(["run", "--model", str(directory), "hi"]) == 2
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["llm_config"].__setitem__("num_hidden_layers", "four"),
+     r"llm_config: Validation error for field 'num_hidden_layers'.*expected int, got str \(value: 'four'\)"),
+    (lambda c: c.__setitem__("visual_vocab_size", "lots"), r"visual_vocab_size must be an integer, got 'lots'"),
+    (lambda c: c.pop("llm_config"), r"llm_config is missing"),
+    (lambda c: c["llm_config"].pop("model_type"), r"llm_config has no model_type"),
+])
+def test_a_config_field_of_the_wrong_type_is_named_with_the_file(tmp_path, edit, message):
+    from ovis.train.model_loading import load_streamed
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=32)
+    directory = ovis.save(model, processor, tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    edit(config)
+    (directory / "config.json").write_text(json.dumps(config))
+    for load in (lambda: ovis.load(directory), lambda: load_streamed(directory, dtype=torch.float32)):
+        with pytest.raises(ConfigError, match=f"m/config.json: {message}"):
+            load()

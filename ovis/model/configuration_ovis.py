@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, ClassVar
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from ovis.errors import ConfigError
@@ -68,6 +70,18 @@ class OvisConfig(PretrainedConfig):
     model_type = "ovis"
     sub_configs: ClassVar[dict[str, type]] = {"llm_config": AutoConfig}
 
+    @classmethod
+    def read(cls, directory: str | Path) -> OvisConfig:
+        """The config of a local model directory; a field no model can be built from is a
+        ``ConfigError`` naming the file."""
+        where = Path(directory) / "config.json"
+        try:
+            return cls.from_pretrained(directory)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        except (TypeError, ValueError, KeyError, StrictDataclassError) as exc:
+            raise ConfigError(f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+
     def __init__(
         self,
         llm_config: dict[str, Any] | PretrainedConfig | None = None,
@@ -106,7 +120,14 @@ class OvisConfig(PretrainedConfig):
         if isinstance(llm_config, dict):
             llm_config = dict(llm_config)
             model_type = llm_config.pop("model_type", None)
-            llm_config = AutoConfig.for_model(model_type, **llm_config) if model_type else None
+            if not model_type:
+                raise ConfigError("llm_config has no model_type (e.g. 'qwen2', 'llama')")
+            try:
+                llm_config = AutoConfig.for_model(model_type, **llm_config)
+            except (TypeError, ValueError, KeyError, StrictDataclassError) as exc:
+                raise ConfigError(f"llm_config: {' '.join(str(exc).split())}") from exc
+        if llm_config is None and vision_spec is not None:  # (a bare OvisConfig() is transformers' default)
+            raise ConfigError("llm_config is missing: the LLM's configuration (its model_type and fields)")
         _check(tokenize_function=tokenize_function, adapter=adapter, visual_vocab_size=visual_vocab_size,
                use_indicators=use_indicators, visual_path=visual_path, visual_chunk_rows=visual_chunk_rows,
                visual_topk=visual_topk, visual_embedding_scale=visual_embedding_scale)
@@ -222,6 +243,8 @@ def _check(*, tokenize_function: str, adapter: str, visual_vocab_size: int, use_
         )
     if adapter not in ADAPTERS:
         raise ConfigError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+    if isinstance(visual_vocab_size, bool) or not isinstance(visual_vocab_size, int):
+        raise ConfigError(f"visual_vocab_size must be an integer, got {visual_vocab_size!r}")
     if visual_vocab_size < (3 if use_indicators else 1):
         raise ConfigError(f"visual_vocab_size {visual_vocab_size} is too small")
     if visual_path not in VISUAL_PATHS:

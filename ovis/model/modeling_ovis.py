@@ -150,7 +150,7 @@ class OvisForCausalLM(OvisPreTrainedModel):
         if shapes is not None:
             config = kwargs.get("config")
             if not isinstance(config, OvisConfig):
-                config = OvisConfig.from_pretrained(pretrained_model_name_or_path)
+                config = kwargs["config"] = OvisConfig.read(pretrained_model_name_or_path)
             cls.check_stored_tensors(config, shapes, pretrained_model_name_or_path)
         if not is_original_checkpoint(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

@@ -209,7 +209,7 @@ def _open_ovis(directory: Path) -> tuple[OvisConfig, _Source | None]:
     """An ovis directory's config and its tensors under the model's names, their shapes checked
     against the model first; no tensors (None) where transformers converts one of them on load in a
     way a slice cannot be read for (the caller loads through ``from_pretrained``)."""
-    config = OvisConfig.from_pretrained(directory)
+    config = OvisConfig.read(directory)
     shapes = check_model_directory(directory)
     names = OvisForCausalLM.check_stored_tensors(config, shapes, directory)
     if names.converted:

@@ -31,3 +31,15 @@ class UsageError(OvisError, ValueError):
 
 class OutputExistsError(OvisError, FileExistsError):
     """The output directory the user named already holds something that would be overwritten."""
+
+
+def validation_message(error) -> str:
+    """A pydantic ``ValidationError``'s problems as ``field.sub: what is wrong (got value)``, joined by
+    ``; `` (read through its ``errors()``: this module imports nothing)."""
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        problems.append(f"{field}: {message}{got}")
+    return "; ".join(problems)

@@ -18,10 +18,11 @@ from typing import Literal
 
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ovis.errors import ConfigError, InputFileError, OvisError
+from ovis.errors import ConfigError, InputFileError, OvisError, validation_message
 from ovis.interfaces import (
     IMAGE_MARKER,
     ChatFormat,
@@ -343,17 +344,43 @@ class OvisProcessor:
             raise InputFileError(f"{path}: missing; is {directory} an ovis model directory?") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        return cls(
-            tokenizer=tokenizer,
-            image_processor=ImageProcessor(ImagePreprocessSpec.model_validate(config["image"])),
-            chat_format=get_host().chat_format(config["chat_format"]),
-            num_image_tokens=int(config["num_image_tokens"]),
-            max_length=int(config["max_length"]),
-            image_marker_separator=str(config.get("image_marker_separator", "\n")),
-            tiling=TilingOptions.from_dict(config["tiling"]) if config.get("tiling") else None,
-            tokens_per_tile=config.get("tokens_per_tile"),
-        )
+        tokenizer = _read_tokenizer(directory)
+        try:
+            return cls(
+                tokenizer=tokenizer,
+                image_processor=ImageProcessor(ImagePreprocessSpec.model_validate(config["image"])),
+                chat_format=get_host().chat_format(config["chat_format"]),
+                num_image_tokens=int(config["num_image_tokens"]),
+                max_length=int(config["max_length"]),
+                image_marker_separator=str(config.get("image_marker_separator", "\n")),
+                tiling=TilingOptions.from_dict(config["tiling"]) if config.get("tiling") else None,
+                tokens_per_tile=config.get("tokens_per_tile"),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{path}: no {exc.args[0]!r} field; is {directory} an ovis model directory?") from exc
+        except (TypeError, ValueError, ValidationError) as exc:
+            if isinstance(exc, OvisError):
+                raise ConfigError(f"{path}: {exc}") from exc
+            reason = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ConfigError(f"{path}: {reason}") from exc
+
+
+def _read_tokenizer(directory: Path):
+    """``AutoTokenizer.from_pretrained(directory)``, a missing or damaged tokenizer file named (the
+    library's own words point elsewhere: a missing tokenizer.json reads as a missing sentencepiece)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:
+        file = directory / "tokenizer.json"
+        if not file.is_file():
+            raise InputFileError(
+                f"{directory}: no tokenizer.json (the model's tokenizer, which ovis saves beside the weights)"
+            ) from exc
+        try:
+            json.loads(file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            raise ConfigError(f"{file}: not valid JSON ({bad}); the file is damaged or cut short") from exc
+        raise ConfigError(f"{file}: the tokenizer does not load: {type(exc).__name__}: {exc}") from exc
 
 
 #: pad tokens to fall back on when a v1 tokenizer has none (Llama 3's v1 training pad, Qwen's)

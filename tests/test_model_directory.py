@@ -145,3 +145,34 @@ def test_a_config_field_of_the_wrong_type_is_named_with_the_file(tmp_path, edit,
     for load in (lambda: ovis.load(directory), lambda: load_streamed(directory, dtype=torch.float32)):
         with pytest.raises(ConfigError, match=f"m/config.json: {message}"):
             load()
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    (lambda d: (d / "tokenizer.json").unlink(), InputFileError, r"m: no tokenizer\.json"),
+    (lambda d: (d / "tokenizer.json").write_bytes((d / "tokenizer.json").read_bytes()[:500]), ConfigError,
+     r"m/tokenizer\.json: not valid JSON \(.*\); the file is damaged or cut short"),
+    (lambda d: _edit_json(d / "preprocessor_config.json", num_image_tokens="x"), ConfigError,
+     r"m/preprocessor_config\.json: invalid literal for int\(\) with base 10: 'x'"),
+    (lambda d: _edit_json(d / "preprocessor_config.json", image={"image_size": 0}), ConfigError,
+     r"m/preprocessor_config\.json: image_size: .*greater than 0 \(got 0\)"),
+    (lambda d: _edit_json(d / "preprocessor_config.json", drop="chat_format"), ConfigError,
+     r"m/preprocessor_config\.json: no 'chat_format' field"),
+])
+def test_a_damaged_processor_file_is_named(tmp_path, damage, error, message):
+    from ovis.processing import OvisProcessor
+
+    torch.manual_seed(0)
+    model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=32)
+    directory = ovis.save(model, processor, tmp_path / "m")
+    damage(directory)
+    with pytest.raises(error, match=message):
+        OvisProcessor.from_pretrained(directory)
+
+
+def _edit_json(path, drop: str | None = None, **fields) -> None:
+    data = json.loads(path.read_text())
+    for key, value in fields.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    if drop:
+        del data[drop]
+    path.write_text(json.dumps(data))

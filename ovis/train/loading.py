@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ovis.errors import ConfigError, InputFileError
+from ovis.errors import ConfigError, InputFileError, validation_message
 from ovis.train.config import PATH_KEYS, TrainConfig
 from ovis.train.deepspeed_config import BUILTIN_DEEPSPEED
 from ovis.yaml_errors import line_column, safe_load_unique, yaml_problem
@@ -139,17 +139,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     return loaded or {}
-
-
-def validation_message(error: ValidationError) -> str:
-    """pydantic's errors as ``field.sub: what is wrong (got value)``, joined by ``; ``."""
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
-        problems.append(f"{field}: {message}{got}")
-    return "; ".join(problems)
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -298,6 +298,9 @@ BAD_REQUESTS = {
     "negative temperature": (chat_body("hi", temperature=-1), 400, "temperature", "temperature"),
     "temperature not a number": (chat_body("hi", temperature="hot"), 400, "temperature", "temperature"),
     "max_tokens a boolean": (chat_body("hi", max_tokens=True), 400, "not a boolean", "max_tokens"),
+    "max_tokens a string": (chat_body("hi", max_tokens="10"), 400, "valid integer", "max_tokens"),
+    "temperature the string nan": (chat_body("hi", temperature="nan"), 400, "valid number", "temperature"),
+    "top_k below -1": (chat_body("hi", temperature=0.7, top_k=-3), 400, "greater than or equal to -1", "top_k"),
     "seed beyond 64 bits": (chat_body("hi", temperature=0.7, seed=2**64), 400, "seed", "seed"),
     "tool role": (
         {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, 400, "role", "messages[0].role"),

@@ -14,7 +14,7 @@ What differs from OpenAI, deliberately:
 
 * Decoding is greedy unless ``temperature`` > 0 (absent or 0: greedy, so replies are reproducible);
   ``top_p`` and ``top_k`` only apply when sampling. ``top_k`` and ``repetition_penalty`` are
-  extensions, as in vLLM (``top_k`` <= 0 means no top-k filtering).
+  extensions, as in vLLM (``top_k`` -1 or 0 means no top-k filtering). Numbers must be JSON numbers.
 * Images come as ``data:image/...;base64,`` URLs only: the server does not fetch remote URLs.
   Each ``image_url`` part becomes an ``<image>`` at that spot of the message (parts are joined
   with newlines), and the images are numbered in order. Images are accepted in user messages.

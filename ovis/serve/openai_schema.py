@@ -30,15 +30,18 @@ class ChatCompletionRequest(BaseModel):
         min_length=1,
         description="system / user / assistant messages; content a string or a list of text and image_url parts",
     )
-    max_tokens: int | None = Field(None, description="deprecated by OpenAI in favour of max_completion_tokens")
-    max_completion_tokens: int | None = None
-    temperature: float | None = Field(None, ge=0, le=2, description="absent or 0: greedy; > 0: sampling")
-    top_p: float | None = Field(None, gt=0, le=1, description="only when sampling")
-    top_k: int | None = Field(None, description="extension (vLLM); <= 0: off; only when sampling")
-    repetition_penalty: float | None = Field(None, gt=0, description="extension (vLLM); 1: off")
+    # Numbers are strict, as OpenAI's API is: "10" is not 10, and "nan" not a temperature.
+    max_tokens: int | None = Field(
+        None, strict=True, description="deprecated by OpenAI in favour of max_completion_tokens"
+    )
+    max_completion_tokens: int | None = Field(None, strict=True)
+    temperature: float | None = Field(None, strict=True, ge=0, le=2, description="absent or 0: greedy; > 0: sampling")
+    top_p: float | None = Field(None, strict=True, gt=0, le=1, description="only when sampling")
+    top_k: int | None = Field(None, strict=True, ge=-1, description="extension (vLLM); -1 or 0: off; when sampling")
+    repetition_penalty: float | None = Field(None, strict=True, gt=0, description="extension (vLLM); 1: off")
     stop: str | list[str] | None = None
     # torch seeds are 64-bit: a larger one would fail deep in generation (a 500)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="only when sampling")
+    seed: int | None = Field(None, strict=True, ge=-(2**63), lt=2**64, description="only when sampling")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, description="only 1")

@@ -378,7 +378,7 @@ HOSTILE_TSVS: dict[str, tuple[bytes | None, str]] = {
     "latin-1.tsv": ((HEADER + "0\tx.png\tWhat\xff?\tyes\n").encode("latin-1"), "not UTF-8 text"),
     "comma-separated.tsv": (b"index,image_path,question,answer\n0,x.png,What?,yes\n", "is it a CSV?"),
     "header-only.tsv": (HEADER.encode(), "no data rows"),
-    "short-row.tsv": ((HEADER + "0\tx.png\tWhat?\n").encode(), "empty answer"),
+    "short-row.tsv": ((HEADER + "0\tx.png\tWhat?\n").encode(), "row 1 has 3 tab-separated fields, the header 4"),
     "index-twice.tsv": ((HEADER + "0\tx.png\tWhat?\tyes\n0\tx.png\tAgain?\tno\n").encode(), "appears twice"),
     "empty-index.tsv": ((HEADER + "\tx.png\tWhat?\tyes\n").encode(), "empty index"),
     "a-directory.tsv": (None, "a directory"),

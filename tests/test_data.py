@@ -473,3 +473,27 @@ def test_data_synth_keeps_what_its_out_directory_holds_unless_told_to_replace_it
     with pytest.raises(SystemExit):
         main(["data", "synth", "--out", str(tmp_path / "neg"), "--train-images", "-5"])
     assert "expected a whole number (0 or more), got -5" in capsys.readouterr().err
+
+
+def test_a_records_fault_is_named_for_what_it_is(data_root: Path, toy_processor):
+    _json(data_root / "caps.json", [
+        {"image_path": "img0.png", "caption": 5},
+        {"image": "img1.png", "text": "a red square."},
+        {"image_path": "img2.png", "caption": "three circles."},
+    ])
+    _json(data_root / "conv.json", [
+        {"id": "a", "conversations": "hello"},
+        {"id": "b", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": " "}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello."}]},
+    ])
+    path = _info(data_root, {
+        "caps": {"meta_file": "caps.json", "image_dir": "images", "data_format": "caption"},
+        "conv": {"meta_file": "conv.json", "image_dir": "images", "data_format": "conversation"},
+    })
+    skips = SkipLog()
+    assert len(build_dataset(path, ["caps", "conv"], toy_processor, skip_log=skips)) == 2
+    reasons = skips.reasons()
+    assert reasons["caps[0]"] == "bad caption: 'caption' is int 5; expected text"
+    assert reasons["caps[1]"] == "missing caption: no 'caption'; the record has 'image', 'text'"
+    assert reasons["conv[0]"] == "bad conversations: 'conversations' is str 'hello'; expected a list"
+    assert reasons["conv[1]"].startswith("empty replies: every assistant turn is empty")

@@ -208,3 +208,11 @@ def test_a_field_without_a_description_is_refused():
 
     with pytest.raises(ValueError, match="Undocumented.bare has no Field"):
         docs._sections(Undocumented, "")
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "results").write_text("mine")
+    with pytest.raises(ValueError, match=r"output_dir: .*results is a file; output_dir is a directory"):
+        load_train_config(None, ["model=m", f"output_dir={tmp_path / 'results'}"])
+    assert main(["eval", "--model", "m", "--synth", "--out", str(tmp_path / "results")]) == 2
+    assert (tmp_path / "results").read_text() == "mine"

@@ -102,7 +102,7 @@ def _broken_data(root: Path) -> Path:
         (
             ["fields"],
             r"fields\.jsonl: dataset 'fields' has no usable record .* first: fields\[0\] \(.*fields\.jsonl "
-            r"line 1\): empty conversations: 'conversations' is 'hi'",
+            r"line 1\): bad conversations: 'conversations' is str 'hi'; expected a list",
         ),
         (["good", "cut"], r"cut\.json: not valid JSON at line 1 column"),
         (["no-meta"], r"absent\.jsonl: meta file not found"),

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.judge_url) != bool(args.judge_model):
         raise UsageError("--judge-url and --judge-model go together: give both, or neither")
     judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a directory (the results go into it)")
     files = [Path(f) for f in args.data]
     if args.synth:
         files += write_synth_benchmarks(Path(args.out) / "synth-data")

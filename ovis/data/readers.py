@@ -169,16 +169,26 @@ def _caption(row: dict, entry: DatasetEntry) -> tuple[list[Message], list[str]]:
     image = row.get("image_path", row.get("image"))
     if isinstance(image, list) and len(image) == 1:
         image = image[0]
+    if image is None:
+        raise RecordError("missing image path", f"no 'image_path' (or 'image'); the record has {_keys(row)}")
     if not isinstance(image, str) or not image.strip():
-        raise RecordError("missing image path", f"'image_path' is {image!r}")
+        raise RecordError("bad image path", f"'image_path' is {image!r}; expected a path")
     caption = row.get("caption")
-    if not isinstance(caption, str) or not caption.strip():
+    if caption is None:
+        raise RecordError("missing caption", f"no 'caption'; the record has {_keys(row)}")
+    if not isinstance(caption, str):
+        raise RecordError("bad caption", f"'caption' is {type(caption).__name__} {caption!r}; expected text")
+    if not caption.strip():
         raise RecordError("missing caption", f"'caption' is {caption!r}")
     messages = [
         Message(role="user", content=entry.caption_template),
         Message(role="assistant", content=caption),
     ]
     return messages, [image]
+
+
+def _keys(row: dict) -> str:
+    return ", ".join(map(repr, row)) or "no fields"
 
 
 def _conversation(row: dict, entry: DatasetEntry) -> tuple[list[Message], list[str]]:
@@ -190,8 +200,13 @@ def _conversation(row: dict, entry: DatasetEntry) -> tuple[list[Message], list[s
     if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
         raise RecordError("bad image field", f"expected a path or a list of paths, got {images!r}")
     turns = row.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RecordError("empty conversations", f"'conversations' is {turns!r}")
+    if turns is None:
+        raise RecordError("missing conversations", f"no 'conversations'; the record has {_keys(row)}")
+    if not isinstance(turns, list):
+        shown = turns if len(repr(turns)) < 60 else f"{repr(turns)[:57]}..."
+        raise RecordError("bad conversations", f"'conversations' is {type(turns).__name__} {shown!r}; expected a list")
+    if not turns:
+        raise RecordError("empty conversations", "'conversations' is []")
     messages: list[Message] = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -207,6 +222,8 @@ def _conversation(row: dict, entry: DatasetEntry) -> tuple[list[Message], list[s
         messages.append(Message(role=role, content=value))
     if not any(m.role == "assistant" for m in messages):
         raise RecordError("no assistant turn", "nothing to learn")
+    if not any(m.content.strip() for m in messages if m.role == "assistant"):
+        raise RecordError("empty replies", "every assistant turn is empty: it would teach the model to say nothing")
     markers = sum(m.content.count(IMAGE_MARKER) for m in messages)
     if markers == 0 and images:
         # LLaVA data without markers: the images go before the first user message (v1 convention).

@@ -215,6 +215,13 @@ class TrainConfig(_Strict):
                 values.setdefault(key, value)
         return values
 
+    @field_validator("output_dir")
+    @classmethod
+    def _a_directory(cls, path: Path) -> Path:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; output_dir is a directory (the run writes several files into it)")
+        return path
+
     @field_validator("train_modules")
     @classmethod
     def _known_tokens(cls, tokens: list[str]) -> list[str]:

@@ -42,8 +42,9 @@ def _load(what: str, name: str, weights: str | None, build):
     try:
         return build()
     except (OSError, ValueError, RuntimeError) as exc:
+        source = f" from {weights!r}" if weights else " (its spec names no weights)"
         raise WeightsUnavailableError(
-            f"could not load the {what} weights of {name!r} from {weights!r}: {exc}\n"
+            f"could not load the {what} weights of {name!r}{source}: {exc}\n"
             "Without network access, point the preset at a local directory "
             f"(--{'vit' if what == 'vision' else 'llm'}-weights DIR) or compose with random weights "
             "(--random-init)."

@@ -352,22 +352,30 @@ class PluginHost:
     def llm(self, name: str) -> Entry:
         return self.get("llm", name)
 
-    def vision_factory(self, builder: str) -> type[VisionBackbone]:
-        """The class registered for a builder key (used to rebuild a saved model's encoder)."""
+    def vision_factory(self, builder: str, plugin: str | None = None) -> type[VisionBackbone]:
+        """The class registered for a builder key (used to rebuild a saved model's encoder);
+        ``plugin``: the distribution a saved model records for it, named when it is not installed."""
         for entry in self._entries["vision"].values():
             if entry.spec.builder == builder:
                 return entry.factory
         providers = self._preset_plugins("vision", lambda spec: spec.builder == builder)
+        if plugin:
+            providers.add(plugin)
         hint = f"; it is provided by {', '.join(sorted(providers))}" if providers else ""
-        raise UnknownNameError(f"no installed plugin builds vision backbones of kind {builder!r}{hint}")
+        raise UnknownNameError(
+            f"no installed plugin builds vision backbones of kind {builder!r}{hint}{_install_hint(providers)}"
+        )
 
-    def chat_format(self, name: str) -> ChatFormat:
-        """The registered chat format instance; :class:`UnknownNameError` with suggestions."""
+    def chat_format(self, name: str, plugin: str | None = None) -> ChatFormat:
+        """The registered chat format instance; :class:`UnknownNameError` with suggestions (and, given
+        ``plugin``, the distribution a saved model records as providing it)."""
         if name not in self._chat_formats:
             close = difflib.get_close_matches(name, list(self._chat_formats), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            saved = f" The model was saved with it from {plugin}{_install_hint({plugin})}." if plugin else ""
             raise UnknownNameError(
-                f"unknown chat format {name!r}.{hint} Available: {', '.join(sorted(self._chat_formats)) or 'none'}"
+                f"unknown chat format {name!r}.{saved}{hint} "
+                f"Available: {', '.join(sorted(self._chat_formats)) or 'none'}"
             )
         return self._chat_formats[name][0]
 
@@ -437,6 +445,20 @@ class PluginHost:
                 if _within(path, root):
                     return info, f"{frame.filename}:{frame.lineno}"
         return None
+
+
+def _install_hint(distributions: set[str]) -> str:
+    """``: pip install NAME`` for distributions that are not installed (nothing for those that are:
+    a plugin installed but failing to load is told by `ovis plugins`)."""
+    missing = []
+    for name in sorted(distributions):
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    if not missing:
+        return " (installed, but it did not register it: see `ovis plugins`)" if distributions else ""
+    return f" (not installed: pip install {' '.join(missing)})"
 
 
 def _package_roots(top: str) -> list[str]:

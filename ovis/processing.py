@@ -46,7 +46,7 @@ from ovis.model.v1_format import (
     read_preprocessor,
     translate_config,
 )
-from ovis.plugin_host import get_host
+from ovis.plugin_host import UnknownNameError, get_host
 from ovis.tiling import Grid, TiledImage, Tiler, TilingOptions, block_length, choose_grid, image_block
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -349,13 +349,15 @@ class OvisProcessor:
             return cls(
                 tokenizer=tokenizer,
                 image_processor=ImageProcessor(ImagePreprocessSpec.model_validate(config["image"])),
-                chat_format=get_host().chat_format(config["chat_format"]),
+                chat_format=get_host().chat_format(config["chat_format"], plugin=_llm_plugin(directory)),
                 num_image_tokens=int(config["num_image_tokens"]),
                 max_length=int(config["max_length"]),
                 image_marker_separator=str(config.get("image_marker_separator", "\n")),
                 tiling=TilingOptions.from_dict(config["tiling"]) if config.get("tiling") else None,
                 tokens_per_tile=config.get("tokens_per_tile"),
             )
+        except UnknownNameError:
+            raise  # (a chat format no installed plugin provides: says so itself)
         except KeyError as exc:
             raise ConfigError(f"{path}: no {exc.args[0]!r} field; is {directory} an ovis model directory?") from exc
         except (TypeError, ValueError, ValidationError) as exc:
@@ -363,6 +365,15 @@ class OvisProcessor:
                 raise ConfigError(f"{path}: {exc}") from exc
             reason = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
             raise ConfigError(f"{path}: {reason}") from exc
+
+
+def _llm_plugin(directory: Path) -> str | None:
+    """The distribution a saved model's config.json records for its LLM (and so its chat format)."""
+    try:
+        spec = json.loads((directory / "config.json").read_text()).get("llm_spec") or {}
+        return spec.get("plugin") if isinstance(spec, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _read_tokenizer(directory: Path):

@@ -442,3 +442,25 @@ def test_an_error_raised_in_a_plugins_code_is_reported_as_that_plugins_bug(regis
     with pytest.raises(TypeError) as raised:
         merged_tokens("sixteen", 2)
     assert get_host().blame(raised.value) is None
+
+
+def test_a_model_whose_plugin_is_not_installed_names_the_package_to_install(tmp_path):
+    """config.json records the distribution of the encoder (and the LLM, whose chat format it is)."""
+    import ovis
+    from ovis.processing import OvisProcessor
+
+    model, processor = ovis.compose(vit="clip-toy", llm="qwen-toy", visual_vocab_size=32)
+    directory = ovis.save(model, processor, tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    config["vision_spec"].update(builder="strange-vit", plugin="ovis-plugin-strangevit")
+    config["llm_spec"]["plugin"] = "ovis-plugin-strangechat"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnknownNameError, match=r"kind 'strange-vit'; it is provided by ovis-plugin-strangevit "
+                                               r"\(not installed: pip install ovis-plugin-strangevit\)"):
+        ovis.load(directory)
+    preprocessor = json.loads((directory / "preprocessor_config.json").read_text())
+    preprocessor["chat_format"] = "stranger"
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    with pytest.raises(UnknownNameError, match=r"unknown chat format 'stranger'\. The model was saved with it from "
+                                               r"ovis-plugin-strangechat \(not installed: pip install ovis-plugin-"):
+        OvisProcessor.from_pretrained(directory)

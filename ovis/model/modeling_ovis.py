@@ -71,7 +71,7 @@ def _check_local_directory(path: Any, kwargs: dict[str, Any]) -> dict | None:
 def build_backbone(spec: dict[str, Any] | VisionSpec) -> VisionBackbone:
     """Rebuild a saved model's encoder (random init) through the plugin that provides its builder."""
     spec = spec if isinstance(spec, VisionSpec) else VisionSpec.model_validate(spec)
-    return get_host().vision_factory(spec.builder).from_spec(spec, pretrained=False)
+    return get_host().vision_factory(spec.builder, plugin=spec.plugin).from_spec(spec, pretrained=False)
 
 
 class OvisPreTrainedModel(PreTrainedModel):

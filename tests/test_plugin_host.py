@@ -162,7 +162,9 @@ def test_the_example_package_installs_and_is_discovered(tmp_path):
         [sys.executable, "-m", "ovis.cli", "list", "vit", "example*", "--json"], check=True,
         capture_output=True, text=True, env=env, cwd=REPO,
     )
-    assert [r["name"] for r in json.loads(listed.stdout)] == ["example-vit"]
+    assert [(r["name"], r["plugin"], r["distribution"]) for r in json.loads(listed.stdout)] == [
+        ("example-vit", "example", "ovis-plugin-example")
+    ]
 
 
 def test_plugins_command_reports_distribution_version_and_errors(monkeypatch, capsys, tmp_path):

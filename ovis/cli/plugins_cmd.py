@@ -59,6 +59,12 @@ def run_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distribution(entry) -> str | None:
+    """The pip package of the plugin that registered ``entry`` (the plugin column is its entry-point name)."""
+    info = get_host().plugins.get(entry.plugin)
+    return info.distribution if info is not None else None
+
+
 def _vision_row(entry) -> dict:
     s = entry.spec
     return {
@@ -74,6 +80,7 @@ def _vision_row(entry) -> dict:
         "weights": s.weights,
         "tiny": s.tiny,
         "plugin": entry.plugin,
+        "distribution": _distribution(entry),
     }
 
 
@@ -91,6 +98,7 @@ def _llm_row(entry) -> dict:
         "weights": s.weights,
         "tiny": s.tiny,
         "plugin": entry.plugin,
+        "distribution": _distribution(entry),
     }
 
 

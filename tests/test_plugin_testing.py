@@ -88,3 +88,16 @@ def test_and_it_is_gone_after():
 
     with pytest.raises(UnknownNameError):
         get_host().vision("hf-vit-renamed")
+
+
+def test_the_pytest_plugin_is_registered_and_light():
+    """Every pytest session of an environment with ovis loads ovis.testing (entry point pytest11):
+    it must not import torch or transformers."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    assert [e.value for e in metadata.entry_points(group="pytest11") if e.name == "ovis"] == ["ovis.testing"]
+    code = "import sys, ovis.testing; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

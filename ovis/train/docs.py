@@ -63,6 +63,13 @@ step is reported once. RNG state is saved as plain tensors and loaded with `weig
 the PyTorch engine's state likewise; DeepSpeed loads its own engine state with pickle, so resume a
 DeepSpeed run only from checkpoints that come from a trusted source.
 
+What a run refuses rather than lose: an `output_dir` holding checkpoints (pass `--resume`, or choose
+another), or an earlier run's `final/` or `metrics.jsonl` with no checkpoint to resume from (their
+checkpoints pruned or deleted: a new run would overwrite the exported model); an `output_dir` that
+is a file. A step whose loss is NaN or infinite stops the run (`TrainingDiverged`) before that step
+is checkpointed or exported, naming the step, its learning rate and the newest checkpoint (which may
+already hold the update that diverged); its `sample_ids` are in `metrics.jsonl`.
+
 Data checks: before the model loads or DeepSpeed starts, `ovis train` checks the data the config
 names: each name in `data.datasets` must be an entry of `data.dataset_info` that is itself valid
 (a broken entry, or a name or field given twice, is refused only when a run names it), its meta file

@@ -376,7 +376,9 @@ def test_cli_eval_on_a_video_benchmark(chatty_model_dir, tmp_path, capsys):
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "Video-MME: mcq on video, 2 frames each, 3 questions, 1 rows left out (unusable videos)" in captured.err
+    assert "Video-MME: mcq on video, 2 frames each, 3 questions, 1 row left out (unusable videos; e.g. row" \
+        in captured.err
+    assert "003.mp4 not found" in captured.err and "; all in results.json)" in captured.err
     assert "| Video-MME | mcq | 3 |" in captured.out
     results = json.loads((out / "Video-MME" / "results.json").read_text())
     assert results["bad_rows"] == 1 and "003.mp4 not found" in results["bad_row_reasons"][0]["reason"]

@@ -124,6 +124,15 @@ def output_dir(out_dir: str | Path, bench: Benchmark, prompt_style: str) -> Path
     return Path(out_dir) / (bench.name if prompt_style == "vlmevalkit" else f"{bench.name}-{prompt_style}")
 
 
+def _left_out(bad_rows: list[dict], what: str) -> str:
+    """``, N rows left out (unusable images; e.g. row R, index I: reason)``: the first reason shown,
+    every one in results.json."""
+    first = bad_rows[0]
+    rows = "row" if len(bad_rows) == 1 else "rows"
+    return (f", {len(bad_rows)} {rows} left out (unusable {what}; e.g. row {first['row']}, index {first['index']}: "
+            f"{first['reason']}; all in results.json)")
+
+
 def check_files(
     files: Sequence[str | Path],
     out_dir: str | Path,
@@ -151,7 +160,7 @@ def check_files(
         what = "videos" if video else "images"
         line = (f"{bench.name}: {bench.kind}{f' on video, {nframe} frames each' if video else ''}, "
                 f"{len(bench.items)} questions"
-                + (f", {len(bench.bad_rows)} rows left out (unusable {what})" if bench.bad_rows else ""))
+                + (_left_out(bench.bad_rows, what) if bench.bad_rows else ""))
         if not discard_stale:
             expected = stamp_for(bench, model_path=runner_args.model_path, dtype=dtype,
                                  generation=generation_settings(runner_args, bench.kind, max_new_tokens, tiling=tiling),

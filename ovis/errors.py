@@ -38,8 +38,9 @@ def validation_message(error) -> str:
     ``; `` (read through its ``errors()``: this module imports nothing)."""
     problems = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        field = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
-        problems.append(f"{field}: {message}{got}")
+        # (a check over the whole mapping names its field in its message)
+        problems.append(f"{field}: {message}{got}" if field else message)
     return "; ".join(problems)

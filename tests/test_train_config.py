@@ -216,3 +216,14 @@ def test_an_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
         load_train_config(None, ["model=m", f"output_dir={tmp_path / 'results'}"])
     assert main(["eval", "--model", "m", "--synth", "--out", str(tmp_path / "results")]) == 2
     assert (tmp_path / "results").read_text() == "mine"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("save_steps=yes", r"save_steps is True, a boolean \(YAML reads yes / no"),
+    ("lora.r=on", r"r is True, a boolean"),
+    ("data.datasets=[a, b, a]", r"data\.datasets: 'a' named more than once"),
+])
+def test_slips_yaml_or_pydantic_would_let_through_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_train_config(None, ["model=m", "output_dir=o", override])
+    assert load_train_config(None, ["model=m", "output_dir=o", "lr=1e-4", "max_steps=null"]).lr == 1e-4

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +54,29 @@ PATH_KEYS = ("model", "output_dir", "data.dataset_info", "deepspeed")
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, values: Any) -> Any:
+        # pydantic reads true as 1; YAML reads yes / no / on / off as booleans: `save_steps: yes` is a slip.
+        if isinstance(values, dict):
+            for name, value in values.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(
+                        f"{name} is {value!r}, a boolean (YAML reads yes / no / on / off / true / false so); "
+                        "expected a number"
+                    )
+        return values
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes a number and not a boolean (``int``, ``float``, either or None)."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,
+    )
+    kinds = [a for a in options if a is not type(None)]
+    return bool(kinds) and all(a in (int, float) for a in kinds)
+
 
 class DataConfig(_Strict):
     """What to train on."""
@@ -63,8 +88,19 @@ class DataConfig(_Strict):
     )
     datasets: list[str] = Field(
         default_factory=list,
-        description="Names (keys of `dataset_info`) to train on, concatenated in this order.",
+        description="Names (keys of `dataset_info`) to train on, concatenated in this order; each once.",
     )
+
+    @field_validator("datasets")
+    @classmethod
+    def _each_once(cls, names: list[str]) -> list[str]:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"{', '.join(map(repr, twice))} named more than once: the data would be read twice over; "
+                "name each dataset once"
+            )
+        return names
     max_length: int | None = Field(
         default=None, gt=0,
         description="Sequence limit in tokens, image blocks included; null: the model's processor's.",

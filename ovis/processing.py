@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ovis.errors import ConfigError, InputFileError, OvisError, validation_message
+from ovis.errors import ConfigError, InputFileError, OvisError, UsageError, validation_message
 from ovis.interfaces import (
     IMAGE_MARKER,
     ChatFormat,
@@ -297,10 +297,18 @@ class OvisProcessor:
         add_generation_prompt: bool = True,
         padding_side: Literal["left", "right"] = "left",
     ) -> dict[str, torch.Tensor]:
-        """Encode and collate a batch of conversations (by default, prompts for generation)."""
+        """Encode and collate a batch of conversations (by default, prompts for generation): a list of
+        conversations, each a list of messages, and per conversation a list of its images."""
+        if isinstance(conversations, (str, dict)) or (conversations and isinstance(conversations[0], (dict, Message))):
+            raise UsageError(
+                "conversations is a batch: a list of conversations, each a list of messages; for one "
+                "conversation write processor([messages], [images])"
+            )
         images = images if images is not None else [()] * len(conversations)
         if len(images) != len(conversations):
-            raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
+            raise UsageError(
+                f"{len(conversations)} conversations but {len(images)} image lists (one list per conversation)"
+            )
         samples = [
             self.encode(conv, imgs, add_generation_prompt=add_generation_prompt)
             for conv, imgs in zip(conversations, images, strict=True)

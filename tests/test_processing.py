@@ -165,3 +165,14 @@ def test_tiled_processor_saves_its_tiling_and_refuses_a_layout_without_tile_size
     tiled_processor.max_length = 20
     with pytest.raises(SequenceTooLongError, match=r"1x3 tiles = \d+ positions\) but the limit is 20"):
         tiled_processor.encode(_conv("<image> hi", "ok"), [Image.new("RGB", (100, 30))])
+
+
+def test_one_conversation_not_wrapped_in_a_batch_is_named(toy_processor):
+    from ovis.errors import UsageError
+
+    messages = [{"role": "user", "content": "What colour?"}]
+    with pytest.raises(UsageError, match=r"each a list of messages; .*processor\(\[messages\]"):
+        toy_processor(messages)
+    with pytest.raises(UsageError, match=r"2 conversations but 1 image lists"):
+        toy_processor([messages, messages], [[]])
+    assert toy_processor([messages])["input_ids"].shape[0] == 1

@@ -176,3 +176,13 @@ def test_one_conversation_not_wrapped_in_a_batch_is_named(toy_processor):
     with pytest.raises(UsageError, match=r"2 conversations but 1 image lists"):
         toy_processor([messages, messages], [[]])
     assert toy_processor([messages])["input_ids"].shape[0] == 1
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([{"role": "robot", "content": "x"}], r"message 0: role: Input should be 'system', 'user' or 'assistant'"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant"}], r"message 1: content: Field required"),
+    (["hi"], r"message 0 is a str, not a mapping with 'role' and 'content'"),
+])
+def test_a_bad_message_is_named_by_its_position(toy_processor, messages, message):
+    with pytest.raises(ChatFormatError, match=message):
+        toy_processor([messages])

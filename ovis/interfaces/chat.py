@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ovis.errors import OvisError
+from ovis.errors import OvisError, validation_message
 
 IMAGE_MARKER = "<image>"
 
@@ -120,7 +120,21 @@ class ChatFormat(ABC):
     @staticmethod
     def coerce(messages: Sequence[Message | dict]) -> list[Message]:
         """Accept dicts too; validate role order (optional system first, then user/assistant)."""
-        out = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        if isinstance(messages, (str, dict)):
+            raise ChatFormatError(f"messages must be a list of messages, got a {type(messages).__name__}")
+        out = []
+        for i, m in enumerate(messages):
+            if isinstance(m, Message):
+                out.append(m)
+                continue
+            if not isinstance(m, dict):
+                raise ChatFormatError(
+                    f"message {i} is a {type(m).__name__}, not a mapping with 'role' and 'content'"
+                )
+            try:
+                out.append(Message(**m))
+            except ValidationError as exc:
+                raise ChatFormatError(f"message {i}: {validation_message(exc)}") from exc
         for i, message in enumerate(out):
             if message.role == "system" and i != 0:
                 raise ChatFormatError(f"message {i}: a system message may only come first")

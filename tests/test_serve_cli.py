@@ -65,3 +65,24 @@ def test_chat_keeps_history_survives_bad_images_and_resets(chatty_model_dir, cha
     assert "unknown command '/frobnicate'" in out
     assert "(conversation cleared)" in out
     assert f"ovis> {after_reset}\n" in out
+
+
+def test_a_command_on_a_machine_without_a_gpu_prints_no_deepspeed_accelerator_notice(chatty_model_dir):
+    """transformers imports DeepSpeed where it is installed, and DeepSpeed says it found no GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("DS_ACCELERATOR", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "ovis.cli", "run", "--model", str(chatty_model_dir), "hi", "--max-new-tokens", "1"],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        assert "Setting accelerator to CPU" not in run.stderr, run.stderr
+        # the control: DeepSpeed says it here, outside ovis's command line
+        bare = subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, text=True, env=env)
+        assert "Setting accelerator to CPU" in bare.stderr + bare.stdout

@@ -7,6 +7,7 @@ handler, so that ``ovis --help``, ``ovis list`` and ``ovis plugins`` start witho
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    logging.getLogger("DeepSpeed").addFilter(_no_cpu_notice)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -78,6 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print(_unexpected(exc), file=sys.stderr)
         return 1
+
+
+def _no_cpu_notice(record: logging.LogRecord) -> bool:
+    """Drop DeepSpeed's "Setting accelerator to CPU ... unable to detect it", printed by every command
+    that loads a model (transformers imports DeepSpeed where it is installed), where there is no GPU
+    to detect; where torch sees one, the notice says something and stays."""
+    if not record.getMessage().startswith("Setting accelerator to CPU"):
+        return True
+    import torch
+
+    return torch.cuda.device_count() > 0
 
 
 def _unexpected(exc: BaseException) -> str:

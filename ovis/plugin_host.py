@@ -26,6 +26,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -404,10 +405,26 @@ class PluginHost:
             kind, lambda s: name.lower() in (s.name, *s.aliases) and s.name not in self._entries[kind]
         )
         if missing:
-            lines.append(
-                f"It is defined in the registry but provided by plugin {', '.join(sorted(missing))}, "
-                "which is not installed or failed to load (see `ovis plugins`)."
-            )
+            loaded = {
+                _canonical(info.distribution) for info in self.plugins.values() if info.distribution and not info.errors
+            }
+            absent = sorted(d for d in missing if _canonical(d) not in loaded)
+            present = sorted(set(missing) - set(absent))
+            if absent:
+                lines.append(
+                    f"It is defined in the registry but provided by plugin {', '.join(absent)}, "
+                    "which is not installed or failed to load (see `ovis plugins`)."
+                )
+            if present:
+                lines.append(
+                    f"A preset file defines it for plugin {', '.join(present)}, which is installed and loaded but "
+                    "did not register it: a plugin registers the preset files of its builders by calling "
+                    "iter_presets(kind, builders={...}) in its hook (docs/writing-a-plugin.md, Specs)."
+                )
+        # A preset file of this name that was skipped as invalid: its error says why the name is unknown.
+        for path, problem in self.preset_errors.items():
+            if Path(path).stem.lower() == name.lower():
+                lines.append(f"The preset file {path} was skipped as invalid: {problem.removeprefix(path + ': ')}")
         close = difflib.get_close_matches(name.lower(), list(known), n=4, cutoff=0.5)
         if not close:
             close = [n for n in known if name.lower() in n][:4]

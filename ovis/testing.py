@@ -52,7 +52,8 @@ def check_vision_backbone(name: str, tmp_path: str | Path, *, llm: str | None = 
     * ``from_spec(spec, pretrained=False)`` builds it, also on the meta device, with the spec's width,
       patch count and ``num_layers`` blocks;
     * its image processor turns any size and mode into ``[B, 3, S, S]`` float32;
-    * ``forward`` gives ``[B, num_patches, hidden_size]``: no class or register tokens;
+    * ``forward`` gives ``[B, num_patches, hidden_size]``: no class or register tokens, and other
+      features for another image;
     * gradients reach its first and last blocks; gradient checkpointing recomputes and changes
       nothing; ``reinit_last_block`` changes the last block only;
     * composed with a tiny LLM (``llm``, default: the first tiny one installed), saved, and loaded back
@@ -97,6 +98,8 @@ def check_vision_backbone(name: str, tmp_path: str | Path, *, llm: str | None = 
         "without class or register tokens"
     )
     assert out.dtype == torch.float32 and torch.isfinite(out).all(), f"{name}: forward gave {out.dtype} or non-finite"
+
+    assert not torch.allclose(out[0], out[1]), f"{name}: forward gave the same features for two different images"
 
     _check_gradients_and_checkpointing(name, model, torch.randn(2, 3, size, size))
     _check_reinit_last_block(name, model)
@@ -220,7 +223,8 @@ def _tiny_llm() -> str:
 def check_llm(name: str) -> None:
     """The LLM registered as ``name`` (a tiny preset, random init, its tokenizer built offline) keeps
     its contract: ``build_model(pretrained=False)`` matches the spec (width, layers, vocabulary), also on
-    the meta device; the tokenizer has a pad token, a chat template and no id beyond the vocabulary;
+    the meta device; the tokenizer has a pad token, a chat template and no id beyond the vocabulary,
+    and the bos / eos / pad ids the architecture names are special tokens of it;
     the spec's chat format is registered and its end-of-turn token is one token of this tokenizer; a
     conversation trains a step (finite loss, a gradient in the embeddings) and the model generates."""
     import torch
@@ -246,6 +250,17 @@ def check_llm(name: str) -> None:
     assert tok.pad_token is not None and tok.pad_token_id is not None, f"{name}: the tokenizer has no pad token"
     assert len(tok) <= spec.vocab_size, f"{name}: the tokenizer has {len(tok)} tokens, the model {spec.vocab_size} rows"
     assert tok.chat_template, f"{name}: the tokenizer has no chat template (attach the one the chat format renders)"
+    specials = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}))
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(model.config, field, None)
+        for token_id in value if isinstance(value, list) else [value]:
+            if token_id is not None and token_id not in specials:
+                shown = tok.convert_ids_to_tokens(token_id) if 0 <= token_id < len(tok) else "beyond the tokenizer"
+                raise AssertionError(
+                    f"{name}: the architecture's {field} is {token_id} ({shown!r} in the tokenizer), not a special "
+                    f"token of the tokenizer (its bos / eos / pad are {tok.bos_token_id} / {tok.eos_token_id} / "
+                    f"{tok.pad_token_id}): generation would stop, or pad, at the wrong token"
+                )
     fmt = host.chat_format(llm.chat_format_name)
     if fmt.end_of_turn is not None:
         ids = tok.encode(fmt.end_of_turn, add_special_tokens=False)

@@ -466,3 +466,25 @@ def test_a_model_whose_plugin_is_not_installed_names_the_package_to_install(tmp_
     with pytest.raises(UnknownNameError, match=r"unknown chat format 'stranger'\. The model was saved with it from "
                                                r"ovis-plugin-strangechat \(not installed: pip install ovis-plugin-"):
         OvisProcessor.from_pretrained(directory)
+
+
+def test_an_unknown_name_says_why_a_preset_of_that_name_did_not_register(tmp_path, monkeypatch):
+    """A preset file for an installed plugin that does not read presets, and one skipped as invalid."""
+    sys.path.insert(0, str(EXAMPLE_PLUGIN))
+    try:
+        import ovis_example_plugin.plugin as module
+    finally:
+        sys.path.remove(str(EXAMPLE_PLUGIN))
+    (tmp_path / "vision").mkdir()
+    mine = {**_spec("user-vit").model_dump(mode="json"), "plugin": "ovis-plugin-example", "builder": "example-vit"}
+    (tmp_path / "vision" / "user-vit.yaml").write_text(json.dumps(mine))
+    typo = {**_spec("typo-vit").model_dump(mode="json"), "hidden_sise": 3}
+    (tmp_path / "vision" / "typo-vit.yaml").write_text(json.dumps(typo))
+    monkeypatch.setenv("OVIS_REGISTRY_PATH", str(tmp_path))
+    host = PluginHost(entry_points=False)
+    host.add_plugin("example", module, distribution="ovis-plugin-example")  # loads, reads no preset file
+    with pytest.raises(UnknownNameError, match=r"defines it for plugin ovis-plugin-example, which is installed and "
+                                               r"loaded but did not register it.*iter_presets"):
+        host.vision("user-vit")
+    with pytest.raises(UnknownNameError, match=r"typo-vit\.yaml was skipped as invalid: field 'hidden_sise'"):
+        host.vision("typo-vit")

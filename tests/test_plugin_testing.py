@@ -4,6 +4,7 @@ transformers saves under other names included) and fail, naming the fault, on br
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ovis.interfaces import Segment
 from ovis.testing import check_chat_format, check_vision_backbone
@@ -101,3 +102,43 @@ def test_the_pytest_plugin_is_registered_and_light():
     code = "import sys, ovis.testing; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_backbone_that_ignores_its_image_fails(hf_vit, ovis_plugin, tmp_path):
+    from ovis.interfaces import hookimpl
+
+    class Blind(hf_vit_plugin.HFViT):
+        def forward(self, pixel_values):
+            return super().forward(torch.zeros_like(pixel_values))
+
+    class Plugin:
+        @hookimpl
+        def register_vision_backbones(self, register):
+            register(hf_vit_plugin._spec("blind-vit", "blind-vit"), Blind)
+
+    ovis_plugin("blind", Plugin())
+    with pytest.raises(AssertionError, match="blind-vit: forward gave the same features for two different images"):
+        check_vision_backbone("blind-vit", tmp_path)
+
+
+def test_an_llm_whose_architecture_names_an_eos_the_tokenizer_lacks_fails(example_plugin, ovis_plugin):
+    from ovis.interfaces import hookimpl
+    from ovis.plugin_host import get_host
+    from ovis.testing import check_llm
+
+    entry = get_host().llm("example-llm")
+    check_llm("example-llm")  # the control passes
+    spec = entry.spec.model_copy(
+        update={"name": "example-llm-bad-eos", "aliases": [], "architecture": {**entry.spec.architecture,
+                                                                              "eos_token_id": 100}}
+    )
+
+    class Plugin:
+        @hookimpl
+        def register_llms(self, register):
+            register(spec, entry.factory)
+
+    ovis_plugin("bad-eos", Plugin())
+    with pytest.raises(AssertionError, match=r"example-llm-bad-eos: the architecture's eos_token_id is 100 .*not a "
+                                             r"special token of the tokenizer"):
+        check_llm("example-llm-bad-eos")

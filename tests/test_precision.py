@@ -21,13 +21,17 @@ def fresh_log():
     precision._said.clear()
 
 
-def fake_cpu(monkeypatch, native: str | None, fp32: float = 50.0, bf16: float = 0.8) -> list[tuple]:
-    """Replace the capability check and the matmul probe; returns the probe calls made."""
+def fake_cpu(
+    monkeypatch, native: str | None, fp32: float = 50.0, bf16: float = 0.8, later: dict | None = None
+) -> list[tuple]:
+    """Replace the capability check and the matmul probe (``later``: what a longer probe, more rounds,
+    measures); returns the probe calls made."""
     calls: list[tuple] = []
 
-    def rates(shape=precision.PROBE_SHAPE, repeats=5):
+    def rates(shape=precision.PROBE_SHAPE, repeats=5, rounds=2):
         calls.append(shape)
-        return {"fp32": fp32, "bf16": bf16}
+        longer = later if later is not None and rounds > 2 else None
+        return {"fp32": fp32, "bf16": bf16} if longer is None else longer
 
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: native)
     # Each decision is logged once per process: forget what earlier tests logged.
@@ -46,6 +50,14 @@ def test_cpu_without_native_bf16_gets_fp32_and_no_probe(monkeypatch, caplog):
     assert str(first) == "precision: fp32 (this CPU has no native bf16)"
     assert calls == []  # an emulated-bf16 probe would itself be slow: not run for auto
     assert [r.getMessage() for r in caplog.records] == [str(first)]  # logged once
+
+
+def test_a_probe_against_the_native_type_is_measured_again_longer_before_deciding(monkeypatch):
+    calls = fake_cpu(monkeypatch, "AMX", fp32=243.0, bf16=34.0, later={"fp32": 298.0, "bf16": 1714.0})
+    choice = resolve_precision("auto", "cpu")
+    assert choice.precision == "bf16" and "1714" in choice.reason and len(calls) == 2
+    calls = fake_cpu(monkeypatch, "AMX", fp32=100.0, bf16=400.0)
+    assert resolve_precision("auto", "cpu").precision == "bf16" and len(calls) == 1  # a clear win: one probe
 
 
 @pytest.mark.parametrize("native", ["AMX", "AVX-512 BF16"])

@@ -121,7 +121,10 @@ def compose(
                        else llm_spec.conversation_formatter_class or chosen_format.v1_formatter_class)
     # A tiled image takes up to ~2600 positions at 9 tiles (docs/high-resolution.md): a longer default.
     default_length = 8192 if layout["image_layout"] == "tiled" else 2048
-    max_length = multimodal_max_length or min(default_length, llm_spec.context_length)
+    # (0 or less is refused by OvisConfig, not replaced by the default)
+    max_length = multimodal_max_length
+    if max_length is None:
+        max_length = min(default_length, llm_spec.context_length)
 
     with torch.device("meta") if dry_run else contextlib.nullcontext():
         backbone: VisionBackbone = _load(

@@ -45,6 +45,9 @@ def check_output_dir(out: str | Path, *, overwrite: bool, sources: tuple[Path, .
     for source in sources:
         if out.resolve() == Path(source).resolve():
             raise OutputExistsError(f"--out {out} is the source directory; write to another directory")
+        if out.resolve() in Path(source).resolve().parents:
+            # (--overwrite would replace the directory the source is in: the source with it)
+            raise OutputExistsError(f"--out {out} holds the source {source}; write to another directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(
             f"{out} exists and is not empty; choose another --out or pass --overwrite (overwrite=True from Python)"

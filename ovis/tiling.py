@@ -86,7 +86,7 @@ class TilingOptions:
 # -- the grid ----------------------------------------------------------------------------------------
 def candidate_grids(max_partition: int) -> list[Grid]:
     """Every ``(rows, cols)`` with ``rows * cols <= max_partition``, rows outer, cols inner."""
-    return [(r, c) for r in range(1, max_partition + 1) for c in range(1, max_partition + 1) if r * c <= max_partition]
+    return [(r, c) for r in range(1, max_partition + 1) for c in range(1, max_partition // r + 1)]
 
 
 def split_boxes(width: int, height: int, grid: Grid) -> list[Box]:

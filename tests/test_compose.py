@@ -214,3 +214,20 @@ def test_weights_named_by_a_path_that_is_not_there_or_holds_pickles_are_refused_
     err = capsys.readouterr().err
     assert "holds only pickle weights (pytorch_model.bin), which are not loaded" in err
     assert "weights_only=False" not in err and not (tmp_path / "m").exists()
+
+
+def test_a_max_length_below_one_is_refused_not_replaced(tmp_path, capsys):
+    from ovis.cli import main
+    from ovis.errors import ConfigError
+
+    for value in (0, -5):
+        with pytest.raises(ConfigError, match=f"multimodal_max_length must be a whole number >= 1, got {value}"):
+            ovis.compose(vit="clip-tiny", llm="qwen2.5-tiny", visual_vocab_size=64, multimodal_max_length=value)
+    with pytest.raises(SystemExit):
+        main(["compose", "--vit", "clip-tiny", "--llm", "qwen2.5-tiny", "--max-length", "0", "--out", str(tmp_path)])
+    assert "expected a positive integer (1 or more), got 0" in capsys.readouterr().err
+    for option in ("--train-images", "--eval-images", "--curve-questions"):
+        with pytest.raises(SystemExit):
+            main(["quickstart", "--out", str(tmp_path / "q"), option, "0"])
+        assert "expected a positive integer (1 or more), got 0" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -188,6 +188,14 @@ def test_missing_and_corrupt_videos_are_bad_rows_naming_the_file(tmp_path):
     assert "video: video file" in bench.bad_rows[2]["reason"] and "002.mp4 not found" in bench.bad_rows[2]["reason"]
 
 
+def test_a_file_whose_every_video_is_unusable_is_refused_not_scored_zero(tmp_path):
+    path = videomme_dir(tmp_path)
+    for video in (tmp_path / "video").iterdir():
+        video.unlink()
+    with pytest.raises(BenchmarkError, match=r"none of its 4 rows has a usable video \(row 1, index 0: video: "):
+        read_video_benchmark(path)
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [

@@ -589,3 +589,17 @@ def test_convert_help_documents_the_formats(capsys):
     for phrase in ("--from", "--to", "conversation_formatter_class", "pytorch_model-0000i-of-0000N.bin",
                    "clip_visual_tokenizer", "weights_only=True", "temporary"):
         assert phrase in text, phrase
+
+
+def test_convert_refuses_an_out_that_holds_its_source(ovis_dir, tmp_path):
+    """--overwrite would replace the directory the source is in, and the source with it."""
+    import shutil
+
+    from ovis.interop.conversion import convert
+
+    parent = tmp_path / "par"
+    source = shutil.copytree(ovis_dir, parent / "src")
+    for to in ("original", "ovis2"):
+        with pytest.raises(FileExistsError, match=r"--out .*par holds the source .*par/src; write to another"):
+            convert(source, parent, to=to, overwrite=True)
+    assert (source / "config.json").is_file()

@@ -254,3 +254,20 @@ def test_a_tiled_processor_equals_transformers_ovis2_processor_end_to_end(toy_pr
         assert span == sample.input_ids[start : start + len(span)], (width, height)
         assert torch.equal(out["pixel_values"], sample.pixel_values), (width, height)
     assert 0 < swapped < len(SIZES)
+
+
+def test_max_partition_is_capped_and_the_grid_search_stays_small():
+    """An absurd max_partition once hung every image request (the search went over N x N grids)."""
+    import time
+
+    from ovis.errors import ConfigError
+    from ovis.model.configuration_ovis import MAX_PARTITION_LIMIT
+    from ovis.tiling import TilingOptions, candidate_grids
+
+    with pytest.raises(ConfigError, match=r"max_partition 100000 is over 64 tiles per image"):
+        TilingOptions(max_partition=100000)
+    started = time.perf_counter()
+    grids = candidate_grids(MAX_PARTITION_LIMIT)
+    assert time.perf_counter() - started < 1.0
+    assert len(grids) == sum(MAX_PARTITION_LIMIT // r for r in range(1, MAX_PARTITION_LIMIT + 1))
+    assert all(r * c <= MAX_PARTITION_LIMIT for r, c in grids)

@@ -8,6 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from ovis.cli.arg_types import positive_int
 from ovis.errors import UsageError
 
 
@@ -29,7 +30,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="do not wrap images in begin/end indicator tokens")
     p.add_argument("--adapter", choices=["structural", "mlp"], default="structural",
                    help="structural embedding (Ovis) or an MLP projector (LLaVA-style ablation)")
-    p.add_argument("--max-length", type=int, default=None, help="multimodal max length")
+    p.add_argument("--max-length", type=positive_int, default=None, help="multimodal max length")
     p.add_argument("--chat-format", default=None,
                    help="a chat format instead of the LLM preset's (ovis list chat), e.g. chatml for "
                         "Qwen2.5 as the Ovis2 releases prompt it")

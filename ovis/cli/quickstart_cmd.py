@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ovis.cli.arg_types import non_negative_int, positive_int
 from ovis.quickstart import STAGES, VISION, VOCABULARY_SCENES
 
 
@@ -24,17 +25,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", action="append", default=[], metavar="STAGE=N", type=_stage_steps,
                    help="override one stage's max_steps (repeatable); stages: " + ", ".join((VISION, *STAGES))
                    + f" ({VISION}: the ViT's pre-training steps, 0 keeps it random)")
-    p.add_argument("--train-images", type=int, default=12000)
-    p.add_argument("--eval-images", type=int, default=1000)
-    p.add_argument("--compositional-images", type=int, default=500,
+    p.add_argument("--train-images", type=positive_int, default=12000)
+    p.add_argument("--eval-images", type=positive_int, default=1000)
+    p.add_argument("--compositional-images", type=non_negative_int, default=500,
                    help="size of the split that asks about colour-shape pairs never seen in training (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 only where this hardware runs it natively and faster (ovis.precision)")
-    p.add_argument("--curve-every", type=int, default=None, metavar="STEPS",
+    p.add_argument("--curve-every", type=positive_int, default=None, metavar="STEPS",
                    help="also evaluate every STEPS steps of the multimodal stages: an accuracy-vs-time curve "
                    "(report.json, curve.png)")
-    p.add_argument("--curve-questions", type=int, default=300, help="held-out questions per curve point")
+    p.add_argument("--curve-questions", type=positive_int, default=300, help="held-out questions per curve point")
     p.add_argument("--vocabulary-scenes", type=int, default=VOCABULARY_SCENES, metavar="N",
                    help="measure the visual vocabulary after each stage on N synthetic scenes, off the clock "
                    "(report.json, vocabulary.png; ovis.inspect); 0: skip")

@@ -115,6 +115,12 @@ def read_video_benchmark(
                 extra={k: v for k, v in row.items() if k not in _KNOWN and k is not None and v is not None},
             )
         )
+    if not bench.items and bench.bad_rows:
+        first = bench.bad_rows[0]
+        raise BenchmarkError(
+            f"{path}: none of its {len(bench.bad_rows)} rows has a usable video (row {first['row']}, index "
+            f"{first['index']}: {first['reason']}); nothing to score"
+        )
     bench.videos = tuple(sorted({item.video for item in bench.items if item.video is not None}))
     return bench
 

@@ -128,6 +128,10 @@ class OvisConfig(PretrainedConfig):
                 raise ConfigError(f"llm_config: {' '.join(str(exc).split())}") from exc
         if llm_config is None and vision_spec is not None:  # (a bare OvisConfig() is transformers' default)
             raise ConfigError("llm_config is missing: the LLM's configuration (its model_type and fields)")
+        if isinstance(multimodal_max_length, bool) or not isinstance(multimodal_max_length, int) or (
+            multimodal_max_length < 1
+        ):
+            raise ConfigError(f"multimodal_max_length must be a whole number >= 1, got {multimodal_max_length!r}")
         _check(tokenize_function=tokenize_function, adapter=adapter, visual_vocab_size=visual_vocab_size,
                use_indicators=use_indicators, visual_path=visual_path, visual_chunk_rows=visual_chunk_rows,
                visual_topk=visual_topk, visual_embedding_scale=visual_embedding_scale)
@@ -189,10 +193,19 @@ def merged_tokens(side: int, hidden_stride: int) -> int:
     return (-(-side // hidden_stride)) ** 2
 
 
+#: The most tiles an image may be cut into: the releases use 9 (up to 12 in evaluations); 64 tiles of
+#: a 448 px encoder are already ~16K visual tokens per image.
+MAX_PARTITION_LIMIT = 64
+
+
 def check_tiling(max_partition: Any, covering_threshold: Any, tile_resize: Any) -> None:
     """Refuse tiling values no layout can be built from, naming the field."""
     if isinstance(max_partition, bool) or not isinstance(max_partition, int) or max_partition < 1:
         raise ConfigError(f"max_partition must be a whole number >= 1, got {max_partition!r}")
+    if max_partition > MAX_PARTITION_LIMIT:
+        raise ConfigError(
+            f"max_partition {max_partition} is over {MAX_PARTITION_LIMIT} tiles per image (the releases use 9)"
+        )
     if isinstance(covering_threshold, bool) or not isinstance(covering_threshold, (int, float)) or not (
         0 <= covering_threshold <= 1
     ):

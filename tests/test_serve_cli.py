@@ -86,3 +86,13 @@ def test_a_command_on_a_machine_without_a_gpu_prints_no_deepspeed_accelerator_no
         # the control: DeepSpeed says it here, outside ovis's command line
         bare = subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, text=True, env=env)
         assert "Setting accelerator to CPU" in bare.stderr + bare.stdout
+
+
+def test_a_second_video_or_frames_without_a_video_is_refused(chatty_model_dir, capsys):
+    from ovis.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--model", str(chatty_model_dir), "--video", "a.mp4", "--video", "b.mp4", "q"])
+    assert "--video is given twice ('a.mp4', 'b.mp4'); give it once" in capsys.readouterr().err
+    assert main(["run", "--model", str(chatty_model_dir), "--num-frames", "4", "q"]) == 2
+    assert "--num-frames samples frames from --video" in capsys.readouterr().err

@@ -9,6 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ovis.cli.arg_types import positive_int
+from ovis.errors import UsageError
+
 if TYPE_CHECKING:
     from ovis.serve.options import ServeOptions
 
@@ -40,9 +43,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             description="Load a model and answer one question about zero or more images.")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--video", help="a video file (PyAV: pip install 'ovis[video]'); <video> in the question "
-                   "places it, else it goes before the question")
-    p.add_argument("--num-frames", type=int, default=8, help="frames sampled uniformly from --video (default 8)")
+    p.add_argument("--video", action=_Once, help="a video file (PyAV: pip install 'ovis[video]'); <video> in the "
+                   "question places it, else it goes before the question (one per question)")
+    p.add_argument("--num-frames", type=positive_int, default=None,
+                   help="frames sampled uniformly from --video (default 8)")
     p.add_argument("--max-partition", type=int,
                    help="tiled models: the most tiles per image (default: the model's own; video frames: 1)")
     p.add_argument("question", help="the question; without <image> markers the images go first")
@@ -151,11 +155,23 @@ def _print_stream(pieces, write: Callable[[str], object] | None = None) -> str:
     return "".join(out)
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second one would silently replace the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            before = getattr(namespace, self.dest)
+            parser.error(f"{option_string} is given twice ({before!r}, {values!r}); give it once")
+        setattr(namespace, self.dest, values)
+
+
 def run_cmd(args: argparse.Namespace) -> int:
     runner = _runner(args)
     gen = _gen(args)
     images = args.image or None
-    media = {"max_partition": args.max_partition, "video": args.video, "num_frames": args.num_frames}
+    if args.num_frames is not None and args.video is None:
+        raise UsageError("--num-frames samples frames from --video: give --video too, or leave --num-frames out")
+    media = {"max_partition": args.max_partition, "video": args.video, "num_frames": args.num_frames or 8}
     if args.json or not args.stream:
         result = runner.run(images, args.question, **media, **gen)
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else result["output"])

@@ -357,7 +357,7 @@ class OvisProcessor:
             return cls(
                 tokenizer=tokenizer,
                 image_processor=ImageProcessor(ImagePreprocessSpec.model_validate(config["image"])),
-                chat_format=get_host().chat_format(config["chat_format"], plugin=_llm_plugin(directory)),
+                chat_format=_chat_format(config["chat_format"], directory),
                 num_image_tokens=int(config["num_image_tokens"]),
                 max_length=int(config["max_length"]),
                 image_marker_separator=str(config.get("image_marker_separator", "\n")),
@@ -375,13 +375,18 @@ class OvisProcessor:
             raise ConfigError(f"{path}: {reason}") from exc
 
 
-def _llm_plugin(directory: Path) -> str | None:
-    """The distribution a saved model's config.json records for its LLM (and so its chat format)."""
+def _chat_format(name: str, directory: Path) -> ChatFormat:
+    """The registered chat format ``name``; where none is, the error names the distribution the saved
+    model's config.json records for its LLM (and so its chat format), read only then."""
     try:
-        spec = json.loads((directory / "config.json").read_text()).get("llm_spec") or {}
-        return spec.get("plugin") if isinstance(spec, dict) else None
-    except (OSError, ValueError, AttributeError):
-        return None
+        return get_host().chat_format(name)
+    except UnknownNameError:
+        try:
+            spec = json.loads((directory / "config.json").read_text()).get("llm_spec") or {}
+            plugin = spec.get("plugin") if isinstance(spec, dict) else None
+        except (OSError, ValueError, AttributeError):
+            plugin = None
+        return get_host().chat_format(name, plugin=plugin)
 
 
 def _read_tokenizer(directory: Path):

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from ovis.composer import DTYPES, load
 from ovis.errors import InputFileError, OvisError
 from ovis.model import OvisConfig, OvisForCausalLM
-from ovis.model.directory_check import check_model_directory, read_model_config
+from ovis.model.directory_check import check_missing_weights, check_model_directory, read_model_config
 from ovis.model.modeling_ovis import read_hf_ovis2, read_original, read_release
 from ovis.model.stored_names import StoredNames
 from ovis.model.v1_format import checkpoint_format
@@ -446,11 +446,7 @@ def _fill(model: OvisForCausalLM, source: _Source, directory: Path) -> None:
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
         params[id(param)] = param
-    missing = [names[0] for names in aliases.values() if not set(names) & available]
-    if missing:
-        raise InputFileError(
-            f"{directory}: {len(missing)} weight(s) the model needs are not in its files, e.g. {', '.join(missing[:3])}"
-        )
+    check_missing_weights(list(aliases.values()), available, directory)  # (a foreign checkpoint's names too)
     known = {n for names in aliases.values() for n in names} | set(model.state_dict())
     unknown = sorted(available - known)
     if unknown:
